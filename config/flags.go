@@ -1,0 +1,102 @@
+package config
+
+import (
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Flags are the command-line flags that override the config file. A flag
+// overrides its field only when it is given, so a file's value is never
+// replaced by a flag's default.
+type Flags struct {
+	fs   *flag.FlagSet
+	path string
+	set  map[string]func(c *Config, v string) error
+}
+
+// NewFlags registers --config and every override flag on fs. Call Load
+// after fs.Parse.
+func NewFlags(fs *flag.FlagSet) *Flags {
+	f := &Flags{fs: fs, set: map[string]func(*Config, string) error{}}
+	fs.StringVar(&f.path, "config", "", "config `FILE` (YAML); flags override it")
+	str := func(name, usage string, apply func(c *Config, v string)) {
+		fs.String(name, "", usage)
+		f.set[name] = func(c *Config, v string) error { apply(c, v); return nil }
+	}
+	str("tun", "TUN device `NAME` (default netward0)", func(c *Config, v string) { c.TUN = v })
+	str("interfaces", "comma-separated input `interfaces` to steer (default: all but lo and the TUN)", func(c *Config, v string) {
+		c.Interfaces = splitList(v)
+	})
+	str("rules", "rule `FILE` (default: allow all)", func(c *Config, v string) { c.Rules = v })
+	str("geoip-country", "country mmdb `FILE`", func(c *Config, v string) { c.GeoIP.Country = v })
+	str("geoip-asn", "ASN mmdb `FILE`", func(c *Config, v string) { c.GeoIP.ASN = v })
+	str("log", "EVE event log `FILE` (- for stdout)", func(c *Config, v string) { c.Log.Events = v })
+	str("log-level", "process log `level`: debug, info, warn, error", func(c *Config, v string) { c.Log.Level = v })
+	str("log-format", "process log `format`: text or json", func(c *Config, v string) { c.Log.Format = v })
+	str("metrics", "`ADDR` for /metrics, /healthz, /readyz (e.g. 127.0.0.1:9740)", func(c *Config, v string) { c.Metrics.Listen = v })
+	str("fail-mode", "`open` or closed: what happens to traffic when netward is not running", func(c *Config, v string) { c.FailMode = v })
+	str("admin-socket", "unix socket `PATH` that netward status reads", func(c *Config, v string) { c.Admin.Socket = v })
+	fs.String("offload", "", "use TUN offloads: true or false (default true)")
+	f.set["offload"] = func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("--offload: %q is not true or false", v)
+		}
+		c.Offload = b
+		return nil
+	}
+	fs.String("pprof", "", "serve /debug/pprof on the metrics listener: true or false")
+	f.set["pprof"] = func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("--pprof: %q is not true or false", v)
+		}
+		c.Metrics.Pprof = b
+		return nil
+	}
+	return f
+}
+
+// Path is the --config value.
+func (f *Flags) Path() string { return f.path }
+
+// Load reads the config file (if any), applies the flags that were given,
+// and validates the result.
+func (f *Flags) Load() (*Config, error) {
+	c := Default()
+	if f.path != "" {
+		var err error
+		if c, err = Load(f.path); err != nil {
+			return nil, err
+		}
+	}
+	var errs []string
+	f.fs.Visit(func(fl *flag.Flag) {
+		apply, ok := f.set[fl.Name]
+		if !ok {
+			return
+		}
+		if err := apply(c, fl.Value.String()); err != nil {
+			errs = append(errs, err.Error())
+		}
+	})
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("config: %s", strings.Join(errs, "; "))
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return c, nil
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
