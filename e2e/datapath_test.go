@@ -302,4 +302,3 @@ func TestKernelForwarding(t *testing.T) {
 	d := newLab(t)
 	runChecks(t, d, checks)
 }
-
