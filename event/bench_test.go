@@ -32,7 +32,7 @@ func BenchmarkEmitFlow(b *testing.B) {
 func BenchmarkEmitTLS(b *testing.B) {
 	l := benchLog(b)
 	e := &TLS{Header: testHeader(), SNI: "www.example.com", Version: 0x0304, ALPN: []string{"h2", "http/1.1"},
-		JA3: "771,4865-4866-4867-49195-49199,0-23-65281-10-11-35-16-5-13-18-51-45-43-27-21,29-23-24,0",
+		JA3:     "771,4865-4866-4867-49195-49199,0-23-65281-10-11-35-16-5-13-18-51-45-43-27-21,29-23-24,0",
 		JA3Hash: "e7eca2baf4458d095b7f45da28c16c34", JA4: "t13d1516h2_8daaf6152771_b186095e22b6"}
 	b.ReportAllocs()
 	for b.Loop() {

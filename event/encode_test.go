@@ -195,10 +195,10 @@ func encodeOne(t testing.TB, l *Log, emit func(*Log)) []byte {
 }
 
 func u64(v uint64) *uint64 { return &v }
-func i64(v int64) *int64    { return &v }
-func intp(v int) *int       { return &v }
-func boolp(v bool) *bool    { return &v }
-func u32(v uint32) *uint32  { return &v }
+func i64(v int64) *int64   { return &v }
+func intp(v int) *int      { return &v }
+func boolp(v bool) *bool   { return &v }
+func u32(v uint32) *uint32 { return &v }
 
 func TestEventsStrict(t *testing.T) {
 	h := testHeader()
