@@ -1,0 +1,71 @@
+package netstack
+
+import (
+	"errors"
+	"net"
+	"syscall"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// tcpConn is one leg of a flow: a gonet.TCPConn (net.Conn with deadlines and
+// half-close) plus what gonet hides: SetLinger, for aborting with an RST as
+// *net.TCPConn does, and errors that errors.Is can match against
+// syscall.ECONNRESET, so a relay can tell a reset from a failure.
+type tcpConn struct {
+	*gonet.TCPConn
+	ep tcpip.Endpoint
+}
+
+var _ Conn = (*tcpConn)(nil)
+
+func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *tcpConn {
+	return &tcpConn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep}
+}
+
+// SetLinger is (*net.TCPConn).SetLinger: with sec == 0, Close sends an RST
+// and discards unsent data.
+func (c *tcpConn) SetLinger(sec int) error {
+	c.ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: sec >= 0, Timeout: secondsDuration(sec)})
+	return nil
+}
+
+// Read is gonet's Read with a reset reported as ECONNRESET.
+func (c *tcpConn) Read(b []byte) (int, error) {
+	n, err := c.TCPConn.Read(b)
+	return n, classify(err)
+}
+
+// Write is gonet's Write with a reset reported as ECONNRESET.
+func (c *tcpConn) Write(b []byte) (int, error) {
+	n, err := c.TCPConn.Write(b)
+	return n, classify(err)
+}
+
+// errnoOf maps the gVisor errors that gonet flattens to strings back to
+// the errno a *net.TCPConn would report, so errors.Is works the same on
+// both kinds of conn.
+var errnoOf = map[string]syscall.Errno{
+	(&tcpip.ErrConnectionReset{}).String():   syscall.ECONNRESET,
+	(&tcpip.ErrConnectionAborted{}).String(): syscall.ECONNABORTED,
+	(&tcpip.ErrClosedForSend{}).String():     syscall.EPIPE,
+	(&tcpip.ErrNotConnected{}).String():      syscall.ENOTCONN,
+	(&tcpip.ErrTimeout{}).String():           syscall.ETIMEDOUT,
+}
+
+// classify maps gonet's string-only errors to errnos. Only on the error
+// path: no cost per byte.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		if errno, ok := errnoOf[op.Err.Error()]; ok {
+			op.Err = errno
+		}
+	}
+	return err
+}

@@ -1,0 +1,425 @@
+package netstack
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// maxPacketSize bounds one read from the TUN: an IP packet is at most 64 KiB
+// (GSO super-packets included: netward does not enable BIG TCP), plus the
+// virtio_net_hdr in front of it.
+const maxPacketSize = 1<<16 + virtioNetHdrLen
+
+// maxGSOSize is the largest packet netward hands to the kernel as one GSO
+// super-packet. It leaves room below the 64 KiB IP limit for the IP and TCP
+// headers that gVisor adds around a payload of this size.
+const maxGSOSize = 1<<16 - 1 - 128
+
+// maxWriteIovecs bounds the iovecs of one writev: the virtio_net_hdr plus the
+// views of one gVisor packet (headers share one view; payload views are at
+// most a few per GSO packet). Packets with more views are linearised.
+const maxWriteIovecs = 16
+
+// endpointOptions configures a linkEndpoint.
+type endpointOptions struct {
+	// Files are the queues of the device (one per IFF_MULTI_QUEUE queue, or
+	// one end of a socketpair in tests). Each must be non-blocking so that
+	// reads park in the Go runtime poller and Close unblocks them.
+	Files []*os.File
+	// MTU is the device MTU: the largest plain packet.
+	MTU uint32
+	// VnetHdr says that every packet carries a virtio_net_hdr in front
+	// (IFF_VNET_HDR). It enables RX checksum offload and, with GSOMaxSize,
+	// GSO super-packets in both directions.
+	VnetHdr bool
+	// GSOMaxSize is the largest GSO packet gVisor may build; 0 disables
+	// GSO on output. Only used with VnetHdr.
+	GSOMaxSize uint32
+	// Stats receives the endpoint's counters; must not be nil.
+	Stats *Stats
+}
+
+// linkEndpoint is a stack.LinkEndpoint on a TUN device (no link header).
+//
+// Inbound, one goroutine per queue reads packets into a buffer it owns for
+// life and hands each one, GSO super-packets whole, to gVisor; gVisor's TCP
+// takes segments larger than the MSS as they are, so a 64 KiB super-packet
+// costs one read and one trip through the stack instead of 45.
+// Outbound, gVisor's goroutines write directly with writev: the
+// virtio_net_hdr goes in front from a pooled scratch, and GSO packets leave
+// segmentation (and checksums) to the kernel, which forwards them with the
+// output device's own TSO or segments them in software late.
+type linkEndpoint struct {
+	files   []*os.File
+	fds     []int
+	mtu     atomic.Uint32
+	vnetHdr bool
+	gsoMax  uint32
+	stats   *Stats
+
+	// mu guards the fds against Close while a writev is in progress: a
+	// closed fd number may be reused by the process.
+	mu         sync.RWMutex
+	closed     bool
+	dispatcher stack.NetworkDispatcher
+	started    bool
+	onClose    func()
+	wg         sync.WaitGroup
+
+	scratch sync.Pool // *writeScratch
+}
+
+// writeScratch is the per-writev state. It is pooled rather than kept per
+// goroutine because gVisor writes from many goroutines (TCP processors,
+// senders, timers); the pool keeps it off the heap on the steady path.
+type writeScratch struct {
+	hdr  [virtioNetHdrLen]byte
+	iov  [maxWriteIovecs]unix.Iovec
+	flat []byte // for packets with more views than iov holds
+}
+
+var (
+	_ stack.LinkEndpoint = (*linkEndpoint)(nil)
+	_ stack.GSOEndpoint  = (*linkEndpoint)(nil)
+)
+
+func newLinkEndpoint(o endpointOptions) (*linkEndpoint, error) {
+	if len(o.Files) == 0 {
+		return nil, errors.New("netstack: link endpoint needs at least one file")
+	}
+	if o.Stats == nil {
+		return nil, errors.New("netstack: link endpoint needs Stats")
+	}
+	e := &linkEndpoint{
+		files:   o.Files,
+		vnetHdr: o.VnetHdr,
+		stats:   o.Stats,
+	}
+	if o.VnetHdr {
+		e.gsoMax = min(o.GSOMaxSize, maxGSOSize)
+	}
+	e.mtu.Store(o.MTU)
+	for i, f := range o.Files {
+		// SyscallConn rather than f.Fd(): Fd would switch the file to
+		// blocking mode and take it out of the runtime poller.
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return nil, fmt.Errorf("netstack: queue %d: %w", i, err)
+		}
+		fd := -1
+		if err := rc.Control(func(v uintptr) { fd = int(v) }); err != nil {
+			return nil, fmt.Errorf("netstack: queue %d: %w", i, err)
+		}
+		e.fds = append(e.fds, fd)
+	}
+	e.scratch.New = func() any { return new(writeScratch) }
+	return e, nil
+}
+
+func (e *linkEndpoint) MTU() uint32                             { return e.mtu.Load() }
+func (e *linkEndpoint) SetMTU(mtu uint32)                       { e.mtu.Store(mtu) }
+func (e *linkEndpoint) MaxHeaderLength() uint16                 { return 0 }
+func (e *linkEndpoint) LinkAddress() tcpip.LinkAddress          { return "" }
+func (e *linkEndpoint) SetLinkAddress(tcpip.LinkAddress)        {}
+func (e *linkEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+func (e *linkEndpoint) AddHeader(*stack.PacketBuffer)           {}
+func (e *linkEndpoint) ParseHeader(*stack.PacketBuffer) bool    { return true }
+
+// Capabilities implements stack.LinkEndpoint. With a virtio_net_hdr the
+// kernel passes partial checksums (NEEDS_CSUM), which gVisor would drop as
+// bad unless the link claims RX checksum offload; deliver verifies the
+// packets the kernel has not vouched for. Without it, gVisor verifies all.
+func (e *linkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
+	if e.vnetHdr {
+		return stack.CapabilityRXChecksumOffload
+	}
+	return 0
+}
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (e *linkEndpoint) GSOMaxSize() uint32 { return e.gsoMax }
+
+// SupportedGSO implements stack.GSOEndpoint.
+func (e *linkEndpoint) SupportedGSO() stack.SupportedGSO {
+	if e.gsoMax > 0 {
+		return stack.HostGSOSupported
+	}
+	return stack.GSONotSupported
+}
+
+// Attach implements stack.LinkEndpoint; the readers start on first attach.
+func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.dispatcher = d
+	if d == nil || e.started || e.closed {
+		return
+	}
+	e.started = true
+	for q := range e.files {
+		e.wg.Add(1)
+		go e.readLoop(q)
+	}
+}
+
+// IsAttached implements stack.LinkEndpoint.
+func (e *linkEndpoint) IsAttached() bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.dispatcher != nil
+}
+
+// Wait implements stack.LinkEndpoint: it waits for the readers, which stop
+// when the endpoint is closed.
+func (e *linkEndpoint) Wait() { e.wg.Wait() }
+
+// SetOnCloseAction implements stack.LinkEndpoint.
+func (e *linkEndpoint) SetOnCloseAction(f func()) {
+	e.mu.Lock()
+	e.onClose = f
+	e.mu.Unlock()
+}
+
+// Close implements stack.LinkEndpoint: it closes the queues, which wakes
+// and ends the readers.
+func (e *linkEndpoint) Close() {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return
+	}
+	e.closed = true
+	onClose := e.onClose
+	e.mu.Unlock()
+	if onClose != nil {
+		onClose()
+	}
+	for _, f := range e.files {
+		f.Close() // error ignored: nothing to do about it at teardown
+	}
+	e.wg.Wait()
+}
+
+func (e *linkEndpoint) getDispatcher() stack.NetworkDispatcher {
+	e.mu.RLock()
+	d := e.dispatcher
+	e.mu.RUnlock()
+	return d
+}
+
+// readLoop reads queue q until the endpoint is closed. buf is allocated once
+// and reused for every packet; deliver copies each packet into gVisor's
+// pooled chunks, sized to the packet.
+func (e *linkEndpoint) readLoop(q int) {
+	defer e.wg.Done()
+	rc, err := e.files[q].SyscallConn()
+	if err != nil {
+		e.stats.ReadErrors.Add(1)
+		return
+	}
+	buf := make([]byte, maxPacketSize)
+	var rerr error
+	// read drains the queue until EAGAIN, then lets the poller wait. One
+	// closure for the life of the loop: no allocation per wakeup.
+	read := func(fd uintptr) bool {
+		for {
+			n, err := unix.Read(int(fd), buf)
+			switch err {
+			case nil:
+			case unix.EAGAIN:
+				return false
+			case unix.EINTR:
+				continue
+			default:
+				rerr = err
+				return true
+			}
+			if n == 0 {
+				continue
+			}
+			e.deliver(buf[:n])
+		}
+	}
+	for {
+		err := rc.Read(read)
+		if err != nil || rerr != nil {
+			if errors.Is(err, os.ErrClosed) || e.isClosed() {
+				return
+			}
+			if rerr == nil {
+				rerr = err
+			}
+			// EBADFD: the device went away (deleted under us).
+			e.stats.ReadErrors.Add(1)
+			return
+		}
+	}
+}
+
+func (e *linkEndpoint) isClosed() bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.closed
+}
+
+// deliver hands one packet read from the TUN to gVisor.
+func (e *linkEndpoint) deliver(b []byte) {
+	var hdr virtioNetHdr
+	if e.vnetHdr {
+		if err := hdr.decode(b); err != nil {
+			e.stats.RxMalformed.Add(1)
+			return
+		}
+		b = b[virtioNetHdrLen:]
+	}
+	proto := packetProto(b)
+	if proto == 0 {
+		e.stats.RxMalformed.Add(1)
+		return
+	}
+	if e.vnetHdr && hdr.flags&(vnetFlagNeedsCsum|vnetFlagDataValid) == 0 && !tcpChecksumValid(b, proto) {
+		e.stats.RxBadChecksum.Add(1)
+		return
+	}
+	d := e.getDispatcher()
+	if d == nil {
+		return
+	}
+	e.stats.RxPackets.Add(1)
+	e.stats.RxBytes.Add(uint64(len(b)))
+	if hdr.gsoType != vnetGSONone {
+		e.stats.RxGSOPackets.Add(1)
+	}
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
+		Payload: buffer.MakeWithData(b),
+	})
+	d.DeliverNetworkPacket(proto, pkt)
+	pkt.DecRef()
+}
+
+// WritePackets implements stack.LinkWriter.
+func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	s := e.scratch.Get().(*writeScratch)
+	defer e.scratch.Put(s)
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.closed {
+		return 0, &tcpip.ErrClosedForSend{}
+	}
+	n := 0
+	for _, pkt := range pkts.AsSlice() {
+		fd := e.fds[0]
+		if len(e.fds) > 1 {
+			fd = e.fds[pkt.Hash%uint32(len(e.fds))]
+		}
+		if err := e.writePacket(s, fd, pkt); err != nil {
+			if n == 0 {
+				return 0, err
+			}
+			break
+		}
+		n++
+	}
+	return n, nil
+}
+
+// writePacket writes one packet with one writev. Errors other than a closed
+// device drop the packet (TCP retransmits), as a full NIC queue would.
+func (e *linkEndpoint) writePacket(s *writeScratch, fd int, pkt *stack.PacketBuffer) tcpip.Error {
+	iov := s.iov[:0]
+	size := pkt.Size()
+	if e.vnetHdr {
+		h := virtioNetHdr{}
+		if gso := pkt.GSOOptions; gso.Type != stack.GSONone {
+			l3 := pkt.NetworkHeader().View().Size()
+			h.hdrLen = uint16(pkt.HeaderSize())
+			if gso.NeedsCsum {
+				h.flags = vnetFlagNeedsCsum
+				h.csumStart = uint16(l3)
+				h.csumOffset = gso.CsumOffset
+			}
+			if pkt.Data().Size() > int(gso.MSS) {
+				switch gso.Type {
+				case stack.GSOTCPv4:
+					h.gsoType = vnetGSOTCPv4
+				case stack.GSOTCPv6:
+					h.gsoType = vnetGSOTCPv6
+				}
+				h.gsoSize = gso.MSS
+				e.stats.TxGSOPackets.Add(1)
+			}
+		}
+		h.encode(s.hdr[:])
+		iov = append(iov, iovec(s.hdr[:]))
+	}
+	vl, off := pkt.AsViewList()
+	fits := true
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b = b[off:]
+		off = 0
+		if len(b) == 0 {
+			continue
+		}
+		if len(iov) == cap(iov) {
+			fits = false
+			break
+		}
+		iov = append(iov, iovec(b))
+	}
+	if !fits {
+		// Rare: linearise into the scratch's own buffer.
+		s.flat = s.flat[:0]
+		vl, off = pkt.AsViewList()
+		for v := vl.Front(); v != nil; v = v.Next() {
+			b := v.AsSlice()
+			if off >= len(b) {
+				off -= len(b)
+				continue
+			}
+			s.flat = append(s.flat, b[off:]...)
+			off = 0
+		}
+		iov = iov[:0]
+		if e.vnetHdr {
+			iov = append(iov, iovec(s.hdr[:]))
+		}
+		iov = append(iov, iovec(s.flat))
+	}
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		switch errno {
+		case 0:
+			e.stats.TxPackets.Add(1)
+			e.stats.TxBytes.Add(uint64(size))
+			return nil
+		case unix.EINTR:
+			continue
+		case unix.EBADF, unix.EBADFD:
+			return &tcpip.ErrClosedForSend{}
+		default:
+			e.stats.TxErrors.Add(1)
+			return nil
+		}
+	}
+}
+
+func iovec(b []byte) unix.Iovec {
+	v := unix.Iovec{Base: &b[0]}
+	v.SetLen(len(b))
+	return v
+}

@@ -1,0 +1,397 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// nicID is the stack's only NIC: the TUN.
+const nicID tcpip.NICID = 1
+
+// Defaults for Options fields left zero.
+const (
+	// DefaultMaxInFlight caps handshakes in progress (SYN seen, upstream
+	// not yet answered). Each holds a goroutine and a gVisor endpoint; past
+	// the cap new SYNs are dropped and counted, and clients retransmit.
+	DefaultMaxInFlight = 2048
+	// DefaultDialTimeout bounds the wait for the server's SYN-ACK. The
+	// client sees silence meanwhile, as it would toward an unreachable
+	// host, and its own connect timeout decides what it reports.
+	DefaultDialTimeout = 30 * time.Second
+	// DefaultTimeWait is how long gVisor keeps a closed connection's tuple
+	// in TIME_WAIT. gVisor's 60 s default stalls clients that reuse a
+	// source port: a SYN hitting a TIME_WAIT tuple is only handed to a
+	// listening endpoint, and the forwarder is not one, so it is dropped
+	// silently (datapath-notes.md: 128 conn/s, stalls after 1.5 s). The
+	// kernels at both ends keep their own TIME_WAIT, so the relay's copy
+	// only needs to absorb stray retransmissions.
+	DefaultTimeWait = 100 * time.Millisecond
+	// DefaultBufferMax is the largest TCP send and receive buffer per leg
+	// that auto-tuning may reach (datapath-notes.md: 4 and 8 MiB equal,
+	// 16 MiB worse).
+	DefaultBufferMax = 4 << 20
+)
+
+// Options configures a Stack.
+type Options struct {
+	// Files are the TUN queues (TUN.Files), or one end of a socketpair in
+	// tests. The Stack owns them and closes them in Close. Required.
+	Files []*os.File
+	// MTU of the device. Required.
+	MTU int
+	// VnetHdr says that packets carry a virtio_net_hdr (TUN.VnetHdr);
+	// enables GSO super-packets in both directions.
+	VnetHdr bool
+	// Handler admits and serves flows. Required.
+	Handler Handler
+	// Logger for errors outside any flow; nil discards.
+	Logger *slog.Logger
+	// MaxInFlight: see DefaultMaxInFlight.
+	MaxInFlight int
+	// DialTimeout: see DefaultDialTimeout.
+	DialTimeout time.Duration
+	// TimeWait: see DefaultTimeWait.
+	TimeWait time.Duration
+	// BufferMax: see DefaultBufferMax.
+	BufferMax int
+	// SACK enables selective acknowledgements in gVisor's TCP. Off by
+	// default: with it on, gVisor made thousands of spurious
+	// retransmissions per 10 s on the lab and ran slower
+	// (datapath-notes.md).
+	SACK bool
+}
+
+// Stack is the gVisor stack that terminates forwarded TCP flows.
+type Stack struct {
+	stack   *stack.Stack
+	link    *linkEndpoint
+	handler Handler
+	log     *slog.Logger
+	dialTO  time.Duration
+	stats   Stats
+
+	nextID  atomic.Uint64
+	closing atomic.Bool
+	done    chan struct{} // closed by Shutdown: aborts dials
+
+	mu    sync.Mutex
+	flows map[*liveFlow]struct{}
+	wg    sync.WaitGroup // one per forwarder request in progress
+	once  sync.Once
+}
+
+// liveFlow is a served flow's legs, so Shutdown can close them.
+type liveFlow struct{ client, server Conn }
+
+// New builds the stack on the given TUN queues and starts reading them.
+func New(o Options) (*Stack, error) {
+	if o.Handler == nil {
+		return nil, errors.New("netstack: Options.Handler is nil")
+	}
+	if o.MTU <= 0 {
+		return nil, errors.New("netstack: Options.MTU must be positive")
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = DefaultMaxInFlight
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = DefaultDialTimeout
+	}
+	if o.TimeWait <= 0 {
+		o.TimeWait = DefaultTimeWait
+	}
+	if o.BufferMax <= 0 {
+		o.BufferMax = DefaultBufferMax
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Stack{
+		handler: o.Handler,
+		log:     o.Logger,
+		dialTO:  o.DialTimeout,
+		done:    make(chan struct{}),
+		flows:   make(map[*liveFlow]struct{}),
+	}
+	var gso uint32
+	if o.VnetHdr {
+		gso = maxGSOSize
+	}
+	link, err := newLinkEndpoint(endpointOptions{
+		Files:      o.Files,
+		MTU:        uint32(o.MTU),
+		VnetHdr:    o.VnetHdr,
+		GSOMaxSize: gso,
+		Stats:      &s.stats,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.link = link
+
+	st := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
+	})
+	s.stack = st
+	fail := func(err error) (*Stack, error) {
+		st.Close()
+		link.Close()
+		st.Wait()
+		return nil, err
+	}
+	tcpOpts := []tcpip.SettableTransportProtocolOption{
+		ptr(tcpip.TCPSACKEnabled(o.SACK)),
+		ptr(tcpip.TCPTimeWaitTimeoutOption(o.TimeWait)),
+		// Reno: faster than cubic on the lab (datapath-notes.md); the
+		// client's and server's kernels run their own congestion control
+		// end to end anyway, each leg here spans one hop.
+		ptr(tcpip.CongestionControlOption("reno")),
+		ptr(tcpip.TCPModerateReceiveBufferOption(true)),
+		&tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: 128 << 10, Max: o.BufferMax},
+		&tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: 128 << 10, Max: o.BufferMax},
+	}
+	for _, opt := range tcpOpts {
+		if terr := st.SetTransportProtocolOption(tcp.ProtocolNumber, opt); terr != nil {
+			return fail(fmt.Errorf("netstack: set TCP option %T: %s", opt, terr))
+		}
+	}
+	if terr := st.CreateNICWithOptions(nicID, link, stack.NICOptions{Name: "tun"}); terr != nil {
+		return fail(fmt.Errorf("netstack: create NIC: %s", terr))
+	}
+	// Promiscuous: accept packets for any destination (every server).
+	// Spoofing: send from any source (the client's address upstream, the
+	// server's toward the client).
+	if terr := st.SetPromiscuousMode(nicID, true); terr != nil {
+		return fail(fmt.Errorf("netstack: promiscuous mode: %s", terr))
+	}
+	if terr := st.SetSpoofing(nicID, true); terr != nil {
+		return fail(fmt.Errorf("netstack: spoofing: %s", terr))
+	}
+	st.SetRouteTable([]tcpip.Route{
+		{Destination: header.IPv4EmptySubnet, NIC: nicID},
+		{Destination: header.IPv6EmptySubnet, NIC: nicID},
+	})
+	fwd := tcp.NewForwarder(st, 0, o.MaxInFlight, s.handleSYN)
+	st.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+	return s, nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// Stats returns the live counters.
+func (s *Stack) Stats() *Stats { return &s.stats }
+
+// SynDropsInFlight returns how many SYNs were dropped because MaxInFlight
+// handshakes were pending (gVisor counts them).
+func (s *Stack) SynDropsInFlight() uint64 {
+	return s.stack.Stats().TCP.ForwardMaxInFlightDrop.Value()
+}
+
+// handleSYN is the tcp.Forwarder callback, on its own goroutine per SYN. It
+// follows Tailscale's acceptTCP/forwardTCP: ask the Handler, dial the
+// server with the client's address, and only then complete the client's
+// handshake, so that a closed port answers RST, an unreachable one stays
+// silent, and the client's SYN-ACK means the server is there.
+func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
+	s.wg.Add(1)
+	defer s.wg.Done()
+	id := r.ID()
+	f := &Flow{
+		ID:     s.nextID.Add(1),
+		Client: netip.AddrPortFrom(toAddr(id.RemoteAddress), id.RemotePort),
+		Server: netip.AddrPortFrom(toAddr(id.LocalAddress), id.LocalPort),
+		Start:  time.Now(),
+	}
+	if s.closing.Load() {
+		r.Complete(false)
+		return
+	}
+	switch s.handler.Admit(f) {
+	case AdmitAccept:
+	case AdmitReset:
+		s.stats.FlowsReset.Add(1)
+		r.Complete(true)
+		return
+	default:
+		s.stats.FlowsDropped.Add(1)
+		r.Complete(false)
+		return
+	}
+	s.stats.FlowsAdmitted.Add(1)
+
+	server, err := s.dial(f)
+	if err != nil {
+		if isRefused(err) {
+			s.stats.FlowsRefused.Add(1)
+			r.Complete(true)
+			return
+		}
+		s.stats.FlowsUnreachable.Add(1)
+		r.Complete(false)
+		return
+	}
+
+	var wq waiter.Queue
+	ep, terr := r.CreateEndpoint(&wq)
+	if terr != nil {
+		// The client went away meanwhile (RST, or a stale SYN).
+		r.Complete(true)
+		server.Close()
+		return
+	}
+	r.Complete(false)
+	client := newConn(&wq, ep)
+
+	lf := &liveFlow{client: client, server: server}
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		client.Close()
+		server.Close()
+		return
+	}
+	s.flows[lf] = struct{}{}
+	s.mu.Unlock()
+	s.stats.FlowsServed.Add(1)
+	s.stats.FlowsActive.Add(1)
+	s.handler.Serve(f, client, server)
+	s.stats.FlowsActive.Add(-1)
+	s.mu.Lock()
+	delete(s.flows, lf)
+	s.mu.Unlock()
+}
+
+// tcpipError carries a tcpip.Error (which is not an error) across the
+// package boundary.
+type tcpipError struct{ err tcpip.Error }
+
+func (e *tcpipError) Error() string { return e.err.String() }
+
+// isRefused reports whether err is the server refusing the connection (RST).
+func isRefused(err error) bool {
+	var te *tcpipError
+	if !errors.As(err, &te) {
+		return false
+	}
+	_, ok := te.err.(*tcpip.ErrConnectionRefused)
+	return ok
+}
+
+// dial connects to f.Server from f.Client through the TUN. The endpoint
+// binds the client's exact address and port; SO_REUSEADDR is needed because
+// the client-facing endpoint of the same flow (server→client direction)
+// holds the same pair of addresses, and because the port may still be in
+// this stack's TIME_WAIT from the client's previous connection.
+func (s *Stack) dial(f *Flow) (*tcpConn, error) {
+	proto := header.IPv4ProtocolNumber
+	if f.Server.Addr().Is6() {
+		proto = header.IPv6ProtocolNumber
+	}
+	var wq waiter.Queue
+	ep, terr := s.stack.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
+	if terr != nil {
+		s.stats.DialErrors.Add(1)
+		return nil, fmt.Errorf("netstack: new upstream endpoint: %w", &tcpipError{terr})
+	}
+	ep.SocketOptions().SetReuseAddress(true)
+	if terr := ep.Bind(tcpip.FullAddress{NIC: nicID, Addr: fromAddr(f.Client.Addr()), Port: f.Client.Port()}); terr != nil {
+		ep.Close()
+		s.stats.DialErrors.Add(1)
+		return nil, fmt.Errorf("netstack: bind upstream to %s: %w", f.Client, &tcpipError{terr})
+	}
+	entry, ready := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	terr = ep.Connect(tcpip.FullAddress{NIC: nicID, Addr: fromAddr(f.Server.Addr()), Port: f.Server.Port()})
+	if _, started := terr.(*tcpip.ErrConnectStarted); started {
+		t := time.NewTimer(s.dialTO)
+		select {
+		case <-ready:
+			terr = ep.LastError()
+		case <-t.C:
+			terr = &tcpip.ErrTimeout{}
+		case <-s.done:
+			terr = &tcpip.ErrAborted{}
+		}
+		t.Stop()
+	}
+	if terr != nil {
+		ep.Abort()
+		return nil, fmt.Errorf("netstack: connect %s from %s: %w", f.Server, f.Client, &tcpipError{terr})
+	}
+	return newConn(&wq, ep), nil
+}
+
+func toAddr(a tcpip.Address) netip.Addr {
+	if a.Len() == 4 {
+		return netip.AddrFrom4(a.As4())
+	}
+	return netip.AddrFrom16(a.As16())
+}
+
+func fromAddr(a netip.Addr) tcpip.Address {
+	if a.Is4() {
+		return tcpip.AddrFrom4(a.As4())
+	}
+	return tcpip.AddrFrom16(a.As16())
+}
+
+// Shutdown stops accepting flows (new SYNs get no answer, so clients
+// retransmit toward whatever path replaces netward), aborts pending dials,
+// closes the legs of all served flows and waits for their Serve calls to
+// return, or for ctx.
+func (s *Stack) Shutdown(ctx context.Context) error {
+	s.once.Do(func() {
+		s.closing.Store(true)
+		close(s.done)
+	})
+	s.mu.Lock()
+	for lf := range s.flows {
+		lf.client.Close()
+		lf.server.Close()
+	}
+	s.mu.Unlock()
+	waited := make(chan struct{})
+	go func() { s.wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("netstack: shutdown: %d flows still open: %w", s.stats.FlowsActive.Load(), ctx.Err())
+	}
+}
+
+// Close shuts down (if not yet), tears the gVisor stack down and closes the
+// TUN queues, which deletes the device.
+func (s *Stack) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := s.Shutdown(ctx)
+	s.stack.Close()
+	s.link.Close()
+	s.stack.Wait()
+	return err
+}
+
+func secondsDuration(sec int) time.Duration {
+	if sec < 0 {
+		return 0
+	}
+	return time.Duration(sec) * time.Second
+}

@@ -1,0 +1,28 @@
+package netstack
+
+import "sync/atomic"
+
+// Stats are the datapath counters. All fields are updated atomically and may
+// be read at any time (metrics export them).
+type Stats struct {
+	RxPackets     atomic.Uint64 // packets read from the TUN and handed to gVisor
+	RxBytes       atomic.Uint64
+	RxGSOPackets  atomic.Uint64 // of which GSO super-packets
+	RxMalformed   atomic.Uint64 // not IPv4/IPv6, or shorter than a header
+	RxBadChecksum atomic.Uint64 // TCP checksum wrong (packets the kernel had not verified)
+	ReadErrors    atomic.Uint64
+	TxPackets     atomic.Uint64 // packets written to the TUN
+	TxBytes       atomic.Uint64
+	TxGSOPackets  atomic.Uint64 // of which GSO super-packets
+	TxErrors      atomic.Uint64 // writes refused by the kernel (packet dropped)
+
+	FlowsAdmitted    atomic.Uint64 // SYNs the Handler accepted
+	FlowsReset       atomic.Uint64 // SYNs the Handler answered with RST
+	FlowsDropped     atomic.Uint64 // SYNs the Handler dropped
+	FlowsRefused     atomic.Uint64 // upstream answered RST: client got RST
+	FlowsUnreachable atomic.Uint64 // upstream never answered / unreachable: client got nothing
+	FlowsServed      atomic.Uint64 // both legs up, handed to Serve
+	FlowsActive      atomic.Int64  // currently in Serve
+	SynDropsInFlight atomic.Uint64 // SYNs dropped because MaxInFlight handshakes were pending
+	DialErrors       atomic.Uint64 // upstream dial failed locally (bind, endpoint)
+}

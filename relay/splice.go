@@ -1,0 +1,205 @@
+// Package relay serves netward's flows: it splices the client's and the
+// server's legs with half-close. The plain Handler (accept all, splice) is
+// in plain.go; inspection and policy build on Splice.
+package relay
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+
+	"github.com/netward/netward/netstack"
+)
+
+// BufferSize is the size of one pooled copy buffer. One read from a gVisor
+// leg returns at most what its receive queue holds; 32 KiB is two GSO
+// segments' worth at 1500 MTU rounding and keeps a busy flow at one buffer
+// per direction.
+const BufferSize = 32 << 10
+
+// bufPool holds copy buffers. A flow takes one per direction only while it
+// copies, and returns it at the end; pointers avoid the allocation that
+// putting a slice header into a sync.Pool would cost.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, BufferSize); return &b }}
+
+// End is how a spliced flow ended.
+type End uint8
+
+const (
+	// EndClosed: both directions ended with a FIN.
+	EndClosed End = iota
+	// EndClientReset: the client reset its leg; the server got an RST.
+	EndClientReset
+	// EndServerReset: the server reset its leg; the client got an RST.
+	EndServerReset
+	// EndError: a leg failed otherwise (timeout, local close); both were
+	// aborted with an RST.
+	EndError
+)
+
+func (e End) String() string {
+	switch e {
+	case EndClosed:
+		return "closed"
+	case EndClientReset:
+		return "client-reset"
+	case EndServerReset:
+		return "server-reset"
+	case EndError:
+		return "error"
+	}
+	return "end(" + strconv.Itoa(int(e)) + ")"
+}
+
+// Result is what Splice moved and how it ended.
+type Result struct {
+	Up   int64 // bytes client → server, held bytes included
+	Down int64 // bytes server → client
+	End  End
+	Err  error // the first error that ended the flow; nil for EndClosed
+}
+
+// Splice copies bytes both ways until both directions have ended, then
+// closes both conns. held are client bytes already read (by an inspector)
+// that go to the server first.
+//
+// Half-close: EOF from one side becomes CloseWrite (FIN) toward the other,
+// and the opposite direction carries on. A reset or error in either
+// direction aborts both legs with an RST, as a reset end to end would.
+func Splice(client, server netstack.Conn, held []byte) Result {
+	var (
+		res   Result
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first *halfError // the error that ended the flow; later ones follow from it
+	)
+	fail := func(err *halfError) {
+		mu.Lock()
+		if first == nil {
+			first = err
+			// Abort both legs: a reset or failure on one side becomes an
+			// RST on the other, and the opposite copy stops at once.
+			abortConn(client)
+			abortConn(server)
+		}
+		mu.Unlock()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var err *halfError
+		res.Down, err = copyHalf(client, server, nil, false)
+		if err != nil {
+			fail(err)
+		}
+	}()
+	up, err := copyHalf(server, client, held, true)
+	if err != nil {
+		fail(err)
+	}
+	wg.Wait()
+	res.Up = up
+	client.Close()
+	server.Close()
+	if first == nil {
+		res.End = EndClosed
+		return res
+	}
+	res.Err = first
+	// Which leg failed: the read side of a copy is its source, the write
+	// side its destination.
+	clientSide := first.read == first.up
+	switch {
+	case !isReset(first.err):
+		res.End = EndError
+	case clientSide:
+		res.End = EndClientReset
+	default:
+		res.End = EndServerReset
+	}
+	return res
+}
+
+// halfError is the error that ended one direction of a flow.
+type halfError struct {
+	up   bool // direction client → server
+	read bool // reading the source failed (else writing the destination)
+	err  error
+}
+
+func (e *halfError) Error() string {
+	leg := "server"
+	if e.read == e.up {
+		leg = "client"
+	}
+	op := "write"
+	if e.read {
+		op = "read"
+	}
+	return op + " " + leg + ": " + e.err.Error()
+}
+
+func (e *halfError) Unwrap() error { return e.err }
+
+// isReset reports whether err means the peer reset or abandoned the
+// connection, as opposed to a local failure or timeout.
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.ECONNABORTED)
+}
+
+// copyHalf copies src to dst until EOF, then half-closes: CloseWrite on dst
+// (FIN) and CloseRead on src. It returns the bytes written to dst.
+func copyHalf(dst, src netstack.Conn, held []byte, up bool) (int64, *halfError) {
+	var n int64
+	if len(held) > 0 {
+		w, err := dst.Write(held)
+		n += int64(w)
+		if err != nil {
+			return n, &halfError{up: up, read: false, err: err}
+		}
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		r, rerr := src.Read(buf)
+		if r > 0 {
+			w, werr := dst.Write(buf[:r])
+			n += int64(w)
+			if werr != nil {
+				return n, &halfError{up: up, read: false, err: werr}
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return n, &halfError{up: up, read: true, err: rerr}
+		}
+	}
+	if err := dst.CloseWrite(); err != nil && !isClosed(err) {
+		return n, &halfError{up: up, read: false, err: err}
+	}
+	src.CloseRead() // nothing more will come; error irrelevant
+	return n, nil
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed)
+}
+
+// lingerer is implemented by *net.TCPConn and netstack's conns.
+type lingerer interface{ SetLinger(sec int) error }
+
+// abortConn closes c with an RST where the conn supports it.
+func abortConn(c net.Conn) {
+	if l, ok := c.(lingerer); ok {
+		l.SetLinger(0) // best effort: Close below ends the conn either way
+	}
+	c.Close()
+}
