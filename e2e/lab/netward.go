@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -54,6 +55,7 @@ func (l *Lab) NetwardArgs(opts NetwardOptions) []string {
 		"--admin-socket", filepath.Join(l.Dir, "netward-admin.sock"),
 		"--log", filepath.Join(l.Dir, "eve.json"),
 		"--log-level", "debug",
+		"--log-format", "json", // so Flows can parse the per-flow lines
 	}
 	if len(ifs) > 0 {
 		args = append(args, "--interfaces", strings.Join(ifs, ","))
@@ -189,3 +191,54 @@ func (w *Netward) Terminate(grace time.Duration) error {
 
 // Kill sends SIGKILL (no chance to clean up) and waits for the exit.
 func (w *Netward) Kill() { w.kill() }
+
+// FlowLog is one of netward's per-flow log lines ("msg":"flow"), written
+// when a flow ends.
+type FlowLog struct {
+	ID        uint64 `json:"flow_id"`
+	Src       string `json:"src"`
+	Dst       string `json:"dst"`
+	BytesUp   int64  `json:"bytes_up"`
+	BytesDown int64  `json:"bytes_down"`
+	Duration  any    `json:"duration"` // slog writes nanoseconds in JSON
+	End       string `json:"end"`
+	Error     string `json:"error"`
+	Line      string `json:"-"` // the raw line
+}
+
+// Flows returns the per-flow lines netward has logged so far.
+func (w *Netward) Flows() []FlowLog {
+	var out []FlowLog
+	for _, line := range strings.Split(w.Log(), "\n") {
+		if !strings.Contains(line, `"msg":"flow"`) {
+			continue
+		}
+		var f FlowLog
+		if json.Unmarshal([]byte(line), &f) == nil {
+			f.Line = line
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// WaitFlows waits until at least n flow lines satisfy match (nil: any), or
+// ctx ends, and returns the matching lines.
+func (w *Netward) WaitFlows(ctx context.Context, n int, match func(FlowLog) bool) ([]FlowLog, error) {
+	for {
+		var got []FlowLog
+		for _, f := range w.Flows() {
+			if match == nil || match(f) {
+				got = append(got, f)
+			}
+		}
+		if len(got) >= n {
+			return got, nil
+		}
+		select {
+		case <-ctx.Done():
+			return got, fmt.Errorf("lab: %d of %d flow lines: %w", len(got), n, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
