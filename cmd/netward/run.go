@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/netward/netward/config"
+	"github.com/netward/netward/netstack"
+	"github.com/netward/netward/relay"
+	"github.com/netward/netward/steer"
+)
+
+func init() {
+	register("run", "steer forwarded TCP through netward and relay it", runMain)
+}
+
+// shutdownGrace bounds how long run waits for flows to close on a signal.
+const shutdownGrace = 5 * time.Second
+
+func runMain(args []string) int {
+	fs := flag.NewFlagSet("netward run", flag.ContinueOnError)
+	cf := config.NewFlags(fs)
+	queues := fs.Int("queues", 1, "TUN queues, each read by its own goroutine (IFF_MULTI_QUEUE when > 1)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: netward run [flags]\n\nSteers forwarded TCP into a TUN, terminates each flow and relays it\nwith the client's own address. Flags override the config file.\n\nflags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "netward run: unexpected arguments: %s\n", strings.Join(fs.Args(), " "))
+		return 2
+	}
+	cfg, err := cf.Load()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "netward run: %v\n", err)
+		return 2
+	}
+	log := newLogger(cfg.Log)
+	if err := run(cfg, *queues, log); err != nil {
+		log.Error("netward run failed", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(c config.Log) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
+		level = slog.LevelInfo // config.Validate has already refused bad levels
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// steerConfig maps the appliance config onto steer's.
+func steerConfig(cfg *config.Config, log *slog.Logger) (steer.Config, error) {
+	sc := steer.DefaultConfig()
+	sc.TUN = cfg.TUN
+	sc.Interfaces = cfg.Interfaces
+	sc.Mark = cfg.Mark
+	sc.Table = cfg.Table
+	sc.RulePriority = cfg.RulePriority
+	sc.IPv6 = cfg.IPv6
+	sc.Logger = log
+	fm, err := steer.ParseFailMode(cfg.FailMode)
+	if err != nil {
+		return sc, err
+	}
+	sc.FailMode = fm
+	return sc, nil
+}
+
+// run brings the datapath up in the order that never blackholes a flow:
+// TUN and stack first, steering last; and tears it down in reverse on
+// SIGINT/SIGTERM: stop accepting, close flows, remove steering, close the
+// TUN (which deletes it).
+func run(cfg *config.Config, queues int, log *slog.Logger) error {
+	sc, err := steerConfig(cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := steer.Preflight(sc); err != nil {
+		return fmt.Errorf("preflight: %w", err)
+	}
+	tun, err := netstack.OpenTUN(netstack.TUNOptions{
+		Name:    cfg.TUN,
+		MTU:     cfg.MTU,
+		Queues:  queues,
+		Offload: cfg.Offload,
+	})
+	if err != nil {
+		return err
+	}
+	if cfg.Offload && !tun.VnetHdr {
+		log.Warn("TUN offloads unavailable; using plain packets (slower)", "tun", tun.Name)
+	}
+	st, err := netstack.New(netstack.Options{
+		Files:       tun.Files,
+		MTU:         tun.MTU,
+		VnetHdr:     tun.VnetHdr,
+		Handler:     &relay.Plain{Log: log},
+		Logger:      log,
+		MaxInFlight: cfg.Limits.MaxHalfOpen,
+		DialTimeout: cfg.Limits.ConnectTimeout,
+	})
+	if err != nil {
+		tun.Close()
+		return err
+	}
+	steering, err := steer.Install(sc)
+	if err != nil {
+		st.Close()
+		return fmt.Errorf("install steering: %w", err)
+	}
+	stopDebug := serveDebug(cfg.Metrics, log)
+	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files),
+		"mtu", tun.MTU, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	<-ctx.Done()
+	stop()
+	log.Info("netward stopping", "active_flows", st.Stats().FlowsActive.Load())
+
+	var errs []error
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	if err := st.Shutdown(sctx); err != nil {
+		errs = append(errs, err)
+	}
+	cancel()
+	if err := steering.Remove(); err != nil {
+		errs = append(errs, fmt.Errorf("remove steering: %w", err))
+	}
+	if err := st.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	stopDebug()
+	s := st.Stats()
+	log.Info("netward stopped", "flows", s.FlowsServed.Load(), "refused", s.FlowsRefused.Load(),
+		"unreachable", s.FlowsUnreachable.Load(), "syn_drops_in_flight", st.SynDropsInFlight(),
+		"rx_packets", s.RxPackets.Load(), "tx_packets", s.TxPackets.Load())
+	return errors.Join(errs...)
+}
+
+func interfacesAttr(names []string) string {
+	if len(names) == 0 {
+		return "all"
+	}
+	return strings.Join(names, ",")
+}
+
+// serveDebug serves /debug/pprof on the metrics listener when asked
+// (metrics.pprof); the metrics package adds its own handlers when it lands.
+func serveDebug(m config.Metrics, log *slog.Logger) (stop func()) {
+	if m.Listen == "" || !m.Pprof {
+		return func() {}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Addr: m.Listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("debug listener", "addr", m.Listen, "error", err)
+		}
+	}()
+	return func() { srv.Close() }
+}
