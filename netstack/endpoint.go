@@ -287,6 +287,12 @@ func (e *linkEndpoint) deliver(b []byte) {
 		e.stats.RxMalformed.Add(1)
 		return
 	}
+	if !isTCP(b, proto) {
+		// The kernel's own packets on the TUN (IPv6 MLD/ND, for
+		// example): steering only ever routes TCP here.
+		e.stats.RxNotTCP.Add(1)
+		return
+	}
 	if e.vnetHdr && hdr.flags&(vnetFlagNeedsCsum|vnetFlagDataValid) == 0 && !tcpChecksumValid(b, proto) {
 		e.stats.RxBadChecksum.Add(1)
 		return

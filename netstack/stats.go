@@ -9,6 +9,7 @@ type Stats struct {
 	RxBytes       atomic.Uint64
 	RxGSOPackets  atomic.Uint64 // of which GSO super-packets
 	RxMalformed   atomic.Uint64 // not IPv4/IPv6, or shorter than a header
+	RxNotTCP      atomic.Uint64 // IP but not TCP (kernel's own ND/MLD): dropped
 	RxBadChecksum atomic.Uint64 // TCP checksum wrong (packets the kernel had not verified)
 	ReadErrors    atomic.Uint64
 	TxPackets     atomic.Uint64 // packets written to the TUN

@@ -41,6 +41,10 @@ type TUN struct {
 // steers no UDP).
 const tunOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
 
+// tunTxQueueLen is the TUN's txqueuelen: the packets the kernel holds for
+// netward's readers (see OpenTUN).
+const tunTxQueueLen = 8192
+
 // OpenTUN creates the TUN device, sets its MTU and brings it up. The
 // device lives in the network namespace of the calling thread.
 func OpenTUN(o TUNOptions) (*TUN, error) {
@@ -84,6 +88,14 @@ func OpenTUN(o TUNOptions) (*TUN, error) {
 			t.Close()
 			return nil, fmt.Errorf("netstack: set MTU %d on %s: %w", o.MTU, o.Name, err)
 		}
+	}
+	// The kernel queues packets for the TUN in a ring of txqueuelen
+	// entries and drops when it is full (TX dropped). The default 500
+	// overflowed on a burst of 1,000 SYNs (each SYN costs the reader more
+	// than the sender), and every drop costs a client a 1 s SYN retransmit.
+	if err := netlink.LinkSetTxQLen(link, tunTxQueueLen); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("netstack: set txqueuelen on %s: %w", o.Name, err)
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		t.Close()

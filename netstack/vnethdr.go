@@ -81,6 +81,15 @@ func packetProto(b []byte) tcpip.NetworkProtocolNumber {
 	return 0
 }
 
+// isTCP reports whether an IP packet (version already known) carries TCP
+// directly: no IPv6 extension headers.
+func isTCP(b []byte, proto tcpip.NetworkProtocolNumber) bool {
+	if proto == header.IPv4ProtocolNumber {
+		return header.IPv4(b).Protocol() == uint8(header.TCPProtocolNumber)
+	}
+	return header.IPv6(b).NextHeader() == uint8(header.TCPProtocolNumber)
+}
+
 // tcpChecksumValid verifies the TCP checksum of a whole IPv4 or IPv6 packet.
 // The endpoint advertises CapabilityRXChecksumOffload, so gVisor verifies no
 // checksum itself; the kernel vouches for packets it flags NEEDS_CSUM
