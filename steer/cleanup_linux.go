@@ -46,8 +46,14 @@ func Cleanup(cfg Config) ([]string, error) {
 	// A TUN that a process holds open means netward is running: its rules
 	// are not leftovers.
 	if l, err := netlink.LinkByName(c.TUN); err == nil {
-		if tun, ok := l.(*netlink.Tuntap); ok && tun.Queues > 0 {
-			return nil, fmt.Errorf("steer: %w: %s is held open by a running process (is netward running?); stop it first, nothing was removed", ErrTUNInUse, c.TUN)
+		if tun, ok := l.(*netlink.Tuntap); ok {
+			inUse, err := tunInUse(tun)
+			if err != nil {
+				return nil, err
+			}
+			if inUse {
+				return nil, fmt.Errorf("steer: %w: %s is held open by a running process (is netward running?); stop it first; nothing was removed", ErrTUNInUse, c.TUN)
+			}
 		}
 	}
 	ipts := map[bool]*iptables.IPTables{}
@@ -259,7 +265,7 @@ func routeString(r *netlink.Route) string {
 	if r.Gw != nil {
 		fmt.Fprintf(&b, " via %s", r.Gw)
 	}
-	if r.LinkIndex > 0 {
+	if r.LinkIndex > 0 && (r.Type == unix.RTN_UNICAST || r.Type == unix.RTN_UNSPEC) { // IPv6 shows "dev lo" on the others
 		if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
 			fmt.Fprintf(&b, " dev %s", l.Attrs().Name)
 		} else {
@@ -294,8 +300,12 @@ func cleanupTUN(c *Config, deleteTUN bool) ([]string, error) {
 		return nil, nil
 	}
 	if deleteTUN {
-		if tun.Queues > 0 {
-			return nil, fmt.Errorf("steer: %w: %s is held open by a running process (a netward still running?); stop it first", ErrTUNInUse, c.TUN)
+		inUse, err := tunInUse(tun)
+		if err != nil {
+			return nil, err
+		}
+		if inUse {
+			return nil, fmt.Errorf("steer: %w: %s is held open by a running process (is netward running?); stop it first", ErrTUNInUse, c.TUN)
 		}
 		if err := netlink.LinkDel(link); ignoreLinkGone(err) != nil {
 			return nil, fmt.Errorf("steer: ip link del %s: %w", c.TUN, err)
@@ -319,4 +329,42 @@ func cleanupTUN(c *Config, deleteTUN bool) ([]string, error) {
 		removed = append(removed, fmt.Sprintf("ip addr del %s dev %s", a.IPNet, c.TUN))
 	}
 	return removed, nil
+}
+
+// tunInUse reports whether a process has the TUN open. The kernel reports
+// the number of attached queues only for multi-queue devices; for a
+// single-queue one, carrier is on while a process has it open, and that
+// shows only while the device is up. Failing those, try to attach: the
+// kernel refuses a second attachment to a single-queue TUN with EBUSY.
+// (Attaching to an unused, persistent TUN changes nothing that matters:
+// Cleanup deletes it next.)
+func tunInUse(tun *netlink.Tuntap) (bool, error) {
+	if tun.Flags&netlink.TUNTAP_MULTI_QUEUE != 0 {
+		return tun.Queues > 0, nil
+	}
+	if tun.RawFlags&unix.IFF_UP != 0 {
+		return tun.RawFlags&unix.IFF_LOWER_UP != 0, nil
+	}
+	fd, err := unix.Open(tunDevicePath, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Errorf("steer: open %s to probe %s: %w", tunDevicePath, tun.Name, err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(tun.Name)
+	if err != nil {
+		return false, fmt.Errorf("steer: probe %s: %w", tun.Name, err)
+	}
+	flags := uint16(unix.IFF_TUN)
+	if tun.Mode == netlink.TUNTAP_MODE_TAP {
+		flags = unix.IFF_TAP
+	}
+	ifr.SetUint16(flags | unix.IFF_NO_PI)
+	switch err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); {
+	case err == nil:
+		return false, nil
+	case errors.Is(err, unix.EBUSY):
+		return true, nil
+	default:
+		return false, fmt.Errorf("steer: probe whether %s is in use: %w", tun.Name, err)
+	}
 }

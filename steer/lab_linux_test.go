@@ -115,9 +115,6 @@ func newLab(t *testing.T) *lab {
 			"/proc/sys/net/ipv6/conf/all/forwarding":         1,
 			"/proc/sys/net/ipv4/conf/all/rp_filter":          1,
 			"/proc/sys/net/ipv4/conf/default/rp_filter":      1,
-			"/proc/sys/net/ipv6/conf/default/accept_dad":     0,
-			"/proc/sys/net/ipv6/conf/default/addr_gen_mode":  1, // no link-local on new devices: quieter TUN
-			"/proc/sys/net/ipv6/conf/all/accept_dad":         0,
 			"/proc/sys/net/ipv4/conf/default/accept_local":   0,
 			"/proc/sys/net/ipv4/conf/default/route_localnet": 0,
 		} {
@@ -130,7 +127,34 @@ func newLab(t *testing.T) *lab {
 		}
 		return configure("a1", []string{"192.0.2.1/24", "2001:db8:2::1/64"}, nil)
 	}))
+	// IPv6 link-local addresses appear after the link is up; wait for them,
+	// or they would show up as a difference between two state snapshots.
+	for _, w := range []struct {
+		ns  netns.NsHandle
+		dev string
+	}{{l.client, "c0"}, {l.appliance, "a0"}, {l.appliance, "a1"}, {l.app, "s0"}} {
+		l.must(inNS(w.ns, func() error { return waitLinkLocal(w.dev) }))
+	}
 	return l
+}
+
+func waitLinkLocal(dev string) error {
+	link, err := netlink.LinkByName(dev)
+	if err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		addrs, err := netlink.AddrList(link, netlink.FAMILY_V6)
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if a.IP.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%s: no IPv6 link-local address after 5s", dev)
 }
 
 func (l *lab) must(err error) {
@@ -170,6 +194,12 @@ func (l *lab) newNS(name string) netns.NsHandle {
 		}
 	})
 	if err := inNS(h, func() error {
+		// No duplicate address detection: addresses are usable at once.
+		for _, p := range []string{"/proc/sys/net/ipv6/conf/default/accept_dad", "/proc/sys/net/ipv6/conf/all/accept_dad"} {
+			if err := writeInt(p, 0); err != nil {
+				return err
+			}
+		}
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
 			return err

@@ -262,30 +262,37 @@ func (tt *testTUN) write(b []byte) error {
 	return err
 }
 
-// expect reads packets until one matches or d passes. It returns what it
-// saw, for the failure message.
-func (tt *testTUN) expect(d time.Duration, match func(*pkt) bool) (*pkt, []string, error) {
+// expect reads packets until one matches or d passes. It also returns
+// every packet it read, for loop checks and failure messages.
+func (tt *testTUN) expect(d time.Duration, match func(*pkt) bool) (*pkt, []*pkt, error) {
 	deadline := time.Now().Add(d)
 	buf := make([]byte, 65536)
-	var seen []string
+	var seen []*pkt
 	for {
 		if err := tt.f.SetReadDeadline(deadline); err != nil {
 			return nil, seen, err
 		}
 		n, err := tt.f.Read(buf)
 		if err != nil {
-			return nil, seen, fmt.Errorf("%w (saw: %s)", err, strings.Join(seen, "; "))
+			return nil, seen, fmt.Errorf("%s: %w (read: %s)", tt.name, err, pktList(seen))
 		}
 		p, perr := parsePkt(append([]byte(nil), buf[:n]...))
 		if perr != nil {
-			seen = append(seen, "unparsable: "+perr.Error())
-			continue
+			continue // not IP: nothing the tests look for
 		}
-		seen = append(seen, p.String())
+		seen = append(seen, p)
 		if match(p) {
 			return p, seen, nil
 		}
 	}
+}
+
+func pktList(ps []*pkt) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return "[" + strings.Join(s, "; ") + "]"
 }
 
 // none reads for d and fails if a packet matches.
