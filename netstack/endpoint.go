@@ -347,7 +347,7 @@ func (e *linkEndpoint) writePacket(s *writeScratch, fd int, pkt *stack.PacketBuf
 	if e.vnetHdr {
 		h := virtioNetHdr{}
 		if gso := pkt.GSOOptions; gso.Type != stack.GSONone {
-			l3 := pkt.NetworkHeader().View().Size()
+			l3 := len(pkt.NetworkHeader().Slice())
 			h.hdrLen = uint16(pkt.HeaderSize())
 			if gso.NeedsCsum {
 				h.flags = vnetFlagNeedsCsum
