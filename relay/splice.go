@@ -92,12 +92,12 @@ func Splice(client, server netstack.Conn, held []byte) Result {
 	go func() {
 		defer wg.Done()
 		var err *halfError
-		res.Down, err = copyHalf(client, server, nil, false)
+		res.Down, err = copyHalf(client, server, nil, false, nil)
 		if err != nil {
 			fail(err)
 		}
 	}()
-	up, err := copyHalf(server, client, held, true)
+	up, err := copyHalf(server, client, held, true, nil)
 	if err != nil {
 		fail(err)
 	}
@@ -153,12 +153,16 @@ func isReset(err error) bool {
 }
 
 // copyHalf copies src to dst until EOF, then half-closes: CloseWrite on dst
-// (FIN) and CloseRead on src. It returns the bytes written to dst.
-func copyHalf(dst, src netstack.Conn, held []byte, up bool) (int64, *halfError) {
+// (FIN) and CloseRead on src. It returns the bytes written to dst. count,
+// if not nil, is told of every write as it happens (live byte counters).
+func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (int64, *halfError) {
 	var n int64
 	if len(held) > 0 {
 		w, err := dst.Write(held)
 		n += int64(w)
+		if count != nil {
+			count(w)
+		}
 		if err != nil {
 			return n, &halfError{up: up, read: false, err: err}
 		}
@@ -171,6 +175,9 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool) (int64, *halfError) 
 		if r > 0 {
 			w, werr := dst.Write(buf[:r])
 			n += int64(w)
+			if count != nil {
+				count(w)
+			}
 			if werr != nil {
 				return n, &halfError{up: up, read: false, err: werr}
 			}
