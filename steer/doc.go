@@ -1,0 +1,173 @@
+// Package steer is everything netward does to the kernel's packet path:
+// the iptables/ip6tables chains that select and mark forwarded TCP, the ip
+// rules and the routing table that send it into netward's TUN, the TUN's
+// address and sysctls, the fail-open/fail-closed behaviour, and the removal
+// of all of it, on a clean stop (Remove) and after a crash (Cleanup).
+//
+// # Use
+//
+//	cfg := steer.DefaultConfig()          // then override from config/flags
+//	cfg.TUN, cfg.Interfaces = c.TUN, c.Interfaces
+//	cfg.Mark, cfg.Table, cfg.RulePriority = c.Mark, c.Table, c.RulePriority
+//	cfg.FailMode, _ = steer.ParseFailMode(c.FailMode)
+//	cfg.IPv6 = c.IPv6 && steer.KernelHasIPv6()
+//	cfg.Logger = log
+//	if err := steer.Preflight(cfg); err != nil { ... } // before the TUN exists
+//	tun := netstack.OpenTUN(...)                        // creates cfg.TUN
+//	s, err := steer.Install(cfg)                       // cleans leftovers, rolls back on error
+//	...
+//	err = s.Remove()                                   // on SIGTERM/SIGINT (before or after closing the TUN)
+//
+// Install, Remove and Cleanup act in the network namespace of the calling
+// OS thread (netlink sockets, /proc/sys/net and the iptables processes all
+// follow it); netward calls them from its main goroutine in the host's
+// namespace. Errors wrap the sentinels in errors.go (ErrNotPermitted,
+// ErrNoTUNDevice, ErrNoIPTables, ErrInterfaceNotFound, ErrBadConfig,
+// ErrForwardingOff, ErrNoIPv6, ErrTUNInUse).
+//
+// # What Install creates
+//
+// For DefaultConfig (TUN netward0, all interfaces, fail open), in this
+// order (Describe returns the same list for any Config):
+//
+//	ip link set netward0 up
+//	sysctl -w net.ipv4.conf.netward0.forwarding=1
+//	sysctl -w net.ipv4.conf.netward0.rp_filter=2   # only if max(all, netward0) is 1 (strict)
+//	sysctl -w net.ipv6.conf.netward0.disable_ipv6=0
+//	ip addr add 169.254.78.87/32 scope link dev netward0
+//	ip route add default dev netward0 table 20055 metric 100
+//	ip -6 route add default dev netward0 table 20055 metric 100
+//	iptables -t raw -N NETWARD_RAW
+//	iptables -t raw -A NETWARD_RAW -i netward0 -j CT --notrack
+//	iptables -t raw -A NETWARD_RAW -i netward0 -j ACCEPT
+//	iptables -t raw -A NETWARD_RAW ! -p tcp -j RETURN
+//	iptables -t raw -A NETWARD_RAW -i lo -j RETURN
+//	iptables -t raw -A NETWARD_RAW -m u32 ! --u32 '0x4&0x3fff=0x0' -j RETURN
+//	iptables -t raw -A NETWARD_RAW -m addrtype --dst-type LOCAL -j RETURN
+//	iptables -t raw -A NETWARD_RAW -p tcp -j CT --notrack
+//	iptables -t raw -I PREROUTING 1 -j NETWARD_RAW
+//	iptables -t mangle -N NETWARD
+//	iptables -t mangle -A NETWARD -i netward0 -j RETURN
+//	iptables -t mangle -A NETWARD -i lo -j RETURN
+//	iptables -t mangle -A NETWARD -m u32 ! --u32 '0x4&0x3fff=0x0' -j RETURN
+//	iptables -t mangle -A NETWARD -m addrtype --dst-type LOCAL -j RETURN
+//	iptables -t mangle -A NETWARD -p tcp -j MARK --set-xmark 0x4e57/0xffff
+//	iptables -t mangle -I PREROUTING 1 -p tcp -j NETWARD
+//	ip6tables -t raw -N NETWARD_RAW
+//	ip6tables -t raw -A NETWARD_RAW -i netward0 -j CT --notrack
+//	ip6tables -t raw -A NETWARD_RAW -i netward0 -j ACCEPT
+//	ip6tables -t raw -A NETWARD_RAW ! -p tcp -j RETURN
+//	ip6tables -t raw -A NETWARD_RAW -i lo -j RETURN
+//	ip6tables -t raw -A NETWARD_RAW -m frag -j RETURN
+//	ip6tables -t raw -A NETWARD_RAW -m addrtype --dst-type LOCAL -j RETURN
+//	ip6tables -t raw -A NETWARD_RAW -p tcp -j CT --notrack
+//	ip6tables -t raw -I PREROUTING 1 -j NETWARD_RAW
+//	ip6tables -t mangle -N NETWARD
+//	ip6tables -t mangle -A NETWARD -i netward0 -j RETURN
+//	ip6tables -t mangle -A NETWARD -i lo -j RETURN
+//	ip6tables -t mangle -A NETWARD -m frag -j RETURN
+//	ip6tables -t mangle -A NETWARD -m addrtype --dst-type LOCAL -j RETURN
+//	ip6tables -t mangle -A NETWARD -p tcp -j MARK --set-xmark 0x4e57/0xffff
+//	ip6tables -t mangle -I PREROUTING 1 -p tcp -j NETWARD
+//	ip rule add priority 20055 fwmark 0x4e57/0xffff lookup 20055
+//	ip -6 rule add priority 20055 fwmark 0x4e57/0xffff lookup 20055
+//
+// Sysctls and "link up" are changed (and restored by Remove) only when their
+// value differs. With FailClosed, two more routes follow the TUN routes:
+//
+//	ip route add prohibit default table 20055 metric 10000
+//	ip -6 route add prohibit default table 20055 metric 10000
+//
+// With Interfaces set (say eth1, eth2), the "-i lo -j RETURN" rules go and
+// each final rule becomes one rule per interface:
+//
+//	iptables -t raw -A NETWARD_RAW -i eth1 -p tcp -j CT --notrack
+//	iptables -t mangle -A NETWARD -i eth1 -p tcp -j MARK --set-xmark 0x4e57/0xffff
+//
+// Nothing is added to the filter or nat tables, to OUTPUT, or to any
+// global sysctl.
+//
+// # Why each piece
+//
+//   - Selection: TCP, not from lo or the TUN, not a fragment, not addressed
+//     to the appliance (addrtype LOCAL covers every local address, so SSH to
+//     any of the appliance's addresses is never steered). The appliance's own
+//     traffic never passes PREROUTING except on lo. ICMP and every other
+//     protocol keep plain forwarding, so ping and PMTU discovery work.
+//   - Fragments: the u32 match (IPv4: MF or offset set) and -m frag (IPv6:
+//     a Fragment header) keep every fragment on the plain forwarding path,
+//     so the fragments of one packet never split between two paths. When
+//     conntrack is in use in the namespace (any conntrack/state rule), the
+//     kernel reassembles before the raw table, and the whole packet is
+//     steered like any other.
+//   - No loop: packets out of the TUN (gVisor's both legs) are never marked
+//     (mangle "-i TUN -j RETURN"); they take the main table. Every packet
+//     crosses the TUN at most once per direction.
+//   - Conntrack: gVisor's two legs of a flow carry the same 5-tuple with
+//     different sequence numbers; tracked, they would be merged and their
+//     packets dropped as INVALID by a stateful firewall. So steered TCP
+//     arriving from the network and everything arriving from the TUN is
+//     NOTRACK'ed in raw PREROUTING (before conntrack). Steered flows are
+//     therefore UNTRACKED: a FORWARD chain with "ESTABLISHED,RELATED -j
+//     ACCEPT" and policy DROP must also accept "--ctstate UNTRACKED", and
+//     steered flows are not NATed (masquerade on the appliance does not apply
+//     to them).
+//   - raw ACCEPT for the TUN: ends raw PREROUTING for gVisor's packets, so a
+//     later "-m rpfilter --invert -j DROP" there (firewalld adds one) does not
+//     drop them: their sources are routed via other interfaces.
+//   - rp_filter: the kernel drops every packet arriving on an interface
+//     without an IPv4 address whenever rp_filter is 1 or 2, and in strict
+//     mode (1) drops gVisor's packets anyway (their sources route elsewhere).
+//     The effective value is max(all, device), so setting the TUN to 2 makes
+//     it loose without touching `all` or any other interface; the link-local
+//     /32 (scope link, never chosen as a source) satisfies the address test.
+//     IPv6 has no rp_filter. accept_local and route_localnet are not needed.
+//   - The ip rule comes last in Install and goes first in Remove: steering
+//     starts only when the path behind it is complete and stops before it is
+//     taken apart.
+//
+// # Interfaces
+//
+// The rules are stateless: with Interfaces set, TCP arriving on a listed
+// interface is steered and TCP arriving on any other is not, whatever
+// direction of a connection it belongs to. A flow is therefore steered
+// whole only when both of its directions arrive on listed interfaces (on a
+// router: list the LAN and the WAN side). A flow between a listed and an
+// unlisted interface is steered in one direction only and fails. The
+// default (empty list: every interface but lo and the TUN, matched by
+// exclusion so interfaces added later are steered too) has no such case.
+//
+// # Fail modes and crashes
+//
+// When netward dies (kill -9), the kernel closes the TUN, the device
+// disappears and takes its routes with it. The chains and ip rules stay.
+//
+//   - FailOpen: the steering table is empty, so the ip rule's lookup finds
+//     nothing and the kernel goes on to the main table: plain forwarding.
+//     The NOTRACK and MARK rules left behind do not hurt (the flows are
+//     merely untracked). Tested with a "--ctstate INVALID -j DROP" rule.
+//   - FailClosed: the prohibit route (metric 10000; the TUN route's 100 wins
+//     while the TUN exists) takes over: steered TCP is refused with ICMP
+//     administratively prohibited (clients fail at once instead of hanging)
+//     until netward is back or `netward cleanup` runs.
+//
+// This relies on the TUN being non-persistent (netstack must not set
+// TUNSETPERSIST): a persistent TUN keeps its routes after the process dies
+// and black-holes steered traffic in both modes.
+//
+// Install starts by removing the leftovers of an earlier run (same as
+// Cleanup, but keeping the TUN netstack has just opened): on a restart in
+// FailClosed mode, steered traffic passes by plain forwarding for the few
+// milliseconds between that cleanup and the new ip rule.
+//
+// Cleanup (netward cleanup) removes, in IPv4 and IPv6: every NETWARD* chain
+// in mangle and raw and the jumps to it from the built-in chains, the ip
+// rules at RulePriority with netward's mark and every ip rule that looks up
+// Table, every route in Table, and the TUN if it is still there and not
+// held open by a process. It refuses (ErrTUNInUse, nothing removed) while a
+// process holds the TUN open, i.e. while netward runs.
+//
+// iptables and ip6tables are whatever commands PATH finds; the nf_tables
+// and the legacy backend both work (tested). The mark's mask (0xffff) leaves
+// the upper 16 mark bits to others.
+package steer

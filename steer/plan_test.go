@@ -1,0 +1,134 @@
+package steer
+
+import (
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// TestDocListsDescribe keeps doc.go's listing of the kernel state true:
+// every command Describe gives for the documented configurations must be
+// in it.
+func TestDocListsDescribe(t *testing.T) {
+	doc, err := os.ReadFile("doc.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := DefaultConfig()
+	closed.FailMode = FailClosed
+	explicit := DefaultConfig()
+	explicit.Interfaces = []string{"eth1", "eth2"}
+	for _, c := range []Config{DefaultConfig(), closed} {
+		for _, line := range Describe(c) {
+			if !strings.Contains(string(doc), "//\t"+line+"\n") {
+				t.Errorf("doc.go does not list %q", line)
+			}
+		}
+	}
+	var perIface int
+	for _, line := range Describe(explicit) {
+		if strings.Contains(line, "-i eth1 -p tcp") {
+			perIface++
+			if strings.HasPrefix(line, "iptables ") && !strings.Contains(string(doc), line) {
+				t.Errorf("doc.go does not show %q", line)
+			}
+		}
+		if strings.Contains(line, "-i lo") {
+			t.Errorf("explicit interfaces still exclude lo: %q", line)
+		}
+	}
+	if perIface != 4 { // raw + mangle, v4 + v6
+		t.Errorf("%d per-interface rules for eth1; want 4", perIface)
+	}
+}
+
+func TestPlanNoIPv6(t *testing.T) {
+	c := DefaultConfig()
+	c.IPv6 = false
+	for _, line := range Describe(c) {
+		if strings.Contains(line, "ip6tables") || strings.Contains(line, "ip -6") || strings.Contains(line, "ipv6") {
+			t.Errorf("IPv6 off, yet %q", line)
+		}
+	}
+}
+
+func TestSplitRule(t *testing.T) {
+	tests := []struct {
+		line string
+		want []string
+		err  bool
+	}{
+		{"-A PREROUTING -j NETWARD", []string{"-A", "PREROUTING", "-j", "NETWARD"}, false},
+		{`-A NETWARD -m u32 ! --u32 "0x4&0x3fff=0x0" -j RETURN`, []string{"-A", "NETWARD", "-m", "u32", "!", "--u32", "0x4&0x3fff=0x0", "-j", "RETURN"}, false},
+		{`-A X -m comment --comment "a \"b\" c\\d" -j NETWARD_RAW`, []string{"-A", "X", "-m", "comment", "--comment", `a "b" c\d`, "-j", "NETWARD_RAW"}, false},
+		{`-A X -m comment --comment ""`, []string{"-A", "X", "-m", "comment", "--comment", ""}, false},
+		{"  -N   NETWARD  ", []string{"-N", "NETWARD"}, false},
+		{"", nil, false},
+		{`-A X "unterminated`, nil, true},
+		{`-A X "ends in \`, nil, true},
+	}
+	for _, tt := range tests {
+		got, err := splitRule(tt.line)
+		if (err != nil) != tt.err || !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("splitRule(%q) = %q, %v; want %q, err %v", tt.line, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+func TestJumpTarget(t *testing.T) {
+	for line, want := range map[string]string{
+		"-A PREROUTING -j NETWARD":             "NETWARD",
+		"-A PREROUTING -p tcp -g NETWARD_X":    "NETWARD_X",
+		"-A PREROUTING --jump NETWARD_RAW":     "NETWARD_RAW",
+		"-A PREROUTING -m mark --mark 1":       "",
+		"-A PREROUTING -j":                     "",
+		"-A NETWARD -j MARK --set-xmark 0x1/1": "MARK",
+	} {
+		args, err := splitRule(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := jumpTarget(args); got != want {
+			t.Errorf("jumpTarget(%q) = %q; want %q", line, got, want)
+		}
+	}
+}
+
+// quoteLikeIPTables quotes an argument as iptables -S does (save_string).
+func quoteLikeIPTables(a string) string {
+	if a != "" && !strings.ContainsAny(a, " \t\"\\'!&|;<>()[]{}*?$`") {
+		return a
+	}
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(a) + `"`
+}
+
+// FuzzSplitRule: splitRule never panics, and undoes iptables' quoting.
+func FuzzSplitRule(f *testing.F) {
+	f.Add("-A NETWARD -m comment --comment x", "a \"b\" c")
+	f.Add("-A PREROUTING -j NETWARD", "")
+	f.Add(`-A X "`, `\`)
+	f.Fuzz(func(t *testing.T, line, arg string) {
+		_, _ = splitRule(line)
+		if strings.ContainsAny(arg, "\x00\n") {
+			return
+		}
+		args := []string{"-A", "X", "--comment", arg, "-j", "NETWARD"}
+		q := make([]string, len(args))
+		for i, a := range args {
+			q[i] = quoteLikeIPTables(a)
+		}
+		got, err := splitRule(strings.Join(q, " "))
+		if err != nil || !reflect.DeepEqual(got, args) {
+			t.Fatalf("splitRule(%q) = %q, %v; want %q", strings.Join(q, " "), got, err, args)
+		}
+	})
+}
+
+func TestShellJoin(t *testing.T) {
+	got := shellJoin([]string{"-m", "u32", "!", "--u32", "0x4&0x3fff=0x0", "it's"})
+	want := `-m u32 ! --u32 '0x4&0x3fff=0x0' 'it'\''s'`
+	if got != want {
+		t.Errorf("shellJoin = %s; want %s", got, want)
+	}
+}
