@@ -239,7 +239,7 @@ func newLoader(path string, opts Options) *loader {
 		hash:  sha256.New(),
 		lists: make(map[string]*list),
 		names: make(map[string]int),
-		set:   &Set{onInvalid: ActionDeny},
+		set:   &Set{onInvalid: ActionDeny, files: []string{path}},
 	}
 }
 
@@ -534,6 +534,7 @@ func (l *loader) include(n *yaml.Node, limit int) (name string, data []byte, ok 
 		l.errorf(n, "%s is larger than %d bytes", name, limit)
 		return "", nil, false
 	}
+	l.set.files = append(l.set.files, name)
 	fmt.Fprintf(l.hash, "\x00%s\x00%d\x00", name, len(data))
 	l.hash.Write(data)
 	return name, data, true

@@ -95,6 +95,7 @@ type Set struct {
 	needs     [numCondKinds]bool // which condition kinds occur at all
 	version   Version
 	warnings  []Diagnostic
+	files     []string // the rule file, then every file it includes
 	lists     int
 	listItems int
 }
@@ -142,6 +143,11 @@ func (s *Set) RuleNames() []string {
 	}
 	return n
 }
+
+// Files returns the rule file's path followed by the paths of the files
+// it includes (lists, deny page), as opened. A watcher reloads when any of
+// them changes.
+func (s *Set) Files() []string { return s.files }
 
 // Lists returns the number of named lists and their total entries.
 func (s *Set) Lists() (lists, entries int) { return s.lists, s.listItems }
