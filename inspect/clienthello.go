@@ -224,11 +224,7 @@ func (p *TLSParser) parseHello(msg []byte) error {
 	if !body.ReadUint16LengthPrefixed(&suites) || len(suites) == 0 || len(suites)%2 != 0 {
 		return errHelloCipherSuites
 	}
-	for !suites.Empty() {
-		var v uint16
-		suites.ReadUint16(&v)
-		h.CipherSuites = append(h.CipherSuites, v)
-	}
+	h.CipherSuites = appendUint16s(h.CipherSuites, suites)
 	if !body.ReadUint8LengthPrefixed(&compression) || compression.Empty() {
 		return errHelloCompression
 	}
@@ -272,11 +268,7 @@ func (p *TLSParser) parseHello(msg []byte) error {
 				if !data.ReadUint8LengthPrefixed(&list) || list.Empty() || len(list)%2 != 0 {
 					return errHelloVersions
 				}
-				for !list.Empty() {
-					var v uint16
-					list.ReadUint16(&v)
-					h.Versions = append(h.Versions, v)
-				}
+				h.Versions = appendUint16s(h.Versions, list)
 			case extKeyShare: // RFC 8446 §4.2.8
 				var shares cryptobyte.String
 				if !data.ReadUint16LengthPrefixed(&shares) {
@@ -372,12 +364,16 @@ func readUint16List(data *cryptobyte.String, dst []uint16, bad error) ([]uint16,
 	if !data.ReadUint16LengthPrefixed(&list) || list.Empty() || len(list)%2 != 0 {
 		return dst, bad
 	}
-	for !list.Empty() {
-		var v uint16
-		list.ReadUint16(&v)
-		dst = append(dst, v)
+	return appendUint16s(dst, list), nil
+}
+
+// appendUint16s appends the big-endian uint16 values of b, whose length
+// the caller checked to be even.
+func appendUint16s(dst []uint16, b []byte) []uint16 {
+	for i := 0; i+1 < len(b); i += 2 {
+		dst = append(dst, uint16(b[i])<<8|uint16(b[i+1]))
 	}
-	return dst, nil
+	return dst
 }
 
 // readALPN reads a ProtocolNameList; names are interned.

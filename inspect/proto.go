@@ -98,33 +98,48 @@ var knownMethods = [...]string{
 //
 // Detect errs towards the parsers: bytes a server could take for a TLS
 // handshake or an HTTP/1.x request are reported as such, and that parser
-// then refuses them if they are malformed. So a malformed request is denied
-// as a malformed request rather than let through as "unknown". In
-// particular a TLS record with any minor version (0x16 0x03 xx) is TLS (Go's
-// crypto/tls accepts any), and leading CR/LF bytes before an HTTP request
-// line are skipped, as servers skip them (RFC 9112 §2.2).
+// then refuses them if they are malformed, so a malformed or evasive request
+// is denied as such rather than let through as "unknown". In particular a
+// handshake or alert record with any version below 0x1000 is TLS (crypto/tls
+// accepts them as a first record), so is an SSLv2-compatible ClientHello
+// (OpenSSL accepts it), and CR/LF bytes before an HTTP request line are
+// skipped, as servers skip them (RFC 9112 §2.2).
 func Detect(b []byte) (p Proto, sure bool) {
 	if len(b) == 0 {
 		return ProtoUnknown, false
 	}
 	maybe := false
-	switch b[0] {
-	case 0x16: // TLS handshake record, major version 3 (RFC 8446 §5.1)
-		if len(b) >= 3 {
-			if b[1] == 3 {
+	switch {
+	case b[0] == recordTypeHandshake || b[0] == recordTypeAlert:
+		// A TLS record. crypto/tls accepts any first-record version below
+		// 0x1000 and warning alerts before the ClientHello, so all of
+		// these are TLS to a server; TLSParser refuses the odd ones.
+		if len(b) == 1 || b[1] < 0x10 {
+			if len(b) >= 3 {
 				return ProtoTLS, true
 			}
-		} else if len(b) == 1 || b[1] == 3 {
 			maybe = true
 		}
-	case 'S':
+	case b[0]&0x80 != 0:
+		// SSLv2-compatible ClientHello (RFC 5246 Appendix E.2): 2-byte
+		// length with the top bit set, msg_type 1, version 3.x. OpenSSL
+		// still accepts it; TLSParser refuses it.
+		switch {
+		case len(b) >= 5:
+			if b[2] == 1 && b[3] == 3 {
+				return ProtoTLS, true
+			}
+		case (len(b) < 3 || b[2] == 1) && (len(b) < 4 || b[3] == 3):
+			maybe = true
+		}
+	case b[0] == 'S':
 		switch full, prefix := hasPrefixState(b, "SSH-"); {
 		case full:
 			return ProtoSSH, true
 		case prefix:
 			maybe = true
 		}
-	case 'P':
+	case b[0] == 'P':
 		switch full, prefix := hasPrefixState(b, h2Preface); {
 		case full:
 			return ProtoHTTP2, true
