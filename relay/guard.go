@@ -1,0 +1,758 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/netward/netward/event"
+	"github.com/netward/netward/geo"
+	"github.com/netward/netward/inspect"
+	"github.com/netward/netward/metrics"
+	"github.com/netward/netward/netstack"
+	"github.com/netward/netward/rules"
+)
+
+// Guard is the netstack.Handler that enforces a rule set. At the SYN it
+// refuses flows that addresses, ports and geo alone deny. Then it holds the
+// client's bytes (nothing reaches the server) until inspect has read the
+// ClientHello or the HTTP request head and the rules allow it; every request
+// on a keep-alive connection is judged again. The server's bytes flow to the
+// client from the start, so server-first protocols (SSH, SMTP) work while
+// the client is silent.
+type Guard struct {
+	// Rules returns the rule set in force; it is called for every decision,
+	// so a reload applies to new flows and to the next HTTP request of open
+	// ones. nil, or a nil set, allows everything (flows are still inspected
+	// and logged).
+	Rules func() *rules.Set
+	// Geo gives the peers' country and ASN; nil for none.
+	Geo *geo.DB
+	// Events receives EVE events; nil for none.
+	Events *event.Log
+	// Metrics counts flows and verdicts and holds the active-flow table;
+	// nil for none.
+	Metrics *metrics.Metrics
+	// Log receives one line per flow when it ends; nil discards.
+	Log *slog.Logger
+	// Limits bound what a flow may hold; zero fields take DefaultLimits.
+	Limits Limits
+
+	active atomic.Int64
+}
+
+// Limits bound the resources of the flows a Guard serves.
+type Limits struct {
+	// MaxFlows is the most flows served at once; more are reset at the SYN.
+	MaxFlows int
+	// InspectBytes is the most client bytes held while inspecting: a
+	// ClientHello or request head that does not fit is invalid.
+	InspectBytes int
+	// InspectTimeout is how long the client may take to send its first
+	// message (ClientHello, request head). A client that sends nothing is
+	// judged as app "unknown" then; one that sent part of a message is
+	// invalid.
+	InspectTimeout time.Duration
+	// DrainTimeout is how long a denied keep-alive request waits for the
+	// server to finish the responses to earlier requests before the 403 is
+	// sent.
+	DrainTimeout time.Duration
+	// DropHold is how long a dropped flow's client is held without an
+	// answer before its leg is cut.
+	DropHold time.Duration
+}
+
+// DefaultLimits are used for the zero fields of Guard.Limits.
+var DefaultLimits = Limits{
+	MaxFlows:       200000,
+	InspectBytes:   64 << 10,
+	InspectTimeout: 3 * time.Second,
+	DrainTimeout:   5 * time.Second,
+	DropHold:       30 * time.Second,
+}
+
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits
+	if l.MaxFlows > 0 {
+		d.MaxFlows = l.MaxFlows
+	}
+	if l.InspectBytes > 0 {
+		d.InspectBytes = max(l.InspectBytes, 4096)
+	}
+	if l.InspectTimeout > 0 {
+		d.InspectTimeout = l.InspectTimeout
+	}
+	if l.DrainTimeout > 0 {
+		d.DrainTimeout = l.DrainTimeout
+	}
+	if l.DropHold > 0 {
+		d.DropHold = l.DropHold
+	}
+	return d
+}
+
+var _ netstack.Handler = (*Guard)(nil)
+
+// Active is the number of flows being served.
+func (g *Guard) Active() int64 { return g.active.Load() }
+
+func (g *Guard) rules() *rules.Set {
+	if g.Rules == nil {
+		return nil
+	}
+	return g.Rules()
+}
+
+// Admit implements netstack.Handler: the early verdict, from addresses,
+// ports and geo alone.
+func (g *Guard) Admit(f *netstack.Flow) netstack.Admission {
+	lim := g.Limits.withDefaults()
+	if g.active.Load() >= int64(lim.MaxFlows) {
+		g.Metrics.LimitHit("max_flows")
+		return netstack.AdmitReset
+	}
+	set := g.rules()
+	if set == nil {
+		return netstack.AdmitAccept
+	}
+	facts := rules.Facts{Src: f.Client, Dst: f.Server}
+	g.lookupGeo(&facts)
+	v, ok := set.Early(&facts)
+	if !ok {
+		return netstack.AdmitAccept
+	}
+	if v.Action == rules.ActionAllow {
+		return netstack.AdmitAccept // judged again in Serve, where it is counted
+	}
+	// Refused at the SYN: count it, tell the SIEM, log the line.
+	gf := g.newFlow(f, nil, nil)
+	gf.facts = facts
+	gf.record(v)
+	gf.refused = true
+	gf.end(Result{End: EndClosed})
+	if v.Action == rules.ActionDrop {
+		return netstack.AdmitDrop
+	}
+	return netstack.AdmitReset
+}
+
+func (g *Guard) lookupGeo(f *rules.Facts) {
+	if g.Geo == nil {
+		return
+	}
+	f.SrcGeo = g.Geo.Lookup(f.Src.Addr())
+	f.DstGeo = g.Geo.Lookup(f.Dst.Addr())
+}
+
+// Serve implements netstack.Handler.
+func (g *Guard) Serve(f *netstack.Flow, client, server netstack.Conn) {
+	g.active.Add(1)
+	defer g.active.Add(-1)
+	gf := g.newFlow(f, client, server)
+	g.lookupGeo(&gf.facts)
+	gf.af = g.Metrics.StartFlow(f.ID, f.Client, f.Server, f.Start)
+
+	go gf.copyDown()
+	if err := gf.serveUp(); err != nil {
+		gf.fail(err)
+	}
+	<-gf.downDone
+	client.Close()
+	server.Close()
+
+	res := Result{Up: gf.upBytes.Load(), Down: gf.downBytes.Load(), End: EndClosed}
+	if first := gf.firstErr(); first != nil {
+		res.Err = first
+		clientSide := first.read == first.up
+		switch {
+		case !isReset(first.err):
+			res.End = EndError
+		case clientSide:
+			res.End = EndClientReset
+		default:
+			res.End = EndServerReset
+		}
+	}
+	gf.end(res)
+}
+
+// guardFlow is the state of one flow served by a Guard.
+type guardFlow struct {
+	g              *Guard
+	lim            Limits
+	f              *netstack.Flow
+	client, server netstack.Conn
+	facts          rules.Facts
+	hdr            event.Header
+	af             *metrics.ActiveFlow
+
+	upBytes, downBytes atomic.Int64
+	downDone           chan struct{}
+	// refusing is set once the up side has taken over the client's write
+	// side to refuse (403 page, TLS alert, reset, drop): from then on the
+	// down copy forwards what the server still sends but never closes or
+	// aborts the client's leg.
+	refusing atomic.Bool
+
+	mu       sync.Mutex
+	first    *halfError // the error that ended the flow
+	aborted  bool
+	decided  bool // a verdict was recorded
+	refused  bool // the verdict refused the flow
+	verdict  rules.Verdict
+	alerted  bool
+	requests int
+}
+
+func (g *Guard) newFlow(f *netstack.Flow, client, server netstack.Conn) *guardFlow {
+	gf := &guardFlow{
+		g: g, lim: g.Limits.withDefaults(), f: f, client: client, server: server,
+		facts:    rules.Facts{Src: f.Client, Dst: f.Server},
+		downDone: make(chan struct{}),
+	}
+	gf.hdr = event.Header{FlowID: f.ID, Src: f.Client, Dst: f.Server}
+	return gf
+}
+
+// fail records the error that ended the flow and aborts both legs (RST),
+// as a reset end to end would, so the other direction stops at once.
+func (gf *guardFlow) fail(err *halfError) {
+	gf.mu.Lock()
+	defer gf.mu.Unlock()
+	if gf.first == nil {
+		gf.first = err
+	}
+	if gf.aborted || gf.refusing.Load() {
+		return
+	}
+	gf.aborted = true
+	abortConn(gf.client)
+	abortConn(gf.server)
+}
+
+func (gf *guardFlow) firstErr() *halfError {
+	gf.mu.Lock()
+	defer gf.mu.Unlock()
+	return gf.first
+}
+
+// copyDown relays server → client for the flow's whole life.
+func (gf *guardFlow) copyDown() {
+	defer close(gf.downDone)
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		r, rerr := gf.server.Read(buf)
+		if r > 0 {
+			w, werr := gf.client.Write(buf[:r])
+			gf.downBytes.Add(int64(w))
+			gf.af.AddToClient(w)
+			if werr != nil {
+				if !gf.refusing.Load() {
+					gf.fail(&halfError{up: false, read: false, err: werr})
+				}
+				return
+			}
+		}
+		if rerr == io.EOF {
+			if !gf.refusing.Load() {
+				if err := gf.client.CloseWrite(); err != nil && !isClosed(err) {
+					gf.fail(&halfError{up: false, read: false, err: err})
+				}
+				gf.server.CloseRead()
+			}
+			return
+		}
+		if rerr != nil {
+			if !gf.refusing.Load() {
+				gf.fail(&halfError{up: false, read: true, err: rerr})
+			}
+			return
+		}
+	}
+}
+
+// inspectBufPool holds the buffers client bytes wait in while they are
+// inspected. They are as large as the biggest limit allowed
+// (config limits.inspect_bytes is capped by inspect's own maximum).
+var inspectBufPool sync.Pool
+
+func getInspectBuf(size int) *[]byte {
+	if bp, ok := inspectBufPool.Get().(*[]byte); ok && cap(*bp) >= size {
+		*bp = (*bp)[:0]
+		return bp
+	}
+	b := make([]byte, 0, size)
+	return &b
+}
+
+var (
+	tlsParsers  = sync.Pool{New: func() any { return inspect.NewTLSParser(inspect.TLSOptions{}) }}
+	httpParsers = sync.Pool{New: func() any { return inspect.NewHTTPParser(inspect.HTTPOptions{}) }}
+)
+
+// serveUp relays client → server: first the held bytes of the first
+// message, once judged, then the rest. It returns the error that ended the
+// up direction, or nil when the client finished (or was refused).
+func (gf *guardFlow) serveUp() *halfError {
+	bp := getInspectBuf(gf.lim.InspectBytes)
+	defer inspectBufPool.Put(bp)
+	in := &clientInput{gf: gf, buf: (*bp)[:0:gf.lim.InspectBytes]}
+
+	gf.client.SetReadDeadline(time.Now().Add(gf.lim.InspectTimeout))
+	proto, err := in.detect()
+	if err != nil {
+		return err
+	}
+	gf.facts.App = proto
+	gf.hdr.AppProto = proto.String()
+	gf.af.SetApp(gf.hdr.AppProto)
+
+	switch proto {
+	case inspect.ProtoTLS:
+		err = gf.serveTLS(in)
+	case inspect.ProtoHTTP1:
+		err = gf.serveHTTP(in)
+	default:
+		// h2 prior knowledge, SSH, unknown (and a silent client): the
+		// protocol and the addresses are all there is to judge.
+		gf.client.SetReadDeadline(time.Time{})
+		v := gf.decide()
+		if v.Action != rules.ActionAllow {
+			gf.refuse(v, refuseReset, 0)
+			return nil
+		}
+		err = gf.forwardRest(in)
+	}
+	*bp = in.buf[:0] // keep a grown buffer
+	return err
+}
+
+// clientInput is the client's bytes not yet forwarded.
+type clientInput struct {
+	gf       *guardFlow
+	buf      []byte
+	eof      bool // the client half-closed
+	timedOut bool // the inspect deadline passed
+}
+
+// read appends what the client sends next. A timeout sets timedOut, EOF
+// sets eof; neither is an error.
+func (in *clientInput) read() *halfError {
+	if len(in.buf) == cap(in.buf) {
+		return nil
+	}
+	n, err := in.gf.client.Read(in.buf[len(in.buf):cap(in.buf)])
+	in.buf = in.buf[:len(in.buf)+n]
+	switch {
+	case err == nil:
+	case err == io.EOF:
+		in.eof = true
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		in.timedOut = true
+	default:
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			in.timedOut = true
+			break
+		}
+		return &halfError{up: true, read: true, err: err}
+	}
+	return nil
+}
+
+func (in *clientInput) stalled() bool { return in.eof || in.timedOut || len(in.buf) == cap(in.buf) }
+
+// detect reads until the first bytes tell the protocol, the client goes
+// silent past the inspect deadline, or it half-closes.
+func (in *clientInput) detect() (inspect.Proto, *halfError) {
+	for {
+		if len(in.buf) > 0 {
+			if p, sure := inspect.Detect(in.buf); sure {
+				return p, nil
+			}
+		}
+		if in.stalled() {
+			if len(in.buf) == 0 {
+				if in.timedOut {
+					in.gf.g.Metrics.InspectTimeout()
+				}
+				return inspect.ProtoUnknown, nil
+			}
+			return inspect.DetectFinal(in.buf), nil
+		}
+		if err := in.read(); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// consume drops the first n bytes (forwarded) and keeps the rest at the
+// front of the buffer.
+func (in *clientInput) consume(n int) {
+	in.buf = in.buf[:copy(in.buf, in.buf[n:])]
+}
+
+// forward writes b to the server.
+func (gf *guardFlow) forward(b []byte) *halfError {
+	if len(b) == 0 {
+		return nil
+	}
+	w, err := gf.server.Write(b)
+	gf.upBytes.Add(int64(w))
+	gf.af.AddToServer(w)
+	if err != nil {
+		return &halfError{up: true, read: false, err: err}
+	}
+	return nil
+}
+
+// forwardRest sends the held bytes and then splices client → server
+// without further inspection.
+func (gf *guardFlow) forwardRest(in *clientInput) *halfError {
+	if err := gf.forward(in.buf); err != nil {
+		return err
+	}
+	in.buf = in.buf[:0]
+	if in.eof {
+		if err := gf.server.CloseWrite(); err != nil && !isClosed(err) {
+			return &halfError{up: true, read: false, err: err}
+		}
+		return nil
+	}
+	_, err := copyHalf(gf.server, gf.client, nil, true, gf.countUp)
+	return err
+}
+
+func (gf *guardFlow) countUp(n int) {
+	gf.upBytes.Add(int64(n))
+	gf.af.AddToServer(n)
+}
+
+// serveTLS holds the client's bytes until the ClientHello is complete and
+// judged.
+func (gf *guardFlow) serveTLS(in *clientInput) *halfError {
+	p := tlsParsers.Get().(*inspect.TLSParser)
+	p.Reset()
+	defer tlsParsers.Put(p)
+	fed := 0
+	for {
+		n, st, err := p.Feed(in.buf[fed:])
+		fed += n
+		if err != nil {
+			gf.g.Metrics.InspectError("tls")
+			gf.invalid("tls", err.Error(), refuseTLSAlert, 0)
+			return nil
+		}
+		if st == inspect.Done {
+			break
+		}
+		if in.stalled() {
+			reason := "truncated ClientHello"
+			if in.timedOut {
+				gf.g.Metrics.InspectTimeout()
+				reason = "ClientHello not complete within limits.inspect_timeout"
+			} else if len(in.buf) == cap(in.buf) {
+				reason = "ClientHello larger than limits.inspect_bytes"
+			}
+			gf.g.Metrics.InspectError("tls")
+			gf.invalid("tls", reason, refuseTLSAlert, 0)
+			return nil
+		}
+		if err := in.read(); err != nil {
+			return err
+		}
+	}
+	gf.client.SetReadDeadline(time.Time{})
+	h := p.Hello()
+	gf.facts.SNI = h.ServerName
+	gf.facts.ALPN = h.ALPN
+	gf.af.SetName(h.ServerName)
+	if gf.g.Events != nil {
+		gf.g.Events.TLS(&event.TLS{Header: gf.hdr, SNI: h.ServerNameRaw, Version: h.MaxVersion,
+			ALPN: h.ALPN, JA3: h.JA3, JA3Hash: h.JA3Hash, JA4: h.JA4, ECH: h.ECH})
+	}
+	v := gf.decide()
+	gf.facts.ALPN = nil // owned by the parser, which goes back to its pool
+	if v.Action != rules.ActionAllow {
+		gf.refuse(v, refuseTLSAlert, h.LegacyVersion)
+		return nil
+	}
+	return gf.forwardRest(in)
+}
+
+// serveHTTP judges every request head on the connection before its bytes
+// go upstream; bodies pass as they come.
+func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
+	p := httpParsers.Get().(*inspect.HTTPParser)
+	p.Reset()
+	defer httpParsers.Put(p)
+	for {
+		n, st, err := p.Feed(in.buf)
+		if err != nil {
+			if errors.Is(err, inspect.ErrUpgraded) {
+				// An h2c upgrade was answered with the h2 preface: the
+				// connection is HTTP/2 from here on.
+				return gf.forwardRest(in)
+			}
+			gf.g.Metrics.InspectError("http")
+			gf.invalid("http", err.Error(), refuseHTTP403, 0)
+			return nil
+		}
+		if st == inspect.Done {
+			req := p.Request()
+			gf.requests++
+			gf.facts.Host, gf.facts.Method, gf.facts.Path = req.Host, req.Method, req.Path
+			gf.af.SetName(req.Host)
+			if req.H2Preface {
+				gf.facts.App = inspect.ProtoHTTP2
+				gf.hdr.AppProto = "h2"
+			}
+			v := gf.decide()
+			gf.httpEvent(req, v)
+			if v.Action != rules.ActionAllow {
+				gf.refuse(v, refuseHTTP403, 0)
+				return nil
+			}
+			if gf.requests == 1 {
+				gf.client.SetReadDeadline(time.Time{})
+			}
+			if err := gf.forward(in.buf[:n]); err != nil {
+				return err
+			}
+			in.consume(n)
+			if req.H2Preface || req.Method == "CONNECT" || (req.Upgrade != "" && !req.H2CUpgrade) {
+				// The server may switch protocols (101, or a tunnel);
+				// what follows is not HTTP/1.x.
+				return gf.forwardRest(in)
+			}
+			continue // a pipelined request may already be buffered
+		}
+		if n > 0 { // body bytes of a judged request
+			if err := gf.forward(in.buf[:n]); err != nil {
+				return err
+			}
+			in.consume(n)
+		}
+		if in.eof {
+			// A partial head at EOF is never forwarded: the server would
+			// only answer it with an error.
+			if err := gf.server.CloseWrite(); err != nil && !isClosed(err) {
+				return &halfError{up: true, read: false, err: err}
+			}
+			return nil
+		}
+		if in.timedOut || len(in.buf) == cap(in.buf) {
+			reason := "request head larger than limits.inspect_bytes"
+			if in.timedOut {
+				gf.g.Metrics.InspectTimeout()
+				reason = "request head not complete within limits.inspect_timeout"
+			}
+			gf.g.Metrics.InspectError("http")
+			gf.invalid("http", reason, refuseHTTP403, 0)
+			return nil
+		}
+		if err := in.read(); err != nil {
+			return err
+		}
+	}
+}
+
+// decide judges the flow with what is known now, under the rules in force
+// now, and records the verdict.
+func (gf *guardFlow) decide() rules.Verdict {
+	var v rules.Verdict // allow, by default, when there are no rules
+	if set := gf.g.rules(); set != nil {
+		v = set.Decide(&gf.facts)
+	}
+	gf.record(v)
+	return v
+}
+
+// invalid records the on_invalid verdict for bytes that did not parse and
+// refuses or forwards accordingly.
+func (gf *guardFlow) invalid(kind, reason string, how refusal, tlsVersion uint16) {
+	v := rules.Verdict{Action: rules.ActionDeny, Rule: rules.RuleOnInvalid}
+	if set := gf.g.rules(); set != nil {
+		v = set.Invalid()
+	}
+	if gf.g.Log != nil {
+		gf.g.Log.Debug("invalid client bytes", "flow_id", gf.f.ID, "kind", kind, "reason", reason, "action", v.Action.String())
+	}
+	gf.record(v)
+	if v.Action == rules.ActionAllow || v.Action == rules.ActionAlert {
+		// on_invalid: allow forwards the bytes unjudged, as asked.
+		gf.client.SetReadDeadline(time.Time{})
+		return
+	}
+	gf.refuse(v, how, tlsVersion)
+}
+
+// record counts a verdict, remembers it for the flow event, and logs the
+// alerts it carries.
+func (gf *guardFlow) record(v rules.Verdict) {
+	gf.decided = true
+	gf.verdict = v
+	gf.hdr.Verdict = v.Action.String()
+	gf.hdr.Rule = v.Rule
+	gf.af.SetVerdict(v.Action.String(), v.Rule)
+	if gf.g.Metrics != nil && gf.af == nil {
+		// Refused at the SYN: no active flow; count through a short-lived one.
+		a := gf.g.Metrics.StartFlow(gf.f.ID, gf.f.Client, gf.f.Server, gf.f.Start)
+		a.SetVerdict(v.Action.String(), v.Rule)
+		a.End()
+	}
+	ev := gf.g.Events
+	if ev == nil {
+		return
+	}
+	for _, name := range v.Alerts {
+		gf.alerted = true
+		ev.Alert(&event.Alert{Header: gf.hdr, Action: event.ActionAllowed, Signature: name})
+	}
+	if v.Action == rules.ActionDeny || v.Action == rules.ActionDrop {
+		gf.alerted = true
+		ev.Alert(&event.Alert{Header: gf.hdr, Action: event.ActionBlocked, Signature: v.RuleName()})
+	}
+}
+
+func (gf *guardFlow) httpEvent(req *inspect.Request, v rules.Verdict) {
+	if gf.g.Events == nil {
+		return
+	}
+	e := event.HTTP{Header: gf.hdr, Hostname: req.Host, URL: req.Target, Method: req.Method,
+		UserAgent: req.UserAgent, Protocol: req.Version}
+	if v.Action == rules.ActionDeny {
+		e.Status = 403
+	}
+	gf.g.Events.HTTP(&e)
+}
+
+// refusal is how a deny verdict is shown to the client.
+type refusal uint8
+
+const (
+	refuseReset    refusal = iota // TCP reset
+	refuseTLSAlert                // fatal TLS alert, then close
+	refuseHTTP403                 // HTTP 403 page naming the rule, then close
+)
+
+// refuse enforces a deny or drop verdict. The server never gets the held
+// bytes; earlier responses on a keep-alive connection reach the client
+// intact before the 403.
+func (gf *guardFlow) refuse(v rules.Verdict, how refusal, tlsVersion uint16) {
+	gf.refused = true
+	gf.refusing.Store(true)
+	gf.client.SetReadDeadline(time.Time{})
+	if how == refuseHTTP403 && gf.requests > 1 && v.Action == rules.ActionDeny {
+		// Let the server finish what it owes for the requests it got: a
+		// FIN upstream, then wait for its side to end.
+		gf.server.CloseWrite()
+		select {
+		case <-gf.downDone:
+		case <-time.After(gf.lim.DrainTimeout):
+		}
+	}
+	abortConn(gf.server)
+	<-gf.downDone
+
+	if v.Action == rules.ActionDrop {
+		// Nothing goes back: hold the client's leg unanswered until it
+		// gives up or DropHold passes.
+		gf.client.SetReadDeadline(time.Now().Add(gf.lim.DropHold))
+		discard(gf.client)
+		abortConn(gf.client)
+		return
+	}
+	switch how {
+	case refuseTLSAlert:
+		gf.client.Write(tlsAlertAccessDenied(tlsVersion))
+	case refuseHTTP403:
+		page := gf.denyPage(v)
+		gf.client.Write(page)
+	default:
+		abortConn(gf.client)
+		return
+	}
+	// Close gracefully after the answer: FIN, then read (and drop) what
+	// the client still sends, so the close does not turn into an RST that
+	// could overtake the answer.
+	gf.client.CloseWrite()
+	gf.client.SetReadDeadline(time.Now().Add(2 * time.Second))
+	discard(gf.client)
+}
+
+// discard reads from c until EOF, an error or its deadline.
+func discard(c net.Conn) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	for {
+		if _, err := c.Read(*bp); err != nil {
+			return
+		}
+	}
+}
+
+// end writes the flow's event and log line and takes it out of the table.
+func (gf *guardFlow) end(res Result) {
+	toServer, toClient := gf.af.End()
+	if gf.af == nil {
+		toServer, toClient = uint64(res.Up), uint64(res.Down)
+	}
+	if ev := gf.g.Events; ev != nil {
+		e := event.Flow{Header: gf.hdr, Start: gf.f.Start, End: time.Now(),
+			BytesToServer: toServer, BytesToClient: toClient, Alerted: gf.alerted,
+			State: event.StateClosed, Reason: event.ReasonTimeout}
+		switch {
+		case gf.refused:
+			e.State, e.Reason = event.StateNew, event.ReasonForced
+			if toServer+toClient > 0 {
+				e.State = event.StateEstablished
+			}
+		case res.End != EndClosed:
+			e.State = event.StateEstablished
+		}
+		ev.Flow(&e)
+	}
+	if gf.g.Log == nil {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.Uint64("flow_id", gf.f.ID),
+		slog.String("src", gf.f.Client.String()),
+		slog.String("dst", gf.f.Server.String()),
+		slog.String("app", gf.facts.App.String()),
+	}
+	if gf.facts.SNI != "" {
+		attrs = append(attrs, slog.String("sni", gf.facts.SNI))
+	}
+	if gf.facts.Host != "" {
+		attrs = append(attrs, slog.String("host", gf.facts.Host))
+	}
+	if gf.decided {
+		attrs = append(attrs, slog.String("verdict", gf.verdict.Action.String()), slog.String("rule", gf.verdict.RuleName()))
+	}
+	if c := gf.facts.SrcGeo.Country; c != "" {
+		attrs = append(attrs, slog.String("src_country", c))
+	}
+	attrs = append(attrs,
+		slog.Int64("bytes_up", int64(toServer)),
+		slog.Int64("bytes_down", int64(toClient)),
+		slog.Duration("duration", time.Since(gf.f.Start).Round(time.Microsecond)),
+		slog.String("end", res.End.String()),
+	)
+	if gf.refused {
+		attrs[len(attrs)-1] = slog.String("end", "refused")
+	}
+	if res.Err != nil {
+		attrs = append(attrs, slog.String("error", res.Err.Error()))
+	}
+	gf.g.Log.LogAttrs(context.Background(), slog.LevelInfo, "flow", attrs...)
+}

@@ -1,0 +1,317 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/netward/netward/netstack"
+	"github.com/netward/netward/rules"
+)
+
+const guardRules = `default: allow
+rules:
+  - name: blocked-net
+    action: deny
+    src: [203.0.113.0/24]
+  - name: dropped-net
+    action: drop
+    src: [198.51.100.66]
+  - name: no-evil-sni
+    action: deny
+    sni: [.evil.example]
+  - name: no-admin
+    action: deny
+    path: [/admin]
+  - name: no-secret-host
+    action: deny
+    host: [secret.example]
+  - name: quiet-drop
+    action: drop
+    host: [drop.example]
+  - name: no-ssh
+    action: deny
+    app: [ssh]
+`
+
+func mustRules(t testing.TB, text string) *rules.Set {
+	t.Helper()
+	s, err := rules.Parse("rules.yaml", []byte(text), rules.Options{})
+	if err != nil {
+		t.Fatalf("rules: %v", err)
+	}
+	return s
+}
+
+// guardPair sets up  clientApp ─ client leg │Guard│ server leg ─ serverApp
+// and returns the apps' ends; done closes when Serve returns.
+func guardPair(t *testing.T, g *Guard) (clientApp, serverApp *net.TCPConn, done <-chan struct{}) {
+	t.Helper()
+	clientApp, clientLeg := tcpPair(t)
+	serverLeg, serverApp := tcpPair(t)
+	f := &netstack.Flow{ID: 1, Client: netip.MustParseAddrPort("192.0.2.10:40000"),
+		Server: netip.MustParseAddrPort("192.0.2.20:443"), Start: time.Now()}
+	ch := make(chan struct{})
+	go func() { g.Serve(f, clientLeg, serverLeg); close(ch) }()
+	t.Cleanup(func() {
+		clientApp.Close()
+		serverApp.Close()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Error("Serve did not return")
+		}
+	})
+	return clientApp, serverApp, ch
+}
+
+func newGuard(t *testing.T) *Guard {
+	set := mustRules(t, guardRules)
+	return &Guard{Rules: func() *rules.Set { return set },
+		Limits: Limits{InspectTimeout: 300 * time.Millisecond, DrainTimeout: 2 * time.Second, DropHold: 300 * time.Millisecond}}
+}
+
+// readAllTimeout reads c until EOF or error, with a deadline.
+func readAllTimeout(c net.Conn, d time.Duration) ([]byte, error) {
+	c.SetReadDeadline(time.Now().Add(d))
+	return io.ReadAll(c)
+}
+
+func TestGuardTLSDeniedBySNI(t *testing.T) {
+	for _, name := range []string{"www.evil.example", "WWW.EVIL.EXAMPLE.", "evil.example"} {
+		t.Run(name, func(t *testing.T) {
+			clientApp, serverApp, _ := guardPair(t, newGuard(t))
+			errc := make(chan error, 1)
+			go func() {
+				tc := tls.Client(clientApp, &tls.Config{ServerName: name, InsecureSkipVerify: true})
+				errc <- tc.Handshake()
+			}()
+			err := <-errc
+			if err == nil || !strings.Contains(err.Error(), "access denied") {
+				t.Fatalf("handshake error = %v, want a TLS access denied alert", err)
+			}
+			got, _ := readAllTimeout(serverApp, 2*time.Second)
+			if len(got) != 0 {
+				t.Fatalf("server received %d bytes of a denied flow", len(got))
+			}
+		})
+	}
+}
+
+func TestGuardTLSAllowedForwardsHello(t *testing.T) {
+	clientApp, serverApp, _ := guardPair(t, newGuard(t))
+	go func() {
+		tc := tls.Client(&byteWriter{Conn: clientApp}, &tls.Config{ServerName: "good.example", InsecureSkipVerify: true})
+		tc.Handshake() // fails when the test closes the conn; only the hello matters
+	}()
+	// The server must receive a whole ClientHello record, byte for byte
+	// what the client sent (here in 1-byte segments).
+	hdr := make([]byte, 5)
+	serverApp.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(serverApp, hdr); err != nil {
+		t.Fatalf("server read: %v", err)
+	}
+	if hdr[0] != 0x16 {
+		t.Fatalf("server got %x, want a handshake record", hdr)
+	}
+	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+	if _, err := io.ReadFull(serverApp, body); err != nil {
+		t.Fatalf("server read body: %v", err)
+	}
+	if body[0] != 1 {
+		t.Fatalf("handshake type %d, want ClientHello", body[0])
+	}
+	if !bytes.Contains(body, []byte("good.example")) {
+		t.Fatal("forwarded hello lacks the SNI")
+	}
+	clientApp.Close()
+}
+
+// byteWriter writes one byte per TCP segment: the 1-byte evasion.
+type byteWriter struct{ net.Conn }
+
+func (w *byteWriter) Write(b []byte) (int, error) {
+	for i := range b {
+		if _, err := w.Conn.Write(b[i : i+1]); err != nil {
+			return i, err
+		}
+	}
+	return len(b), nil
+}
+
+// httpServer answers each request on serverApp with 200 and a body naming
+// its path, and records the request lines it saw.
+func httpServer(serverApp net.Conn) (seen func() []string) {
+	var mu sync.Mutex
+	var lines []string
+	go func() {
+		br := bufio.NewReader(serverApp)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				serverApp.Close()
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			mu.Lock()
+			lines = append(lines, req.Method+" "+req.Host+req.URL.Path)
+			mu.Unlock()
+			body := "hello " + req.URL.Path
+			io.WriteString(serverApp, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+		}
+	}()
+	return func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), lines...) }
+}
+
+func TestGuardHTTPKeepAliveSecondRequestDenied(t *testing.T) {
+	clientApp, serverApp, _ := guardPair(t, newGuard(t))
+	seen := httpServer(serverApp)
+	br := bufio.NewReader(clientApp)
+
+	io.WriteString(clientApp, "GET /ok HTTP/1.1\r\nHost: app.example\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("first response: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "hello /ok" {
+		t.Fatalf("first response %d %q", resp.StatusCode, body)
+	}
+
+	io.WriteString(clientApp, "GET /x HTTP/1.1\r\nHost: Secret.Example.:8080\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("second response: %v", err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	if resp.StatusCode != 403 || resp.Header.Get("X-Netward-Rule") != "no-secret-host" || !strings.Contains(string(body), "no-secret-host") {
+		t.Fatalf("second response %d rule=%q body=%q", resp.StatusCode, resp.Header.Get("X-Netward-Rule"), body)
+	}
+	if got := seen(); len(got) != 1 || got[0] != "GET app.example/ok" {
+		t.Fatalf("server saw %q, want only the first request", got)
+	}
+}
+
+func TestGuardHTTPPipelinedDeniedPath(t *testing.T) {
+	clientApp, serverApp, _ := guardPair(t, newGuard(t))
+	seen := httpServer(serverApp)
+	// Two requests in one write: the first is allowed and answered, the
+	// second never reaches the server.
+	io.WriteString(clientApp, "POST /ok HTTP/1.1\r\nHost: app.example\r\nContent-Length: 5\r\n\r\nhelloGET /admin/x HTTP/1.1\r\nHost: app.example\r\n\r\n")
+	got, _ := readAllTimeout(clientApp, 5*time.Second)
+	if !bytes.HasPrefix(got, []byte("HTTP/1.1 200 OK")) || !bytes.Contains(got, []byte("HTTP/1.1 403 Forbidden")) {
+		t.Fatalf("client got %q", got)
+	}
+	if s := seen(); len(s) != 1 || s[0] != "POST app.example/ok" {
+		t.Fatalf("server saw %q", s)
+	}
+}
+
+func TestGuardHTTPAmbiguousIsRefused(t *testing.T) {
+	clientApp, serverApp, _ := guardPair(t, newGuard(t))
+	io.WriteString(clientApp, "POST / HTTP/1.1\r\nHost: app.example\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	got, _ := readAllTimeout(clientApp, 5*time.Second)
+	if !bytes.HasPrefix(got, []byte("HTTP/1.1 403")) || !bytes.Contains(got, []byte(rules.RuleOnInvalid)) {
+		t.Fatalf("client got %q", got)
+	}
+	if b, _ := readAllTimeout(serverApp, time.Second); len(b) != 0 {
+		t.Fatalf("server received %q", b)
+	}
+}
+
+func TestGuardServerFirstBanner(t *testing.T) {
+	clientApp, serverApp, _ := guardPair(t, newGuard(t))
+	io.WriteString(serverApp, "220 smtp.example ESMTP\r\n")
+	buf := make([]byte, 64)
+	clientApp.SetReadDeadline(time.Now().Add(200 * time.Millisecond)) // before the inspect timeout
+	n, err := clientApp.Read(buf)
+	if err != nil || string(buf[:n]) != "220 smtp.example ESMTP\r\n" {
+		t.Fatalf("banner: %q, %v", buf[:n], err)
+	}
+	// The silent client is judged "unknown" (allowed); then its bytes flow.
+	io.WriteString(clientApp, "EHLO x\r\n")
+	serverApp.SetReadDeadline(time.Now().Add(3 * time.Second))
+	n, err = serverApp.Read(buf)
+	if err != nil || string(buf[:n]) != "EHLO x\r\n" {
+		t.Fatalf("server got %q, %v", buf[:n], err)
+	}
+}
+
+func TestGuardSSHDeniedWithReset(t *testing.T) {
+	clientApp, serverApp, _ := guardPair(t, newGuard(t))
+	io.WriteString(clientApp, "SSH-2.0-OpenSSH_9.6\r\n")
+	_, err := readAllTimeout(clientApp, 5*time.Second)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read error = %v, want a reset", err)
+	}
+	if b, _ := readAllTimeout(serverApp, time.Second); len(b) != 0 {
+		t.Fatalf("server received %q", b)
+	}
+}
+
+func TestGuardDropSendsNothing(t *testing.T) {
+	clientApp, serverApp, _ := guardPair(t, newGuard(t))
+	io.WriteString(clientApp, "GET / HTTP/1.1\r\nHost: drop.example\r\n\r\n")
+	clientApp.SetReadDeadline(time.Now().Add(200 * time.Millisecond)) // under DropHold
+	n, err := clientApp.Read(make([]byte, 10))
+	var ne net.Error
+	if n != 0 || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("client read %d, %v; want nothing until the hold ends", n, err)
+	}
+	if b, _ := readAllTimeout(serverApp, time.Second); len(b) != 0 {
+		t.Fatalf("server received %q", b)
+	}
+}
+
+func TestGuardHalfCloseAndBytes(t *testing.T) {
+	clientApp, serverApp, done := guardPair(t, newGuard(t))
+	go func() {
+		b, _ := io.ReadAll(serverApp) // the request, then EOF from the client's half-close
+		serverApp.Write(bytes.Repeat([]byte("r"), 100000))
+		serverApp.Write(b[:4])
+		serverApp.CloseWrite()
+	}()
+	io.WriteString(clientApp, "GET /ok HTTP/1.0\r\nHost: app.example\r\n\r\n")
+	clientApp.CloseWrite()
+	got, err := readAllTimeout(clientApp, 5*time.Second)
+	if err != nil || len(got) != 100004 || string(got[100000:]) != "GET " {
+		t.Fatalf("client got %d bytes, %v", len(got), err)
+	}
+	<-done
+}
+
+func TestGuardAdmit(t *testing.T) {
+	g := newGuard(t)
+	cases := []struct {
+		src  string
+		dst  string
+		want netstack.Admission
+	}{
+		{"203.0.113.5:1234", "192.0.2.20:443", netstack.AdmitReset},
+		{"198.51.100.66:1234", "192.0.2.20:80", netstack.AdmitDrop},
+		{"198.51.100.7:1234", "192.0.2.20:80", netstack.AdmitAccept},
+	}
+	for _, c := range cases {
+		f := &netstack.Flow{ID: 9, Client: netip.MustParseAddrPort(c.src), Server: netip.MustParseAddrPort(c.dst), Start: time.Now()}
+		if got := g.Admit(f); got != c.want {
+			t.Errorf("Admit(%s → %s) = %v, want %v", c.src, c.dst, got, c.want)
+		}
+	}
+	g.Limits.MaxFlows = 1
+	g.active.Store(1)
+	f := &netstack.Flow{Client: netip.MustParseAddrPort("198.51.100.7:1"), Server: netip.MustParseAddrPort("192.0.2.20:80")}
+	if got := g.Admit(f); got != netstack.AdmitReset {
+		t.Errorf("over max_flows: Admit = %v, want reset", got)
+	}
+}
