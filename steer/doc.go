@@ -98,8 +98,9 @@
 //     a Fragment header) keep every fragment on the plain forwarding path,
 //     so the fragments of one packet never split between two paths. When
 //     conntrack is in use in the namespace (any conntrack/state rule), the
-//     kernel reassembles before the raw table, and the whole packet is
-//     steered like any other.
+//     kernel reassembles before the raw table and the whole packet is
+//     steered like any other; on its way into the TUN the kernel splits it
+//     again into the original fragments, which gVisor reassembles.
 //   - No loop: packets out of the TUN (gVisor's both legs) are never marked
 //     (mangle "-i TUN -j RETURN"); they take the main table. Every packet
 //     crosses the TUN at most once per direction.

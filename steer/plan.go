@@ -25,7 +25,8 @@ type chainPlan struct {
 //   - fragments: never steered, so all fragments of a packet take the same
 //     path (plain forwarding). When conntrack is active in the namespace the
 //     kernel reassembles before the raw table and these rules see the whole
-//     packet, which is then steered as one;
+//     packet, which is then steered as one (and re-fragmented as it was on
+//     its way into the TUN);
 //   - addressed to the appliance itself (addrtype LOCAL): delivered locally.
 func iptablesPlan(c *Config, v6 bool) []chainPlan {
 	var selection [][]string
