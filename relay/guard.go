@@ -16,6 +16,7 @@ import (
 	"github.com/netward/netward/inspect"
 	"github.com/netward/netward/metrics"
 	"github.com/netward/netward/netstack"
+	"github.com/netward/netward/policy"
 	"github.com/netward/netward/rules"
 )
 
@@ -27,11 +28,11 @@ import (
 // client from the start, so server-first protocols (SSH, SMTP) work while
 // the client is silent.
 type Guard struct {
-	// Rules returns the rule set in force; it is called for every decision,
-	// so a reload applies to new flows and to the next HTTP request of open
-	// ones. nil, or a nil set, allows everything (flows are still inspected
-	// and logged).
-	Rules func() *rules.Set
+	// Policy judges flows by the rule set in force at each decision, so a
+	// reload applies to new flows and to the next HTTP request of open ones.
+	// nil allows everything (flows are still inspected and logged) but
+	// input that cannot be judged (on_invalid is deny).
+	Policy *policy.Engine
 	// Geo gives the peers' country and ASN; nil for none.
 	Geo *geo.DB
 	// Events receives EVE events; nil for none.
@@ -102,11 +103,21 @@ var _ netstack.Handler = (*Guard)(nil)
 // Active is the number of flows being served.
 func (g *Guard) Active() int64 { return g.active.Load() }
 
-func (g *Guard) rules() *rules.Set {
-	if g.Rules == nil {
-		return nil
+// decide is Policy.Decide, or allow without a policy.
+func (g *Guard) decide(f *rules.Facts) rules.Verdict {
+	if g.Policy == nil {
+		return rules.Verdict{Action: rules.ActionAllow}
 	}
-	return g.Rules()
+	return g.Policy.Decide(f)
+}
+
+// invalid is Policy.Invalid, or deny without a policy: bytes that cannot be
+// judged are never allowed by accident.
+func (g *Guard) invalid() rules.Verdict {
+	if g.Policy == nil {
+		return rules.Verdict{Action: rules.ActionDeny, Rule: rules.RuleOnInvalid}
+	}
+	return g.Policy.Invalid()
 }
 
 // Admit implements netstack.Handler: the early verdict, from addresses,
@@ -117,13 +128,12 @@ func (g *Guard) Admit(f *netstack.Flow) netstack.Admission {
 		g.Metrics.LimitHit("max_flows")
 		return netstack.AdmitReset
 	}
-	set := g.rules()
-	if set == nil {
+	if g.Policy == nil {
 		return netstack.AdmitAccept
 	}
 	facts := rules.Facts{Src: f.Client, Dst: f.Server}
 	g.lookupGeo(&facts)
-	v, ok := set.Early(&facts)
+	v, ok := g.Policy.Early(&facts)
 	if !ok {
 		return netstack.AdmitAccept
 	}
@@ -132,7 +142,7 @@ func (g *Guard) Admit(f *netstack.Flow) netstack.Admission {
 	}
 	// Refused at the SYN: count it, tell the SIEM, log the line.
 	gf := g.newFlow(f, nil, nil)
-	gf.facts = facts
+	gf.setFacts(facts)
 	gf.record(v)
 	gf.refused = true
 	gf.end(Result{End: EndClosed})
@@ -155,7 +165,9 @@ func (g *Guard) Serve(f *netstack.Flow, client, server netstack.Conn) {
 	g.active.Add(1)
 	defer g.active.Add(-1)
 	gf := g.newFlow(f, client, server)
-	g.lookupGeo(&gf.facts)
+	facts := gf.facts
+	g.lookupGeo(&facts)
+	gf.setFacts(facts)
 	gf.af = g.Metrics.StartFlow(f.ID, f.Client, f.Server, f.Start)
 
 	go gf.copyDown()
@@ -218,6 +230,13 @@ func (g *Guard) newFlow(f *netstack.Flow, client, server netstack.Conn) *guardFl
 	}
 	gf.hdr = event.Header{FlowID: f.ID, Src: f.Client, Dst: f.Server}
 	return gf
+}
+
+// setFacts sets the flow's facts and the geo fields of its events.
+func (gf *guardFlow) setFacts(f rules.Facts) {
+	gf.facts = f
+	gf.hdr.SrcGeo = event.Geo(f.SrcGeo)
+	gf.hdr.DstGeo = event.Geo(f.DstGeo)
 }
 
 // fail records the error that ended the flow and aborts both legs (RST),
@@ -326,7 +345,7 @@ func (gf *guardFlow) serveUp() *halfError {
 		gf.client.SetReadDeadline(time.Time{})
 		v := gf.decide()
 		if v.Action != rules.ActionAllow {
-			gf.refuse(v, refuseReset, 0)
+			gf.refuse(v, refuseReset)
 			return nil
 		}
 		err = gf.forwardRest(in)
@@ -448,7 +467,7 @@ func (gf *guardFlow) serveTLS(in *clientInput) *halfError {
 		fed += n
 		if err != nil {
 			gf.g.Metrics.InspectError("tls")
-			gf.invalid("tls", err.Error(), refuseTLSAlert, 0)
+			gf.invalid("tls", err.Error(), refuseTLSAlert)
 			return nil
 		}
 		if st == inspect.Done {
@@ -463,7 +482,7 @@ func (gf *guardFlow) serveTLS(in *clientInput) *halfError {
 				reason = "ClientHello larger than limits.inspect_bytes"
 			}
 			gf.g.Metrics.InspectError("tls")
-			gf.invalid("tls", reason, refuseTLSAlert, 0)
+			gf.invalid("tls", reason, refuseTLSAlert)
 			return nil
 		}
 		if err := in.read(); err != nil {
@@ -482,7 +501,7 @@ func (gf *guardFlow) serveTLS(in *clientInput) *halfError {
 	v := gf.decide()
 	gf.facts.ALPN = nil // owned by the parser, which goes back to its pool
 	if v.Action != rules.ActionAllow {
-		gf.refuse(v, refuseTLSAlert, h.LegacyVersion)
+		gf.refuse(v, refuseTLSAlert)
 		return nil
 	}
 	return gf.forwardRest(in)
@@ -503,7 +522,7 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 				return gf.forwardRest(in)
 			}
 			gf.g.Metrics.InspectError("http")
-			gf.invalid("http", err.Error(), refuseHTTP403, 0)
+			gf.invalid("http", err.Error(), refuseHTTP403)
 			return nil
 		}
 		if st == inspect.Done {
@@ -518,7 +537,7 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 			v := gf.decide()
 			gf.httpEvent(req, v)
 			if v.Action != rules.ActionAllow {
-				gf.refuse(v, refuseHTTP403, 0)
+				gf.refuse(v, refuseHTTP403)
 				return nil
 			}
 			if gf.requests == 1 {
@@ -556,7 +575,7 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 				reason = "request head not complete within limits.inspect_timeout"
 			}
 			gf.g.Metrics.InspectError("http")
-			gf.invalid("http", reason, refuseHTTP403, 0)
+			gf.invalid("http", reason, refuseHTTP403)
 			return nil
 		}
 		if err := in.read(); err != nil {
@@ -568,21 +587,15 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 // decide judges the flow with what is known now, under the rules in force
 // now, and records the verdict.
 func (gf *guardFlow) decide() rules.Verdict {
-	var v rules.Verdict // allow, by default, when there are no rules
-	if set := gf.g.rules(); set != nil {
-		v = set.Decide(&gf.facts)
-	}
+	v := gf.g.decide(&gf.facts)
 	gf.record(v)
 	return v
 }
 
 // invalid records the on_invalid verdict for bytes that did not parse and
 // refuses or forwards accordingly.
-func (gf *guardFlow) invalid(kind, reason string, how refusal, tlsVersion uint16) {
-	v := rules.Verdict{Action: rules.ActionDeny, Rule: rules.RuleOnInvalid}
-	if set := gf.g.rules(); set != nil {
-		v = set.Invalid()
-	}
+func (gf *guardFlow) invalid(kind, reason string, how refusal) {
+	v := gf.g.invalid()
 	if gf.g.Log != nil {
 		gf.g.Log.Debug("invalid client bytes", "flow_id", gf.f.ID, "kind", kind, "reason", reason, "action", v.Action.String())
 	}
@@ -592,7 +605,7 @@ func (gf *guardFlow) invalid(kind, reason string, how refusal, tlsVersion uint16
 		gf.client.SetReadDeadline(time.Time{})
 		return
 	}
-	gf.refuse(v, how, tlsVersion)
+	gf.refuse(v, how)
 }
 
 // record counts a verdict, remembers it for the flow event, and logs the
@@ -647,7 +660,7 @@ const (
 // refuse enforces a deny or drop verdict. The server never gets the held
 // bytes; earlier responses on a keep-alive connection reach the client
 // intact before the 403.
-func (gf *guardFlow) refuse(v rules.Verdict, how refusal, tlsVersion uint16) {
+func (gf *guardFlow) refuse(v rules.Verdict, how refusal) {
 	gf.refused = true
 	gf.refusing.Store(true)
 	gf.client.SetReadDeadline(time.Time{})
@@ -673,10 +686,9 @@ func (gf *guardFlow) refuse(v rules.Verdict, how refusal, tlsVersion uint16) {
 	}
 	switch how {
 	case refuseTLSAlert:
-		gf.client.Write(tlsAlertAccessDenied(tlsVersion))
+		gf.client.Write(policy.TLSAlert(policy.AlertAccessDenied))
 	case refuseHTTP403:
-		page := gf.denyPage(v)
-		gf.client.Write(page)
+		gf.client.Write(gf.denyResponse(v))
 	default:
 		abortConn(gf.client)
 		return

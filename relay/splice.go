@@ -181,6 +181,14 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 			if werr != nil {
 				return n, &halfError{up: up, read: false, err: werr}
 			}
+			if rerr == nil && peerFinished(src) {
+				// The FIN came with (or right behind) this data: send
+				// ours now, right behind the data, not one more read
+				// later. A client that gets the FIN before it closes
+				// does not end up in TIME_WAIT (port exhaustion on
+				// connection churn, datapath-notes.md).
+				break
+			}
 		}
 		if rerr == io.EOF {
 			break
@@ -194,6 +202,14 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 	}
 	src.CloseRead() // nothing more will come; error irrelevant
 	return n, nil
+}
+
+// finChecker is implemented by netstack's conns.
+type finChecker interface{ PeerFinished() bool }
+
+func peerFinished(c netstack.Conn) bool {
+	f, ok := c.(finChecker)
+	return ok && f.PeerFinished()
 }
 
 func isClosed(err error) bool {
