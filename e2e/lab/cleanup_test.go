@@ -41,3 +41,19 @@ func TestCleanupRemovesLeftovers(t *testing.T) {
 		}
 	}
 }
+
+func TestDropEmptyTables(t *testing.T) {
+	in := "*mangle\n:PREROUTING ACCEPT \n:INPUT ACCEPT \nCOMMIT\n" +
+		"*raw\n:PREROUTING ACCEPT \n:NETWARD_RAW - \nCOMMIT\n" +
+		"*filter\n:INPUT ACCEPT \n:FORWARD DROP \nCOMMIT\n" +
+		"*nat\n:PREROUTING ACCEPT \n-A PREROUTING -j ACCEPT\nCOMMIT\n"
+	got := dropEmptyTables(in)
+	if strings.Contains(got, "*mangle") {
+		t.Errorf("empty mangle table kept:\n%s", got)
+	}
+	for _, keep := range []string{"*raw", ":NETWARD_RAW", "*filter", ":FORWARD DROP", "*nat", "-A PREROUTING"} {
+		if !strings.Contains(got, keep) {
+			t.Errorf("dropped %q:\n%s", keep, got)
+		}
+	}
+}

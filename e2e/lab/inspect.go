@@ -94,6 +94,9 @@ var snapshotCommands = [][]string{
 	{"ip", "-6", "route", "show", "table", "all"},
 	{"ip", "link", "show"},
 	{"ip", "addr", "show"},
+	{"sysctl", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding",
+		"net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter",
+		"net.ipv4.conf.all.accept_local", "net.ipv4.conf.all.route_localnet"},
 }
 
 var (
@@ -119,9 +122,42 @@ func (n *NS) Snapshot(ctx context.Context) (Snapshot, error) {
 		out = saveComment.ReplaceAllString(out, "")
 		out = saveCounters.ReplaceAllString(out, "")
 		out = linkNoise.ReplaceAllString(out, "")
+		if strings.HasSuffix(c[0], "tables-save") {
+			out = dropEmptyTables(out)
+		}
 		s[strings.Join(c, " ")] = out
 	}
 	return s, nil
+}
+
+// dropEmptyTables removes from iptables-save output every table that has
+// only built-in chains with policy ACCEPT and no rules: using a table (as
+// netward does with raw and mangle) makes the nf_tables backend list it
+// from then on, though it holds nothing.
+func dropEmptyTables(save string) string {
+	var out, table []string
+	empty := true
+	for _, line := range strings.Split(save, "\n") {
+		switch {
+		case strings.HasPrefix(line, "*"):
+			table, empty = []string{line}, true
+		case table != nil:
+			table = append(table, line)
+			if f := strings.Fields(line); strings.HasPrefix(line, "-") ||
+				strings.HasPrefix(line, ":") && (len(f) < 2 || f[1] != "ACCEPT") { // a rule, a user chain, a DROP policy
+				empty = false
+			}
+			if line == "COMMIT" {
+				if !empty {
+					out = append(out, table...)
+				}
+				table = nil
+			}
+		default:
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // Diff returns the lines that differ from old, per command ("-" only in

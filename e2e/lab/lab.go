@@ -89,6 +89,10 @@ type Options struct {
 	// `-m conntrack --ctstate INVALID -j DROP`, which real appliances have
 	// and which the lab installs by default because steering must survive it.
 	NoInvalidDrop bool
+	// RPFilter is the appliance's net.ipv4.conf.{all,default}.rp_filter:
+	// 0 (the kernel's default in a new namespace) off, 1 strict, 2 loose.
+	// Many distributions ship 1 or 2; netward must work with each.
+	RPFilter int
 	// Logf, if set, receives every command the lab runs to build and tear
 	// down the topology, and other progress.
 	Logf func(format string, args ...any)
@@ -163,13 +167,16 @@ func New(opts Options) (*Lab, error) {
 	} else if err := os.MkdirAll(l.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
-	if err := l.build(!opts.NoInvalidDrop); err != nil {
+	if opts.RPFilter < 0 || opts.RPFilter > 2 {
+		return nil, fmt.Errorf("lab: RPFilter %d is not 0, 1 or 2", opts.RPFilter)
+	}
+	if err := l.build(opts); err != nil {
 		return nil, errors.Join(err, l.Close())
 	}
 	return l, nil
 }
 
-func (l *Lab) build(invalidDrop bool) error {
+func (l *Lab) build(opts Options) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, ns := range []*NS{l.Client, l.Appliance, l.App} {
@@ -242,12 +249,14 @@ func (l *Lab) build(invalidDrop bool) error {
 		{l.App, []string{"ip", "-6", "route", "add", "default", "via", t.ApplianceAppV6.Addr().String(), "dev", l.AppIf}},
 		{l.Appliance, []string{"sysctl", "-q", "-w", "net.ipv4.ip_forward=1"}},
 		{l.Appliance, []string{"sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"}},
+		{l.Appliance, []string{"sysctl", "-q", "-w", fmt.Sprintf("net.ipv4.conf.all.rp_filter=%d", opts.RPFilter)}},
+		{l.Appliance, []string{"sysctl", "-q", "-w", fmt.Sprintf("net.ipv4.conf.default.rp_filter=%d", opts.RPFilter)}},
 	} {
 		if err := s.ns.run(ctx, s.args...); err != nil {
 			return err
 		}
 	}
-	if invalidDrop {
+	if !opts.NoInvalidDrop {
 		for _, ipt := range []string{"iptables", "ip6tables"} {
 			if err := l.Appliance.run(ctx, ipt, "-w", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"); err != nil {
 				return err

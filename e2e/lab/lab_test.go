@@ -74,11 +74,20 @@ func TestTopology(t *testing.T) {
 	}
 }
 
-// TestNoInvalidDrop checks the option that leaves the INVALID rule out.
-func TestNoInvalidDrop(t *testing.T) {
-	l := labtest.New(t, lab.Options{NoInvalidDrop: true})
+// TestOptions checks the options that change the appliance: no INVALID
+// rule, and the rp_filter value.
+func TestOptions(t *testing.T) {
+	l := labtest.New(t, lab.Options{NoInvalidDrop: true, RPFilter: 2})
 	if out := labtest.Run(t, l.Appliance, "iptables-save", "-t", "filter"); strings.Contains(out, "INVALID") {
 		t.Errorf("INVALID rule present with NoInvalidDrop:\n%s", out)
+	}
+	for _, key := range []string{"net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"} {
+		if v, err := l.Appliance.Sysctl(ctx(t), key); err != nil || v != "2" {
+			t.Errorf("%s = %q, %v; want 2", key, v, err)
+		}
+	}
+	if _, err := lab.New(lab.Options{RPFilter: 3}); err == nil {
+		t.Error("RPFilter 3 accepted")
 	}
 }
 

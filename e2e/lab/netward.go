@@ -14,9 +14,8 @@ import (
 type NetwardOptions struct {
 	// Binary is the netward executable (see Build).
 	Binary string
-	// Interfaces to steer; nil means the appliance's client-facing
-	// interface. An empty non-nil slice passes no --interfaces flag
-	// (netward's default: every interface).
+	// Interfaces to steer (--interfaces); nil passes no flag: netward's
+	// default, every interface but loopback and the TUN.
 	Interfaces []string
 	// TUN is the TUN device's name; "" means netward0.
 	TUN string
@@ -47,9 +46,6 @@ func (l *Lab) NetwardArgs(opts NetwardOptions) []string {
 		tun = DefaultTUN
 	}
 	ifs := opts.Interfaces
-	if ifs == nil {
-		ifs = []string{l.ApplianceClientIf}
-	}
 	args := []string{"run",
 		"--tun", tun,
 		"--admin-socket", filepath.Join(l.Dir, "netward-admin.sock"),

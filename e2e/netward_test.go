@@ -1,0 +1,274 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/netward/netward/e2e/lab"
+	"github.com/netward/netward/e2e/lab/labtest"
+	"github.com/netward/netward/e2e/peer"
+)
+
+// TestNetward is issue 3's acceptance: every check, run through a real
+// `netward run` in the appliance, each proving its traffic crossed the TUN;
+// then the properties only netward has.
+func TestNetward(t *testing.T) {
+	d := newLab(t)
+	d.nw = labtest.StartNetward(t, d.lab, lab.NetwardOptions{})
+	runChecks(t, d, checks)
+	t.Run("FlowLog", func(t *testing.T) { checkFlowLog(t, d) })
+	t.Run("ApplianceOwnTrafficBypasses", func(t *testing.T) { checkLocalBypass(t, d) })
+	t.Run("NoConntrackInvalidDrops", func(t *testing.T) { checkNoInvalidDrops(t, d) })
+}
+
+// TestNetwardOffloadOff runs the basic checks on the fallback datapath
+// without TUN offloads (one packet per read).
+func TestNetwardOffloadOff(t *testing.T) {
+	d := newLab(t)
+	d.nw = labtest.StartNetward(t, d.lab, lab.NetwardOptions{Args: []string{"--offload=false"}})
+	if !strings.Contains(d.nw.Log(), `"offload":false`) {
+		t.Errorf("netward --offload=false did not log offload false:\n%s", d.nw.Log())
+	}
+	var basic []check
+	for _, c := range checks {
+		switch c.name {
+		case "HTTPv4", "HTTPv6", "SHA100MiBv4", "SHA100MiBv6", "HalfClose":
+			basic = append(basic, c)
+		}
+	}
+	runChecks(t, d, basic)
+}
+
+// checkFlowLog: netward logged one flow line per relayed connection, with
+// the client's address as src and the application as dst.
+func checkFlowLog(t testing.TB, d *datapath) {
+	var out string
+	out = labtest.Run(t, d.lab.Client, "curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{local_port}",
+		"http://"+d.appAddr("4", peer.HTTPPort)+"/flowlog")
+	port, _ := strconv.Atoi(strings.TrimSpace(out))
+	src := netip.AddrPortFrom(d.lab.Topo.ClientV4.Addr(), uint16(port)).String()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	flows, err := d.nw.WaitFlows(ctx, 1, func(f lab.FlowLog) bool { return f.Src == src })
+	if err != nil {
+		t.Fatalf("no flow line with src %s: %v; log tail:\n%s", src, err, tailLines(d.nw.Log(), 10))
+	}
+	f := flows[0]
+	if f.Dst != d.appAddr("4", peer.HTTPPort) || f.BytesUp == 0 || f.BytesDown == 0 {
+		t.Errorf("flow line %s: want dst %s and bytes both ways", f.Line, d.appAddr("4", peer.HTTPPort))
+	}
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// checkLocalBypass: connections to the appliance's own addresses, and
+// connections the appliance makes itself, are not steered: the TUN's
+// counters and netward's flow log do not move, while the same traffic
+// between client and application would move them by hundreds of packets.
+func checkLocalBypass(t testing.TB, d *datapath) {
+	l := d.lab
+	labtest.StartPeer(t, l.Appliance)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	flowsBefore := len(d.nw.Flows())
+	before, err := d.nw.TUNStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type conn struct {
+		from *lab.NS
+		to   netip.Addr
+	}
+	topo := l.Topo
+	var conns []conn
+	for _, a := range []netip.Prefix{topo.ApplianceClientV4, topo.ApplianceClientV6, topo.ApplianceAppV4, topo.ApplianceAppV6} {
+		conns = append(conns, conn{l.Client, a.Addr()}) // to the appliance itself
+	}
+	for _, a := range []netip.Prefix{topo.AppV4, topo.AppV6, topo.ClientV4, topo.ClientV6} {
+		conns = append(conns, conn{l.Appliance, a.Addr()}) // from the appliance itself
+	}
+	labtest.StartPeer(t, l.Client) // the appliance's connections to the client need a server there
+	for _, c := range conns {
+		for range 5 {
+			var r peer.XferResult
+			labtest.RunPeer(t, c.from, &r, "xfer", "-addr", netip.AddrPortFrom(c.to, peer.XferPort).String(), "-send", "65536", "-recv", "65536")
+			if r.ServerRecvSHA != r.SentSHA || r.Recv != 65536 {
+				t.Fatalf("%s → %v: transfer failed: %+v", c.from.Role, c.to, r)
+			}
+		}
+	}
+	after, err := d.nw.TUNStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 40 connections with 128 KiB each would be ≥ 400 packets each way
+	// through the TUN. A few packets of tolerance allow for the kernel's own
+	// IPv6 housekeeping on the TUN (router/multicast solicitations).
+	if delta := after.Sub(before); delta.RxPackets > 3 || delta.TxPackets > 3 {
+		t.Errorf("traffic to/from the appliance itself crossed the TUN: %v", delta)
+	}
+	time.Sleep(200 * time.Millisecond) // flow lines are written at flow end
+	if n := len(d.nw.Flows()); n != flowsBefore {
+		t.Errorf("netward logged %d flows for traffic to/from the appliance itself:\n%s", n-flowsBefore, tailLines(d.nw.Log(), n-flowsBefore))
+	}
+}
+
+var invalidRule = regexp.MustCompile(`(?m)^\s*(\d+)\s+\d+\s+DROP\s.*ctstate INVALID`)
+
+// checkNoInvalidDrops: the appliance's INVALID drop rule dropped nothing:
+// conntrack did not see netward's two legs as one broken connection.
+func checkNoInvalidDrops(t testing.TB, d *datapath) {
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		out := labtest.Run(t, d.lab.Appliance, ipt, "-w", "-L", "FORWARD", "-v", "-x", "-n")
+		m := invalidRule.FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("%s: no INVALID drop rule in FORWARD:\n%s", ipt, out)
+		}
+		if m[1] != "0" {
+			t.Errorf("%s: the INVALID drop rule dropped %s packets during the tests:\n%s", ipt, m[1], out)
+		}
+	}
+}
+
+// netwardTraces are words that name something of netward's in the
+// appliance's firewall, rules, routes and links (chains, TUN, table, mark).
+func netwardTraces(tun string) []string {
+	return []string{"netward", tun, "20055", "0x4e57"}
+}
+
+// TestNetwardStopLeavesNothing: after SIGTERM, and after kill -9 followed
+// by `netward cleanup`, the appliance is exactly as before netward
+// started, and forwarding works again (fail-open).
+func TestNetwardStopLeavesNothing(t *testing.T) {
+	d := newLab(t)
+	l := d.lab
+	labtest.RequireTools(t, "curl")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	before, err := l.Appliance.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hits := before.Grep(netwardTraces(lab.DefaultTUN)...); len(hits) > 0 {
+		t.Fatalf("the fresh lab already has netward traces: %q", hits)
+	}
+	requireClean := func(t *testing.T, when string) {
+		t.Helper()
+		after, err := l.Appliance.Snapshot(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := after.Diff(before); diff != "" {
+			t.Errorf("%s, the appliance differs from before netward started:\n%s", when, diff)
+		}
+		if hits := after.Grep(netwardTraces(lab.DefaultTUN)...); len(hits) > 0 {
+			t.Errorf("%s, netward traces remain:\n%s", when, strings.Join(hits, "\n"))
+		}
+		d.nw = nil
+		checkHTTP(t, d, "4", "") // kernel forwarding again, TUN gone
+	}
+
+	t.Run("SIGTERM", func(t *testing.T) {
+		d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{})
+		checkHTTP(t, d, "4", "")
+		if err := d.nw.Terminate(15 * time.Second); err != nil {
+			t.Fatalf("netward on SIGTERM: %v; log:\n%s", err, tailLines(d.nw.Log(), 20))
+		}
+		requireClean(t, "after SIGTERM")
+	})
+	t.Run("KillThenCleanup", func(t *testing.T) {
+		d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{})
+		checkHTTP(t, d, "4", "")
+		d.nw.Kill()
+		left, err := l.Appliance.Snapshot(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(left.Grep("NETWARD")) == 0 {
+			t.Fatalf("after kill -9 no NETWARD chain is left, so this test proves nothing about cleanup:\n%s", left.Diff(before))
+		}
+		out, err := l.Appliance.Run(ctx, labtest.Netward(t), "cleanup", "--tun", lab.DefaultTUN)
+		if err != nil {
+			t.Fatalf("netward cleanup: %v", err)
+		}
+		t.Logf("netward cleanup:\n%s", out)
+		requireClean(t, "after kill -9 and netward cleanup")
+	})
+}
+
+// TestNetwardBadStart: `netward run` with a missing interface or a bad
+// config value exits non-zero at once with a message naming the problem,
+// and leaves the appliance as it was.
+func TestNetwardBadStart(t *testing.T) {
+	d := newLab(t)
+	l := d.lab
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	before, err := l.Appliance.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	badConfig := filepath.Join(l.Dir, "bad.yaml")
+	if err := os.WriteFile(badConfig, []byte("fail_mode: sideways\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		opts lab.NetwardOptions
+		want []string // all must appear in the output
+	}{
+		{"MissingInterface", lab.NetwardOptions{Interfaces: []string{"nosuch0"}}, []string{"nosuch0"}},
+		{"BadConfigValue", lab.NetwardOptions{Args: []string{"--config", badConfig}}, []string{"fail_mode", "sideways", badConfig}},
+		{"BadFlagValue", lab.NetwardOptions{Args: []string{"--fail-mode", "half"}}, []string{"fail", "half"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{labtest.Netward(t)}, l.NetwardArgs(tc.opts)...)
+			runCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			defer cancel()
+			start := time.Now()
+			out, err := l.Appliance.Run(runCtx, args...)
+			var re *lab.RunError
+			if err == nil || !asRunError(err, &re) || re.ExitCode() <= 0 {
+				t.Fatalf("netward run exited %v (want non-zero) after %v; output:\n%s", err, time.Since(start), out)
+			}
+			msg := re.Stderr + re.Stdout
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("message does not name %q:\n%s", w, msg)
+				}
+			}
+			if strings.Count(msg, "\n") > 15 || strings.Contains(msg, "goroutine ") {
+				t.Errorf("message is not a clear error (long or a panic):\n%s", msg)
+			}
+			t.Logf("exit %d: %s", re.ExitCode(), strings.TrimSpace(msg))
+			after, err := l.Appliance.Snapshot(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := after.Diff(before); diff != "" {
+				t.Errorf("a failed start left changes behind:\n%s", diff)
+			}
+		})
+	}
+}
+
+func asRunError(err error, re **lab.RunError) bool {
+	e, ok := err.(*lab.RunError)
+	if ok {
+		*re = e
+	}
+	return ok
+}
+
+var _ = fmt.Sprint
