@@ -6,8 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -16,7 +14,6 @@ import (
 
 	"github.com/netward/netward/config"
 	"github.com/netward/netward/netstack"
-	"github.com/netward/netward/relay"
 	"github.com/netward/netward/steer"
 )
 
@@ -100,6 +97,11 @@ func run(cfg *config.Config, queues int, log *slog.Logger) error {
 	if err := steer.Preflight(sc); err != nil {
 		return fmt.Errorf("preflight: %w", err)
 	}
+	svc, err := startServices(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
 	tun, err := netstack.OpenTUN(netstack.TUNOptions{
 		Name:    cfg.TUN,
 		MTU:     cfg.MTU,
@@ -116,7 +118,7 @@ func run(cfg *config.Config, queues int, log *slog.Logger) error {
 		Files:       tun.Files,
 		MTU:         tun.MTU,
 		VnetHdr:     tun.VnetHdr,
-		Handler:     &relay.Plain{Log: log},
+		Handler:     svc.guard,
 		Logger:      log,
 		MaxInFlight: cfg.Limits.MaxHalfOpen,
 		DialTimeout: cfg.Limits.ConnectTimeout,
@@ -130,7 +132,7 @@ func run(cfg *config.Config, queues int, log *slog.Logger) error {
 		st.Close()
 		return fmt.Errorf("install steering: %w", err)
 	}
-	stopDebug := serveDebug(cfg.Metrics, log)
+	svc.attach(st)
 	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files),
 		"mtu", tun.MTU, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
@@ -151,7 +153,6 @@ func run(cfg *config.Config, queues int, log *slog.Logger) error {
 	if err := st.Close(); err != nil {
 		errs = append(errs, err)
 	}
-	stopDebug()
 	s := st.Stats()
 	log.Info("netward stopped", "flows", s.FlowsServed.Load(), "refused", s.FlowsRefused.Load(),
 		"unreachable", s.FlowsUnreachable.Load(), "syn_drops_in_flight", st.SynDropsInFlight(),
@@ -164,24 +165,4 @@ func interfacesAttr(names []string) string {
 		return "all"
 	}
 	return strings.Join(names, ",")
-}
-
-// serveDebug serves /debug/pprof on the metrics listener when asked
-// (metrics.pprof); the metrics package adds its own handlers when it lands.
-func serveDebug(m config.Metrics, log *slog.Logger) (stop func()) {
-	if m.Listen == "" || !m.Pprof {
-		return func() {}
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Addr: m.Listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("debug listener", "addr", m.Listen, "error", err)
-		}
-	}()
-	return func() { srv.Close() }
 }
