@@ -3,7 +3,6 @@ package inspect
 import (
 	"crypto/md5"
 	"crypto/sha256"
-	"slices"
 )
 
 const hexDigits = "0123456789abcdef"
@@ -31,13 +30,13 @@ func (p *TLSParser) fingerprint() {
 		}
 		b = appendUint16(b, uint16(f))
 	}
-	h.JA3 = p.intern.str(b)
+	h.JA3 = p.intern.strUnique(b)
 	sum := md5.Sum(b)
 	var hexSum [2 * md5.Size]byte
 	for i, c := range sum {
 		hexSum[2*i], hexSum[2*i+1] = hexDigits[c>>4], hexDigits[c&0xf]
 	}
-	h.JA3Hash = p.intern.str(hexSum[:])
+	h.JA3Hash = p.intern.strUnique(hexSum[:])
 
 	// JA4 (github.com/FoxIO-LLC/ja4, technical_details/JA4.md):
 	// JA4_a "t" + version + "d"/"i" + #ciphers + #extensions + ALPN chars,
@@ -64,7 +63,7 @@ func (p *TLSParser) fingerprint() {
 			sorted = append(sorted, v)
 		}
 	}
-	slices.Sort(sorted)
+	sortUint16s(sorted)
 	b = appendHexList(b[:0], sorted)
 	a = appendTruncatedSHA256(a, b, len(sorted) == 0)
 	a = append(a, '_')
@@ -75,16 +74,30 @@ func (p *TLSParser) fingerprint() {
 			sorted = append(sorted, v)
 		}
 	}
-	slices.Sort(sorted)
+	sortUint16s(sorted)
 	b = appendHexList(b[:0], sorted)
 	if countNonGREASE(h.SignatureAlgorithms) > 0 {
 		b = append(b, '_')
 		b = appendHexList(b, h.SignatureAlgorithms)
 	}
 	a = appendTruncatedSHA256(a, b, len(sorted) == 0)
-	h.JA4 = p.intern.str(a)
+	h.JA4 = p.intern.strUnique(a)
 
 	p.scratch, p.sortBuf = b, sorted
+}
+
+// sortUint16s sorts a short list (tens of values) in place; insertion sort
+// beats the general sort at this size.
+func sortUint16s(s []uint16) {
+	for i := 1; i < len(s); i++ {
+		v := s[i]
+		j := i
+		for j > 0 && s[j-1] > v {
+			s[j] = s[j-1]
+			j--
+		}
+		s[j] = v
+	}
 }
 
 func appendDecimalList(b []byte, list []uint16) []byte {
@@ -105,17 +118,17 @@ func appendDecimalList(b []byte, list []uint16) []byte {
 // appendUint16 appends v in decimal; JA3 formats dozens of values per hello
 // and this is several times faster than strconv.AppendUint.
 func appendUint16(b []byte, v uint16) []byte {
-	var d [5]byte
-	i := len(d)
-	for {
-		i--
-		d[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			break
-		}
+	switch {
+	case v < 10:
+		return append(b, byte('0'+v))
+	case v < 100:
+		return append(b, byte('0'+v/10), byte('0'+v%10))
+	case v < 1000:
+		return append(b, byte('0'+v/100), byte('0'+v/10%10), byte('0'+v%10))
+	case v < 10000:
+		return append(b, byte('0'+v/1000), byte('0'+v/100%10), byte('0'+v/10%10), byte('0'+v%10))
 	}
-	return append(b, d[i:]...)
+	return append(b, byte('0'+v/10000), byte('0'+v/1000%10), byte('0'+v/100%10), byte('0'+v/10%10), byte('0'+v%10))
 }
 
 // appendHexList appends the non-GREASE values as 4-digit lower-case hex,

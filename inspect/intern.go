@@ -34,6 +34,12 @@ func (t *internTable) str(b []byte) string {
 	if s, ok := wellKnown[string(b)]; ok {
 		return s
 	}
+	return t.strUnique(b)
+}
+
+// strUnique is str for values that are never in the well-known table
+// (fingerprints), saving a lookup.
+func (t *internTable) strUnique(b []byte) string {
 	if s, ok := t.m[string(b)]; ok {
 		return s
 	}
