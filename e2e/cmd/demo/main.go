@@ -50,6 +50,7 @@ var steps = []step{
 	{"netward's per-flow log", (*demo).flowLog},
 	{"Proof: the packets crossed netward's TUN", (*demo).tunProof},
 	{"Stop netward (SIGTERM): its steering is gone", (*demo).stop},
+	{"After netward: the kernel forwards again (fail_mode open)", func(d *demo) error { return d.curl("4", "") }},
 }
 
 type demo struct {
@@ -135,12 +136,25 @@ func (d *demo) section(title string) {
 
 // sh runs a command in ns, printing it and its output.
 func (d *demo) sh(ns *lab.NS, args ...string) (string, error) {
-	fmt.Fprintf(d.out, "  [%s] $ %s\n", ns.Role, strings.Join(args, " "))
+	fmt.Fprintf(d.out, "  [%s] $ %s\n", ns.Role, shellJoin(args))
 	ctx, cancel := context.WithTimeout(d.ctx, 2*time.Minute)
 	defer cancel()
 	out, err := ns.Run(ctx, args...)
 	d.indent(out)
 	return out, err
+}
+
+// shellJoin quotes the arguments that need it, so a printed command can be
+// pasted into a shell.
+func shellJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		if a == "" || strings.ContainsAny(a, " \t\n\"'%$&|;<>()*?[]{}\\") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		q[i] = a
+	}
+	return strings.Join(q, " ")
 }
 
 func (d *demo) indent(s string) {
@@ -203,7 +217,7 @@ func (d *demo) startNetward() error {
 		return err
 	}
 	opts := lab.NetwardOptions{Binary: d.netward}
-	fmt.Fprintf(d.out, "  [appliance] $ %s %s\n", d.netward, strings.Join(d.lab.NetwardArgs(opts), " "))
+	fmt.Fprintf(d.out, "  [appliance] $ %s &\n", shellJoin(append([]string{d.netward}, d.lab.NetwardArgs(opts)...)))
 	start := time.Now()
 	if d.nw, err = d.lab.StartNetward(d.ctx, opts); err != nil {
 		return err
@@ -228,7 +242,7 @@ func (d *demo) appAddr(fam string, port uint16) string {
 }
 
 func (d *demo) curl(fam, src string) error {
-	args := []string{"curl", "-sS", "--max-time", "10", "-w", "HTTP %{http_code}, client port %{local_port}\n"}
+	args := []string{"curl", "-sS", "--max-time", "10", "-w", "HTTP %{http_code}, client port %{local_port}\\n"}
 	if src != "" {
 		args = append(args, "--interface", src)
 	}
@@ -271,10 +285,15 @@ func (d *demo) flowLog() error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(d.out, "  %-5s %-28s %-24s %12s %12s %-10s %s\n", "flow", "client", "server", "bytes up", "bytes down", "end", "error")
+	fmt.Fprintf(d.out, "  %-4s %-24s %-22s %10s %10s  %s\n", "flow", "client", "server", "bytes up", "bytes down", "end")
 	for _, f := range flows {
-		fmt.Fprintf(d.out, "  %-5d %-28s %-24s %12d %12d %-10s %s\n", f.ID, f.Src, f.Dst, f.BytesUp, f.BytesDown, f.End, f.Error)
+		end := f.End
+		if f.Error != "" {
+			end += " (" + f.Error + ")"
+		}
+		fmt.Fprintf(d.out, "  %-4d %-24s %-22s %10d %10d  %s\n", f.ID, f.Src, f.Dst, f.BytesUp, f.BytesDown, end)
 	}
+	fmt.Fprintln(d.out, "  (src is the client's own address and port; iperf3 ends its data stream with a reset)")
 	return nil
 }
 
@@ -296,9 +315,12 @@ func (d *demo) stop() error {
 	if err := d.nw.Terminate(10 * time.Second); err != nil {
 		return fmt.Errorf("netward exit: %w", err)
 	}
-	fmt.Fprintln(d.out, "  netward exited 0; its last lines:")
-	lines := strings.Split(strings.TrimSpace(d.nw.Log()), "\n")
-	d.indent(strings.Join(lines[max(0, len(lines)-3):], "\n"))
+	fmt.Fprintln(d.out, "  netward exited 0:")
+	for _, line := range strings.Split(d.nw.Log(), "\n") {
+		if strings.Contains(line, `"msg":"netward stop`) {
+			d.indent(line)
+		}
+	}
 	after, err := d.lab.Appliance.Snapshot(d.ctx)
 	if err != nil {
 		return err
@@ -306,6 +328,7 @@ func (d *demo) stop() error {
 	if diff := after.Diff(d.before); diff != "" {
 		return fmt.Errorf("the appliance differs from before netward started:\n%s", diff)
 	}
-	fmt.Fprintln(d.out, "  iptables-save, ip6tables-save, ip rule, ip route show table all, ip link, ip addr: as before netward started")
-	return d.curl("4", "")
+	fmt.Fprintln(d.out, "  iptables-save, ip6tables-save, ip rule, ip route show table all, ip link, ip addr, sysctls:")
+	fmt.Fprintln(d.out, "  exactly as before netward started")
+	return nil
 }
