@@ -1,0 +1,331 @@
+// Package metrics is netward's operational state: Prometheus metrics, the
+// table of active flows, /healthz and /readyz, and the admin endpoint that
+// `netward status` reads.
+//
+// The datapath side is cheap: counters are resolved once (no label lookup
+// per packet or per write), the flow table is sharded (no global lock on the
+// per-flow path), and every method does nothing on a nil *Metrics or nil
+// *ActiveFlow, so a datapath without metrics calls them unconditionally.
+package metrics
+
+import (
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// DefaultRule is the rule label of verdicts that no rule matched (the rule
+// file's default action decided), as policy.Verdict.Rule "" is.
+const DefaultRule = "default"
+
+// Options configure Metrics.
+type Options struct {
+	// Version is netward's version, exported as netward_build_info and in
+	// the status.
+	Version string
+	// Registry receives the metrics; nil creates one that also has the Go
+	// runtime and process collectors.
+	Registry *prometheus.Registry
+	// Now is the clock for uptime and flow ages; default time.Now.
+	Now func() time.Time
+}
+
+// TUNStats are the TUN device's packet counters, as the netstack counts
+// them. They are read when metrics are scraped or status is asked.
+type TUNStats struct {
+	RxPackets uint64 // read from the TUN (client and server packets into the stack)
+	TxPackets uint64 // written to the TUN
+	RxDropped uint64 // read but not delivered (malformed, queue full)
+	TxDropped uint64 // not written (queue full, write errors)
+}
+
+// EventStats mirrors event.Stats field for field, so that
+// metrics.EventStats(log.Stats()) converts.
+type EventStats struct {
+	Emitted uint64
+	Written uint64
+	Dropped uint64
+	Failed  uint64
+}
+
+// RulesInfo describes the rule set in use.
+type RulesInfo struct {
+	Hash     string    `json:"hash"`
+	Count    int       `json:"count"`
+	LoadedAt time.Time `json:"loaded_at"`
+}
+
+// Metrics holds netward's metrics and active-flow table. Create it with New.
+type Metrics struct {
+	reg     *prometheus.Registry
+	version string
+	now     func() time.Time
+	start   time.Time
+
+	flows FlowTable
+
+	flowsTotal prometheus.Counter
+	// Relayed bytes are plain atomics exported by funcCollector: an atomic
+	// add is a third of prometheus.Counter.Add's cost, and this is paid on
+	// every relay write.
+	bytesToServer atomic.Uint64
+	bytesToClient atomic.Uint64
+	verdicts      *prometheus.CounterVec // rule, action
+	inspectErrors *prometheus.CounterVec // kind
+	limitHits     *prometheus.CounterVec // limit
+	peekTimeouts  prometheus.Counter
+	reloadsOK     prometheus.Counter
+	reloadsFailed prometheus.Counter
+	rulesInfo     *prometheus.GaugeVec // hash
+	rulesCount    prometheus.Gauge
+	rulesLoadedAt prometheus.Gauge
+
+	rules       atomic.Pointer[RulesInfo]
+	reloadError atomic.Pointer[string]
+	tunStats    atomic.Pointer[func() TUNStats]
+	eventStats  atomic.Pointer[func() EventStats]
+	ready       atomic.Pointer[func() bool]
+}
+
+// New creates the metrics and registers them.
+func New(opts Options) *Metrics {
+	m := &Metrics{reg: opts.Registry, version: opts.Version, now: opts.Now}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	m.start = m.now()
+	if m.reg == nil {
+		m.reg = prometheus.NewRegistry()
+		m.reg.MustRegister(
+			collectors.NewGoCollector(),
+			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		)
+	}
+	m.flows.init()
+
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "netward", Name: name, Help: help})
+	}
+	m.flowsTotal = counter("flows_total", "Flows accepted by the stack (both legs up).")
+	m.verdicts = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "netward", Name: "verdicts_total",
+		Help: "Verdicts by rule (\"" + DefaultRule + "\" = the default action) and action."}, []string{"rule", "action"})
+	m.inspectErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "netward", Name: "inspect_errors_total",
+		Help: "Client bytes that did not parse as their protocol, by kind."}, []string{"kind"})
+	m.limitHits = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "netward", Name: "limit_hits_total",
+		Help: "Flows refused or cut because a limit was reached, by limit (config name)."}, []string{"limit"})
+	m.peekTimeouts = counter("inspect_timeouts_total", "Flows whose client sent nothing within limits.inspect_timeout.")
+	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "netward", Name: "rule_reloads_total",
+		Help: "Rule file loads (the first load included), by result (ok, failed)."}, []string{"result"})
+	m.reloadsOK = reloads.WithLabelValues("ok")
+	m.reloadsFailed = reloads.WithLabelValues("failed")
+	m.rulesInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "netward", Name: "rules_info",
+		Help: "The rule set in use: 1 with the hash of the loaded rule file as label."}, []string{"hash"})
+	m.rulesCount = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "netward", Name: "rules",
+		Help: "Rules in the loaded rule set."})
+	m.rulesLoadedAt = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "netward", Name: "rules_loaded_timestamp_seconds",
+		Help: "When the rule set in use was loaded (Unix time)."})
+	active := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "netward", Name: "flows_active",
+		Help: "Flows being inspected or relayed now."}, func() float64 { return float64(m.flows.Len()) })
+	build := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "netward", Name: "build_info",
+		Help:        "netward's version; always 1.",
+		ConstLabels: prometheus.Labels{"version": m.version, "goversion": runtime.Version()}})
+	build.Set(1)
+
+	m.reg.MustRegister(m.flowsTotal, m.verdicts, m.inspectErrors, m.limitHits, m.peekTimeouts,
+		reloads, m.rulesInfo, m.rulesCount, m.rulesLoadedAt, active, build, (*funcCollector)(m))
+	return m
+}
+
+// Registry is where the metrics are registered, for other packages'
+// collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Flows is the active-flow table.
+func (m *Metrics) Flows() *FlowTable {
+	if m == nil {
+		return nil
+	}
+	return &m.flows
+}
+
+// InspectError counts client bytes that did not parse as their protocol,
+// e.g. kind "tls" or "http" (inspect's error kinds).
+func (m *Metrics) InspectError(kind string) {
+	if m == nil {
+		return
+	}
+	m.inspectErrors.WithLabelValues(kind).Inc()
+}
+
+// InspectTimeout counts a flow whose client sent nothing within the
+// inspect timeout (the peek gave up).
+func (m *Metrics) InspectTimeout() {
+	if m == nil {
+		return
+	}
+	m.peekTimeouts.Inc()
+}
+
+// LimitHit counts a flow refused or cut by a limit; limit is the config
+// name ("max_flows", "max_half_open", "inspect_bytes", ...).
+func (m *Metrics) LimitHit(limit string) {
+	if m == nil {
+		return
+	}
+	m.limitHits.WithLabelValues(limit).Inc()
+}
+
+// RulesLoaded records a successful (re)load of a rule set: its hash, its
+// rule count and when it was loaded.
+func (m *Metrics) RulesLoaded(hash string, count int, at time.Time) {
+	if m == nil {
+		return
+	}
+	m.reloadsOK.Inc()
+	m.rulesInfo.Reset()
+	m.rulesInfo.WithLabelValues(hash).Set(1)
+	m.rulesCount.Set(float64(count))
+	m.rulesLoadedAt.Set(float64(at.UnixNano()) / 1e9)
+	m.rules.Store(&RulesInfo{Hash: hash, Count: count, LoadedAt: at})
+	m.reloadError.Store(nil)
+}
+
+// RulesReloadFailed records a reload that failed; the previous rule set
+// stays in use.
+func (m *Metrics) RulesReloadFailed(err error) {
+	if m == nil {
+		return
+	}
+	m.reloadsFailed.Inc()
+	msg := "unknown error"
+	if err != nil {
+		msg = err.Error()
+	}
+	m.reloadError.Store(&msg)
+}
+
+// SetTUNStats sets the function that reads the TUN counters.
+func (m *Metrics) SetTUNStats(f func() TUNStats) {
+	if m != nil && f != nil {
+		m.tunStats.Store(&f)
+	}
+}
+
+// SetEventStats sets the function that reads the event log's counters, e.g.
+// func() metrics.EventStats { return metrics.EventStats(log.Stats()) }.
+func (m *Metrics) SetEventStats(f func() EventStats) {
+	if m != nil && f != nil {
+		m.eventStats.Store(&f)
+	}
+}
+
+// SetReady sets the function /readyz asks: true once the datapath is up
+// (TUN open, stack running, steering installed). Until it is set, /readyz
+// answers 503.
+func (m *Metrics) SetReady(f func() bool) {
+	if m != nil && f != nil {
+		m.ready.Store(&f)
+	}
+}
+
+// Ready reports what the function given to SetReady says.
+func (m *Metrics) Ready() bool {
+	if m == nil {
+		return false
+	}
+	f := m.ready.Load()
+	return f != nil && (*f)()
+}
+
+var (
+	tunPacketsDesc = prometheus.NewDesc("netward_tun_packets_total",
+		"Packets through the TUN device, by direction (rx: into the stack, tx: out of it).", []string{"direction"}, nil)
+	tunDropsDesc = prometheus.NewDesc("netward_tun_dropped_total",
+		"Packets the TUN path dropped, by direction.", []string{"direction"}, nil)
+	bytesDesc = prometheus.NewDesc("netward_bytes_total",
+		"TCP payload bytes relayed, by direction (toserver, toclient).", []string{"direction"}, nil)
+	eventsDesc = prometheus.NewDesc("netward_events_total",
+		"EVE events by outcome (written, dropped: queue full, failed: write error).", []string{"result"}, nil)
+)
+
+// funcCollector exports counters that are not prometheus.Counters (relayed
+// bytes, and those other packages keep: TUN, event log), read when scraped.
+type funcCollector Metrics
+
+func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- bytesDesc
+	ch <- tunPacketsDesc
+	ch <- tunDropsDesc
+	ch <- eventsDesc
+}
+
+func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(c.bytesToServer.Load()), "toserver")
+	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(c.bytesToClient.Load()), "toclient")
+	if f := c.tunStats.Load(); f != nil {
+		s := (*f)()
+		ch <- prometheus.MustNewConstMetric(tunPacketsDesc, prometheus.CounterValue, float64(s.RxPackets), "rx")
+		ch <- prometheus.MustNewConstMetric(tunPacketsDesc, prometheus.CounterValue, float64(s.TxPackets), "tx")
+		ch <- prometheus.MustNewConstMetric(tunDropsDesc, prometheus.CounterValue, float64(s.RxDropped), "rx")
+		ch <- prometheus.MustNewConstMetric(tunDropsDesc, prometheus.CounterValue, float64(s.TxDropped), "tx")
+	}
+	if f := c.eventStats.Load(); f != nil {
+		s := (*f)()
+		ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(s.Written), "written")
+		ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(s.Dropped), "dropped")
+		ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(s.Failed), "failed")
+	}
+}
+
+// counterValue reads a counter's value (status only, not the hot path).
+func counterValue(c prometheus.Counter) uint64 {
+	var d dto.Metric
+	if err := c.Write(&d); err != nil || d.Counter == nil {
+		return 0
+	}
+	return uint64(d.Counter.GetValue())
+}
+
+// vecValues sums a counter vector's children by the value of one label.
+func vecValues(v *prometheus.CounterVec, label string) map[string]uint64 {
+	ch := make(chan prometheus.Metric, 64)
+	go func() {
+		v.Collect(ch)
+		close(ch)
+	}()
+	out := map[string]uint64{}
+	for m := range ch {
+		var d dto.Metric
+		if err := m.Write(&d); err != nil || d.Counter == nil {
+			continue
+		}
+		for _, lp := range d.Label {
+			if lp.GetName() == label {
+				out[lp.GetValue()] += uint64(d.Counter.GetValue())
+			}
+		}
+	}
+	return out
+}
+
+// ruleLabel maps policy's "" (no rule matched) to DefaultRule.
+func ruleLabel(rule string) string {
+	if rule == "" {
+		return DefaultRule
+	}
+	return rule
+}
+
+// actionLabel keeps the action label to known values; anything else would
+// be a bug in the caller, but must not create label values without bound.
+func actionLabel(action string) string {
+	switch action {
+	case "allow", "deny", "drop", "alert":
+		return action
+	}
+	return "other"
+}
