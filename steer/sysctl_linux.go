@@ -13,11 +13,8 @@ import (
 // processes this package starts.
 const procSys = "/proc/sys"
 
-func sysctlPath(name string) string {
-	return filepath.Join(procSys, strings.ReplaceAll(name, ".", "/"))
-}
-
-// interface names may contain '.', which the dotted form cannot express.
+// confPath is the /proc/sys path of a per-device sysctl. Device names may
+// contain '.', which the dotted sysctl form cannot express.
 func confPath(family, dev, key string) string {
 	return filepath.Join(procSys, "net", family, "conf", dev, key)
 }
