@@ -34,6 +34,7 @@ type bench struct {
 	secs    int
 	nargs   []string
 	rows    []*row
+	load    []byte // /proc/loadavg at the start: other load skews every number
 }
 
 // row is one line of the result table; kernel or netward may be unset.
@@ -94,6 +95,7 @@ func (b *bench) main(idle int) error {
 		}
 	}
 	start := time.Now()
+	b.load, _ = os.ReadFile("/proc/loadavg")
 	if err := b.throughputAndLatency(); err != nil {
 		return err
 	}
@@ -249,7 +251,11 @@ func (p *path) iperf(fam string, streams int, reverse bool) error {
 		args = append(args, "-R")
 		dir = "app→client"
 	}
-	name := fmt.Sprintf("iperf3 IPv%s %d stream(s) %s", fam, streams, dir)
+	plural := "s"
+	if streams == 1 {
+		plural = ""
+	}
+	name := fmt.Sprintf("iperf3 IPv%s, %d stream%s, %s", fam, streams, plural, dir)
 	return p.measure(name, 0, func() (int64, error) {
 		ctx, cancel := context.WithTimeout(p.b.ctx, time.Duration(p.b.secs+30)*time.Second)
 		defer cancel()
@@ -460,6 +466,9 @@ func (b *bench) print(took time.Duration) {
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	fmt.Printf("\nnetward bench — %s, %d cores, %s, kernel %s, host %s, %d s per measurement, took %v\n",
 		time.Now().Format("2006-01-02 15:04 MST"), runtime.NumCPU(), runtime.Version(), strings.TrimSpace(string(kernel)), host, b.secs, took.Round(time.Second))
+	if f := strings.Fields(string(b.load)); len(f) >= 3 {
+		fmt.Printf("load average at the start: %s %s %s (other work on the machine lowers every number)\n", f[0], f[1], f[2])
+	}
 	if len(b.nargs) > 0 {
 		fmt.Printf("netward flags: %s\n", strings.Join(b.nargs, " "))
 	}
