@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,10 +90,35 @@ type lab struct {
 	appName                string
 }
 
+var staleOnce sync.Once
+
+// removeStaleLabs deletes the namespaces of earlier test processes that
+// were killed before their t.Cleanup ran (nwst-<pid>-… with pid gone).
+func removeStaleLabs(t *testing.T) {
+	entries, err := os.ReadDir("/run/netns")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		var pid, n int
+		var side string
+		if c, _ := fmt.Sscanf(e.Name(), "nwst-%d-%d-%s", &pid, &n, &side); c != 3 || pid == os.Getpid() {
+			continue
+		}
+		if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
+			continue // still running (or not ours to judge)
+		}
+		if err := netns.DeleteNamed(e.Name()); err == nil {
+			t.Logf("removed stale lab namespace %s", e.Name())
+		}
+	}
+}
+
 // newLab builds the three namespaces; everything is removed in t.Cleanup.
 func newLab(t *testing.T) *lab {
 	t.Helper()
 	requireRoot(t)
+	staleOnce.Do(func() { removeStaleLabs(t) })
 	l := &lab{t: t, name: fmt.Sprintf("nwst-%d-%d", os.Getpid(), labSeq.Add(1))}
 	l.clientName, l.applName, l.appName = l.name+"-c", l.name+"-a", l.name+"-s"
 	l.client = l.newNS(l.clientName)
