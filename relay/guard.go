@@ -67,15 +67,22 @@ type Limits struct {
 	// DropHold is how long a dropped flow's client is held without an
 	// answer before its leg is cut.
 	DropHold time.Duration
+	// IdleTimeout cuts (RST both ways) a flow that moved no byte either way
+	// for this long.
+	IdleTimeout time.Duration
+	// HalfClosedTimeout is IdleTimeout once one side has finished sending.
+	HalfClosedTimeout time.Duration
 }
 
 // DefaultLimits are used for the zero fields of Guard.Limits.
 var DefaultLimits = Limits{
-	MaxFlows:       200000,
-	InspectBytes:   64 << 10,
-	InspectTimeout: 3 * time.Second,
-	DrainTimeout:   5 * time.Second,
-	DropHold:       30 * time.Second,
+	MaxFlows:          200000,
+	InspectBytes:      64 << 10,
+	InspectTimeout:    3 * time.Second,
+	DrainTimeout:      5 * time.Second,
+	DropHold:          30 * time.Second,
+	IdleTimeout:       15 * time.Minute,
+	HalfClosedTimeout: 2 * time.Minute,
 }
 
 func (l Limits) withDefaults() Limits {
@@ -94,6 +101,12 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.DropHold > 0 {
 		d.DropHold = l.DropHold
+	}
+	if l.IdleTimeout > 0 {
+		d.IdleTimeout = l.IdleTimeout
+	}
+	if l.HalfClosedTimeout > 0 {
+		d.HalfClosedTimeout = l.HalfClosedTimeout
 	}
 	return d
 }
@@ -170,11 +183,15 @@ func (g *Guard) Serve(f *netstack.Flow, client, server netstack.Conn) {
 	gf.setFacts(facts)
 	gf.af = g.Metrics.StartFlow(f.ID, f.Client, f.Server, f.Start)
 
+	gf.idleTimer = time.AfterFunc(gf.lim.IdleTimeout, gf.checkIdle)
 	go gf.copyDown()
 	if err := gf.serveUp(); err != nil {
 		gf.fail(err)
+	} else {
+		gf.setHalfClosed() // the client has finished sending
 	}
 	<-gf.downDone
+	gf.idleTimer.Stop()
 	client.Close()
 	server.Close()
 
@@ -206,6 +223,12 @@ type guardFlow struct {
 
 	upBytes, downBytes atomic.Int64
 	downDone           chan struct{}
+	// lastActive is when a byte last moved either way, as time since
+	// f.Start; idleTimer checks it (one timer per flow, re-armed at most
+	// once per timeout, instead of a deadline per read).
+	lastActive atomic.Int64
+	halfClosed atomic.Bool
+	idleTimer  *time.Timer
 	// refusing is set once the up side has taken over the client's write
 	// side to refuse (403 page, TLS alert, reset, drop): from then on the
 	// down copy forwards what the server still sends but never closes or
@@ -261,6 +284,35 @@ func (gf *guardFlow) firstErr() *halfError {
 	return gf.first
 }
 
+// errIdle ends a flow that moved nothing for the idle (or half-closed)
+// timeout.
+var errIdle = errors.New("idle timeout")
+
+func (gf *guardFlow) touch() { gf.lastActive.Store(int64(time.Since(gf.f.Start))) }
+
+// checkIdle runs from idleTimer: it cuts an idle flow or re-arms itself
+// for the time left.
+func (gf *guardFlow) checkIdle() {
+	limit := gf.lim.IdleTimeout
+	if gf.halfClosed.Load() {
+		limit = gf.lim.HalfClosedTimeout
+	}
+	idle := time.Since(gf.f.Start) - time.Duration(gf.lastActive.Load())
+	if idle >= limit {
+		gf.g.Metrics.LimitHit("idle_timeout")
+		gf.fail(&halfError{up: true, read: true, err: errIdle})
+		return
+	}
+	gf.idleTimer.Reset(limit - idle)
+}
+
+// setHalfClosed switches the flow to the half-closed timeout.
+func (gf *guardFlow) setHalfClosed() {
+	if !gf.halfClosed.Swap(true) && gf.idleTimer != nil {
+		gf.idleTimer.Reset(gf.lim.HalfClosedTimeout)
+	}
+}
+
 // copyDown relays server → client for the flow's whole life.
 func (gf *guardFlow) copyDown() {
 	defer close(gf.downDone)
@@ -270,6 +322,7 @@ func (gf *guardFlow) copyDown() {
 	for {
 		r, rerr := gf.server.Read(buf)
 		if r > 0 {
+			gf.touch()
 			w, werr := gf.client.Write(buf[:r])
 			gf.downBytes.Add(int64(w))
 			gf.af.AddToClient(w)
@@ -281,6 +334,7 @@ func (gf *guardFlow) copyDown() {
 			}
 		}
 		if rerr == io.EOF {
+			gf.setHalfClosed()
 			if !gf.refusing.Load() {
 				if err := gf.client.CloseWrite(); err != nil && !isClosed(err) {
 					gf.fail(&halfError{up: false, read: false, err: err})
@@ -424,6 +478,7 @@ func (gf *guardFlow) forward(b []byte) *halfError {
 	if len(b) == 0 {
 		return nil
 	}
+	gf.touch()
 	w, err := gf.server.Write(b)
 	gf.upBytes.Add(int64(w))
 	gf.af.AddToServer(w)
@@ -451,6 +506,7 @@ func (gf *guardFlow) forwardRest(in *clientInput) *halfError {
 }
 
 func (gf *guardFlow) countUp(n int) {
+	gf.touch()
 	gf.upBytes.Add(int64(n))
 	gf.af.AddToServer(n)
 }

@@ -317,3 +317,56 @@ func TestGuardAdmit(t *testing.T) {
 		t.Errorf("over max_flows: Admit = %v, want reset", got)
 	}
 }
+
+func TestGuardIdleTimeout(t *testing.T) {
+	g := newGuard(t)
+	g.Limits.IdleTimeout = 300 * time.Millisecond
+	clientApp, serverApp, done := guardPair(t, g)
+	go io.Copy(io.Discard, serverApp)
+	io.WriteString(clientApp, "GET /ok HTTP/1.1\r\nHost: app.example\r\n\r\n")
+	start := time.Now()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("idle flow was not cut")
+	}
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Fatalf("cut after %v, before the idle timeout", d)
+	}
+	if _, err := readAllTimeout(clientApp, time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read = %v, want a reset", err)
+	}
+}
+
+func TestGuardActiveFlowIsNotIdle(t *testing.T) {
+	g := newGuard(t)
+	g.Limits.IdleTimeout = 300 * time.Millisecond
+	clientApp, serverApp, done := guardPair(t, g)
+	go io.Copy(io.Discard, serverApp)
+	io.WriteString(clientApp, "POST /ok HTTP/1.1\r\nHost: app.example\r\nContent-Length: 10\r\n\r\n")
+	for i := 0; i < 10; i++ { // 1 s of body, a byte per 100 ms
+		time.Sleep(100 * time.Millisecond)
+		if _, err := clientApp.Write([]byte("x")); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	select {
+	case <-done:
+		t.Fatal("an active flow was cut as idle")
+	default:
+	}
+}
+
+func TestGuardHalfClosedTimeout(t *testing.T) {
+	g := newGuard(t)
+	g.Limits.HalfClosedTimeout = 300 * time.Millisecond
+	clientApp, serverApp, done := guardPair(t, g)
+	go io.Copy(io.Discard, serverApp) // reads the request and EOF, never answers
+	io.WriteString(clientApp, "GET /ok HTTP/1.0\r\nHost: app.example\r\n\r\n")
+	clientApp.CloseWrite()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("half-closed flow was not cut")
+	}
+}

@@ -95,9 +95,11 @@ func startServices(cfg *config.Config, log *slog.Logger) (s *services, err error
 		Metrics: s.metrics,
 		Log:     log,
 		Limits: relay.Limits{
-			MaxFlows:       cfg.Limits.MaxFlows,
-			InspectBytes:   cfg.Limits.InspectBytes,
-			InspectTimeout: cfg.Limits.InspectTimeout,
+			MaxFlows:          cfg.Limits.MaxFlows,
+			InspectBytes:      cfg.Limits.InspectBytes,
+			InspectTimeout:    cfg.Limits.InspectTimeout,
+			IdleTimeout:       cfg.Limits.IdleTimeout,
+			HalfClosedTimeout: cfg.Limits.HalfClosedTimeout,
 		},
 	}
 	if s.policy != nil {
