@@ -193,8 +193,10 @@ func (c *Config) Validate() error {
 	if c.MTU < 1280 || c.MTU > 65535 {
 		bad("mtu", "%d is outside 1280..65535", c.MTU)
 	}
-	if c.Mark == 0 {
-		bad("mark", "must not be 0")
+	if c.Mark == 0 || c.Mark > 0xffff {
+		// steer matches the mark under the mask 0xffff (the low 16 bits),
+		// leaving the high bits to other tools.
+		bad("mark", "%#x is outside 0x1..0xffff", c.Mark)
 	}
 	if c.Table <= 0 || c.Table >= 252 && c.Table <= 255 || int64(c.Table) > math.MaxUint32 {
 		bad("table", "%d is not a free routing table id (1..251, 256..)", c.Table)

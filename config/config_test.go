@@ -51,6 +51,7 @@ func TestLoad(t *testing.T) {
 		{name: "negative limit", body: "limits:\n  max_flows: -1\n", wantErr: "limits.max_flows: must be greater than 0"},
 		{name: "long tun name", body: "tun: abcdefghijklmnopq\n", wantErr: "must be 1..15 bytes"},
 		{name: "tun in interfaces", body: "interfaces: [netward0]\n", wantErr: "netward's own TUN"},
+		{name: "mark outside mask", body: "mark: 0x10000\n", wantErr: "mark: 0x10000 is outside"},
 		{name: "reserved table", body: "table: 254\n", wantErr: "table: 254"},
 		{name: "bad metrics addr", body: "metrics:\n  listen: nowhere\n", wantErr: "metrics.listen"},
 	}

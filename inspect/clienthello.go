@@ -43,8 +43,8 @@ type ClientHello struct {
 	// for TLS 1.2 and 1.3 clients; the first field of JA3.
 	LegacyVersion uint16
 	// MaxVersion is the highest version offered: the highest non-GREASE
-	// value of supported_versions if the extension is present, else
-	// LegacyVersion (the JA4 rule).
+	// value of supported_versions if the extension is present (and has
+	// one), else LegacyVersion (the JA4 rule).
 	MaxVersion uint16
 	// Version names MaxVersion for logs, e.g. "TLS 1.3" (see VersionName).
 	Version string
@@ -403,14 +403,14 @@ func (p *TLSParser) finishHello(sniRaw []byte) {
 			h.ServerName = p.intern.str(norm)
 		}
 	}
-	h.MaxVersion = h.LegacyVersion
-	if len(h.Versions) > 0 {
-		h.MaxVersion = 0
-		for _, v := range h.Versions {
-			if !IsGREASE(v) && v > h.MaxVersion {
-				h.MaxVersion = v
-			}
+	h.MaxVersion = 0
+	for _, v := range h.Versions {
+		if !IsGREASE(v) && v > h.MaxVersion {
+			h.MaxVersion = v
 		}
+	}
+	if h.MaxVersion == 0 { // no supported_versions, or only GREASE in it
+		h.MaxVersion = h.LegacyVersion
 	}
 	h.Version = VersionName(h.MaxVersion)
 	p.fingerprint()

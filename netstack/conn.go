@@ -7,6 +7,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
@@ -30,6 +31,19 @@ func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *tcpConn {
 func (c *tcpConn) SetLinger(sec int) error {
 	c.ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: sec >= 0, Timeout: secondsDuration(sec)})
 	return nil
+}
+
+// PeerFinished reports whether the peer has sent its FIN and every byte
+// before it has been read: the next Read would return io.EOF. A relay
+// uses it to pass the FIN on right behind the last data.
+func (c *tcpConn) PeerFinished() bool {
+	switch tcp.EndpointState(c.ep.State()) {
+	case tcp.StateCloseWait, tcp.StateLastAck, tcp.StateClosing, tcp.StateTimeWait:
+	default:
+		return false
+	}
+	n, err := c.ep.GetSockOptInt(tcpip.ReceiveQueueSizeOption)
+	return err == nil && n == 0
 }
 
 // Read is gonet's Read with a reset reported as ECONNRESET.

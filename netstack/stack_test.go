@@ -330,3 +330,49 @@ func TestClientPortReuseAfterClose(t *testing.T) {
 		time.Sleep(3 * DefaultTimeWait)
 	}
 }
+
+func TestPeerFinished(t *testing.T) {
+	got := make(chan []bool, 1)
+	h := &serveFunc{serve: func(f *Flow, c, s Conn) {
+		defer c.Close()
+		defer s.Close()
+		pf := s.(interface{ PeerFinished() bool })
+		var seen []bool
+		buf := make([]byte, 2)
+		io.ReadFull(s, buf) // "hi"; the server has not closed yet
+		seen = append(seen, pf.PeerFinished())
+		c.Write([]byte("go")) // tell the server to close
+		waitFor(t, "FIN from the server", pf.PeerFinished)
+		seen = append(seen, pf.PeerFinished())
+		got <- seen
+	}}
+	l := newLab(t, labOptions{handler: h})
+	ln := l.listen(serverV4, 80)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Write([]byte("hi"))
+		buf := make([]byte, 2)
+		io.ReadFull(c, buf)
+		c.Close()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := l.dial(ctx, netip.AddrPortFrom(serverV4, 80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.ReadFull(c, make([]byte, 2))
+	if seen := <-got; seen[0] || !seen[1] {
+		t.Errorf("PeerFinished before/after the server's FIN = %v, want [false true]", seen)
+	}
+}
+
+// serveFunc is a Handler that admits all and serves with a function.
+type serveFunc struct{ serve func(f *Flow, c, s Conn) }
+
+func (serveFunc) Admit(*Flow) Admission       { return AdmitAccept }
+func (h *serveFunc) Serve(f *Flow, c, s Conn) { h.serve(f, c, s) }
