@@ -118,6 +118,17 @@ func (f *ActiveFlow) SetVerdict(action, rule string) {
 	f.m.verdicts.WithLabelValues(ruleLabel(rule), actionLabel(action)).Inc()
 }
 
+// Verdict counts a verdict for a flow that never entered the table: one
+// refused at the SYN (an early L3/L4/geo verdict), where there is no
+// ActiveFlow to call SetVerdict on. It does not count the flow in
+// netward_flows_total.
+func (m *Metrics) Verdict(action, rule string) {
+	if m == nil {
+		return
+	}
+	m.verdicts.WithLabelValues(ruleLabel(rule), actionLabel(action)).Inc()
+}
+
 // AddToServer counts n payload bytes relayed from the client to the server.
 // It is two atomic adds: call it per write.
 func (f *ActiveFlow) AddToServer(n int) {

@@ -86,7 +86,7 @@ func TestCountersMoveExactly(t *testing.T) {
 	b := m.StartFlow(2, ap("192.0.2.2:40001"), ap("198.51.100.2:80"), t0)
 	a.SetVerdict("allow", "web")
 	b.SetVerdict("deny", "")
-	b.SetVerdict("deny", "")
+	m.Verdict("deny", "") // refused at the SYN: a verdict, not a flow
 	a.AddToServer(100)
 	a.AddToServer(17)
 	a.AddToClient(5000)
@@ -228,6 +228,7 @@ func TestNilSafe(t *testing.T) {
 	f.AddToClient(1)
 	f.End()
 	m.InspectError("x")
+	m.Verdict("deny", "")
 	m.InspectTimeout()
 	m.LimitHit("x")
 	m.RulesLoaded("h", 1, t0)
