@@ -16,7 +16,7 @@ TEST_TIMEOUT ?= 20m
 # BENCH_FLAGS are passed to the bench program, e.g. BENCH_FLAGS=-short.
 BENCH_FLAGS  ?=
 
-.PHONY: all build test demo bench fuzz lint clean-lab clean
+.PHONY: all build test demo bench fuzz lint clean-lab clean soak
 
 all: build
 
@@ -52,6 +52,11 @@ lint:
 
 clean-lab:
 	$(GO) run ./e2e/cmd/lab clean
+
+# soak: SOAK_DURATION (default 10m) of mixed allowed/denied traffic at high
+# connection churn; fails if netward's goroutines or RSS do not come back.
+soak: build
+	$(GO) run ./e2e/cmd/soak -netward bin/netward -d $(or $(SOAK_DURATION),10m)
 
 clean:
 	rm -rf bin
