@@ -35,6 +35,20 @@ func BenchmarkTLSParser(b *testing.B) {
 				}
 			}
 		})
+		b.Run(fmt.Sprintf("%s-%dB-nofingerprints", name, len(hello)), func(b *testing.B) {
+			p := NewTLSParser(TLSOptions{NoFingerprints: true})
+			b.ReportAllocs()
+			b.SetBytes(int64(len(hello)))
+			for b.Loop() {
+				p.Reset()
+				if _, st, err := p.Feed(hello); st != Done || err != nil {
+					b.Fatal(st, err)
+				}
+				if p.Hello().ServerName == "" {
+					b.Fatal("no SNI")
+				}
+			}
+		})
 	}
 }
 

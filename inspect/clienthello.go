@@ -197,9 +197,8 @@ var (
 // a failed read, never an out-of-range index. msg is not retained.
 func (p *TLSParser) parseHello(msg []byte) error {
 	h := &p.hello
-	recordVersion, records := h.RecordVersion, h.Records
 	h.reset()
-	h.RecordVersion, h.Records, h.Size = recordVersion, records, len(msg)
+	h.RecordVersion, h.Records, h.Size = p.recordVersion, p.hsRecords, len(msg)
 	p.seenLow = [len(p.seenLow)]uint64{}
 
 	s := cryptobyte.String(msg)
@@ -413,7 +412,9 @@ func (p *TLSParser) finishHello(sniRaw []byte) {
 		h.MaxVersion = h.LegacyVersion
 	}
 	h.Version = VersionName(h.MaxVersion)
-	p.fingerprint()
+	if !p.opts.NoFingerprints {
+		p.fingerprint()
+	}
 }
 
 // normalizeName lower-cases ASCII letters and removes one trailing dot,

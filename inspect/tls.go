@@ -30,6 +30,10 @@ type TLSOptions struct {
 	// is read, before anything is buffered. 0 means DefaultMaxHelloSize;
 	// values above MaxHelloSizeLimit are lowered to it.
 	MaxHelloSize int
+	// NoFingerprints leaves JA3, JA3Hash and JA4 empty. Computing them (an
+	// MD5 and two SHA-256 over formatted lists) is most of the cost of a
+	// parse; a caller whose rules and logs use neither can skip it.
+	NoFingerprints bool
 }
 
 func (o TLSOptions) maxHelloSize() int {
@@ -88,8 +92,10 @@ type TLSParser struct {
 	alertN  int
 	alerts  int // warning alerts skipped
 
-	hsLen int    // length of the handshake message once its header is known, else 0
-	buf   []byte // reassembled handshake message
+	hsLen         int    // length of the handshake message once its header is known, else 0
+	buf           []byte // reassembled handshake message
+	hsRecords     int    // handshake records read
+	recordVersion uint16 // version of the first handshake record
 
 	hello   ClientHello
 	seenLow [16]uint64 // extension types < 1024 seen in this hello
@@ -111,20 +117,17 @@ func (p *TLSParser) Proto() Proto { return ProtoTLS }
 // Reset prepares the parser for a new flow, keeping its buffers and intern
 // table. Slices of the previous Hello are reused from now on.
 func (p *TLSParser) Reset() {
-	buf := p.buf[:0]
-	if cap(buf) > DefaultMaxHelloSize {
-		buf = nil // don't pin a large buffer in a pool
+	if cap(p.buf) > DefaultMaxHelloSize {
+		p.buf = nil // don't pin a large buffer in a pool
 	}
-	*p = TLSParser{
-		opts:    p.opts,
-		max:     p.opts.maxHelloSize(),
-		buf:     buf,
-		hello:   p.hello,
-		scratch: p.scratch[:0],
-		sortBuf: p.sortBuf[:0],
-		intern:  p.intern,
-	}
-	p.hello.reset()
+	// Field by field: the parser is large and most of it (hello, intern
+	// table, scratch) is reused as is; parseHello resets the hello.
+	p.max = p.opts.maxHelloSize()
+	p.state, p.err = tlsReading, nil
+	p.hdrN, p.recType, p.recLeft, p.records = 0, 0, 0, 0
+	p.alertN, p.alerts = 0, 0
+	p.hsLen, p.buf = 0, p.buf[:0]
+	p.hsRecords, p.recordVersion = 0, 0
 }
 
 // Hello returns the parsed ClientHello after Feed returned Done, else nil.
@@ -298,10 +301,10 @@ func (p *TLSParser) startRecord(hdr []byte) error {
 	p.records++
 	p.recType, p.recLeft = typ, length
 	if typ == recordTypeHandshake {
-		if p.hello.Records == 0 {
-			p.hello.RecordVersion = uint16(hdr[1])<<8 | uint16(hdr[2])
+		if p.hsRecords == 0 {
+			p.recordVersion = uint16(hdr[1])<<8 | uint16(hdr[2])
 		}
-		p.hello.Records++
+		p.hsRecords++
 	}
 	return nil
 }

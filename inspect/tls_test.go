@@ -477,3 +477,21 @@ func TestTLSAllocs(t *testing.T) {
 		}
 	}
 }
+
+func TestTLSNoFingerprints(t *testing.T) {
+	in := mustRead(t, "testdata/tls/chromium.bin")
+	var full TLSParser
+	lean := NewTLSParser(TLSOptions{NoFingerprints: true})
+	a, b := feedTLS(&full, [][]byte{in}), feedTLS(lean, [][]byte{in})
+	if b.hello.JA3 != "" || b.hello.JA3Hash != "" || b.hello.JA4 != "" {
+		t.Fatalf("fingerprints computed: %+v", b.hello)
+	}
+	a.hello.JA3, a.hello.JA3Hash, a.hello.JA4 = "", "", ""
+	if !reflect.DeepEqual(a.hello, b.hello) {
+		t.Fatalf("results differ:\n%+v\n%+v", a.hello, b.hello)
+	}
+	lean.Reset() // options survive Reset
+	if r := feedTLS(lean, [][]byte{in}); r.hello.JA4 != "" {
+		t.Fatal("option lost on Reset")
+	}
+}
