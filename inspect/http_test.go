@@ -410,3 +410,24 @@ func TestHTTPRequestsAreDetected(t *testing.T) {
 		}
 	}
 }
+
+func TestValidFieldValue(t *testing.T) {
+	base := []byte("text/html,application/xhtml+xml;q=0.9 caf\xc3\xa9\t!~")
+	if !validFieldValue(base) {
+		t.Fatal("valid value refused")
+	}
+	for i := range base {
+		for _, bad := range []byte{0, 1, '\n', '\r', 0x1f, 0x7f} {
+			b := bytes.Clone(base)
+			b[i] = bad
+			if validFieldValue(b) {
+				t.Fatalf("byte %#x at %d accepted", bad, i)
+			}
+		}
+	}
+	for c := range 256 {
+		if got, want := validFieldValue([]byte{byte(c), 'a', 'a', 'a', 'a', 'a', 'a', 'a', 'a'}), fieldValueByte[c]; got != want {
+			t.Errorf("%#x: %v", c, got)
+		}
+	}
+}

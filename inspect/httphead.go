@@ -1,6 +1,9 @@
 package inspect
 
-import "bytes"
+import (
+	"bytes"
+	"encoding/binary"
+)
 
 // span is a byte range [off, end) inside the current request head.
 type span struct{ off, end int }
@@ -302,12 +305,37 @@ func fieldLine(line []byte) (colon int, err error) {
 		}
 		return 0, errHTTPFieldName
 	}
-	for _, c := range line[i+1:] {
-		if !fieldValueByte[c] {
-			return 0, errHTTPFieldValue
-		}
+	if !validFieldValue(line[i+1:]) {
+		return 0, errHTTPFieldValue
 	}
 	return i, nil
+}
+
+// validFieldValue reports whether b holds only bytes allowed in a field
+// value. Eight bytes at a time: a word with no byte below 0x20 and none equal
+// to 0x7f needs no closer look (bytes from 0x80, obs-text, are allowed).
+func validFieldValue(b []byte) bool {
+	const lo, hi, del = 0x2020202020202020, 0x8080808080808080, 0x7f7f7f7f7f7f7f7f
+	for len(b) >= 8 {
+		x := binary.LittleEndian.Uint64(b)
+		below := (x - lo) &^ x & hi // some byte < 0x20 (or a borrow after one)
+		y := x ^ del
+		isDel := (y - 0x0101010101010101) &^ y & hi // some byte == 0x7f
+		if below|isDel != 0 {
+			for _, c := range b[:8] {
+				if !fieldValueByte[c] {
+					return false
+				}
+			}
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if !fieldValueByte[c] {
+			return false
+		}
+	}
+	return true
 }
 
 // checkFieldLine checks a trailer field line.
@@ -372,8 +400,8 @@ func (p *HTTPParser) finishHead(hs []byte, end int) error {
 		if err != nil {
 			return err
 		}
-		r.Host = p.intern.str(host)
-		r.HostRaw = p.intern.str(authority)
+		r.Host = p.intern.strUnique(host)
+		r.HostRaw = p.internRaw(authority, r.Host)
 		if h.hostCount > 0 {
 			// RFC 9112 §3.2.2 says to ignore Host here; a server or proxy
 			// that does not would route elsewhere.
@@ -391,8 +419,8 @@ func (p *HTTPParser) finishHead(hs []byte, end int) error {
 		if err != nil {
 			return err
 		}
-		r.Host = p.intern.str(host)
-		r.HostRaw = p.intern.str(raw)
+		r.Host = p.intern.strUnique(host)
+		r.HostRaw = p.internRaw(raw, r.Host)
 	}
 
 	r.Method = p.intern.str(method)
@@ -409,8 +437,8 @@ func (p *HTTPParser) finishHead(hs []byte, end int) error {
 	} else {
 		r.Version = "HTTP/1.0"
 	}
-	r.UserAgent = p.intern.str(h.userAgent.of(hs))
-	r.Referer = p.intern.str(h.referer.of(hs))
+	r.UserAgent = p.intern.strUnique(h.userAgent.of(hs))
+	r.Referer = p.intern.strUnique(h.referer.of(hs))
 	r.Upgrade = p.intern.str(h.upgrade.of(hs))
 	r.H2CUpgrade = h.h2c
 
@@ -429,6 +457,15 @@ func (p *HTTPParser) finishHead(hs []byte, end int) error {
 	p.lineScanned = 0
 	p.head = headState{}
 	return nil
+}
+
+// internRaw interns the host as sent, reusing the normalised string when it
+// is the same (the common case: lower case, no port).
+func (p *HTTPParser) internRaw(raw []byte, host string) string {
+	if string(raw) == host {
+		return host
+	}
+	return p.intern.strUnique(raw)
 }
 
 // splitAbsoluteForm splits "http://authority/path?query" (scheme http or

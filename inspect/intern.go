@@ -40,6 +40,9 @@ func (t *internTable) str(b []byte) string {
 // strUnique is str for values that are never in the well-known table
 // (fingerprints), saving a lookup.
 func (t *internTable) strUnique(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
 	if s, ok := t.m[string(b)]; ok {
 		return s
 	}
