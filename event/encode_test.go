@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/netip"
+	"os"
 	"reflect"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -441,3 +443,25 @@ func TestEncodeNoAllocs(t *testing.T) {
 }
 
 func testNow() time.Time { return testEnd }
+
+// The examples in README.md must be events netward could write.
+func TestREADMEExamples(t *testing.T) {
+	doc, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(doc), "\n") {
+		if !strings.HasPrefix(line, `{"timestamp"`) {
+			continue
+		}
+		n++
+		ev := decodeStrict(t, []byte(line+"\n"))
+		if ev.Alert != nil && *ev.Alert.SignatureID != SignatureID(ev.Alert.Signature) {
+			t.Errorf("README alert signature_id %d, SignatureID(%q) = %d", *ev.Alert.SignatureID, ev.Alert.Signature, SignatureID(ev.Alert.Signature))
+		}
+	}
+	if n < 3 {
+		t.Errorf("found %d examples in README.md", n)
+	}
+}
