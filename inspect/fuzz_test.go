@@ -181,3 +181,33 @@ func checkRequest(t *testing.T, r *Request, in []byte) {
 		t.Fatalf("path %q not in target %q", r.Path, r.Target)
 	}
 }
+
+// FuzzDetect: Detect never changes its mind. Once a prefix gives a sure
+// answer, every longer input starting with it gives the same answer, and a
+// not-sure answer is always ProtoUnknown.
+func FuzzDetect(f *testing.F) {
+	// Seeds: testdata/fuzz/FuzzDetect (see TestFuzzSeedCorpus).
+	f.Fuzz(func(t *testing.T, data []byte, seed uint64) {
+		full, fullSure := Detect(data)
+		if !fullSure && full != ProtoUnknown {
+			t.Fatalf("not sure but %v", full)
+		}
+		if len(data) >= DetectMaxBytes && !fullSure {
+			t.Fatalf("not sure after %d bytes", len(data))
+		}
+		end := 0
+		for _, c := range randomSplits(data, seed) {
+			end += len(c)
+			p, sure := Detect(data[:end])
+			if !sure && p != ProtoUnknown {
+				t.Fatalf("prefix %d: not sure but %v", end, p)
+			}
+			if sure && (p != full || !fullSure) {
+				t.Fatalf("prefix %d says %v, whole input %v %v", end, p, full, fullSure)
+			}
+		}
+		if DetectFinal(data) != full && fullSure {
+			t.Fatal("DetectFinal disagrees")
+		}
+	})
+}

@@ -6,51 +6,53 @@ import (
 	"testing"
 )
 
+var detectCases = []struct {
+	in   string
+	p    Proto
+	sure bool
+}{
+	{"", ProtoUnknown, false},
+	{"G", ProtoUnknown, false},
+	{"GE", ProtoUnknown, false},
+	{"GET", ProtoUnknown, false},
+	{"GET ", ProtoHTTP1, true},
+	{"POST /x", ProtoHTTP1, true},
+	{"PATCH", ProtoUnknown, false},
+	{"\r\n\r\nGET / HTTP/1.1\r\n", ProtoHTTP1, true},
+	{"\r\n", ProtoUnknown, false},
+	{"get / HTTP/1.1", ProtoUnknown, false},
+	{"get / HTTP/1.1\r\n", ProtoHTTP1, true},
+	{"FOO /x HTTP/1.0\n", ProtoHTTP1, true},
+	{"FOO /x HTTP/2.0\r\n", ProtoUnknown, true},
+	{"FOO /x\r\n", ProtoUnknown, true},
+	{"FOO  /x HTTP/1.1\r\n", ProtoUnknown, true},
+	{"\x16", ProtoUnknown, false},
+	{"\x16\x03", ProtoUnknown, false},
+	{"\x16\x03\x01", ProtoTLS, true},
+	{"\x16\x03\xff", ProtoTLS, true},
+	{"\x16\x00\x01", ProtoTLS, true},
+	{"\x15\x03\x01", ProtoTLS, true},
+	{"\x16\x10\x01", ProtoUnknown, true},
+	{"\x17\x03\x03", ProtoUnknown, true},
+	{"\x80\x2e\x01\x03\x01", ProtoTLS, true},
+	{"\x80\x2e\x01", ProtoUnknown, false},
+	{"\x80\x2e\x02", ProtoUnknown, true},
+	{"SSH-2.0-OpenSSH_9.2\r\n", ProtoSSH, true},
+	{"SSH-", ProtoSSH, true},
+	{"SS", ProtoUnknown, false},
+	{"SSX", ProtoUnknown, false}, // could still be a method
+	{"SS\x00", ProtoUnknown, true},
+	{h2Preface, ProtoHTTP2, true},
+	{h2Preface[:16], ProtoUnknown, false},
+	{"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", ProtoUnknown, true},
+	{"PUT ", ProtoHTTP1, true},
+	{"*1\r\n$4\r\nPING\r\n", ProtoUnknown, true},
+	{"\x00\x01\x02", ProtoUnknown, true},
+	{"EHLO x\r\n", ProtoUnknown, true},
+}
+
 func TestDetect(t *testing.T) {
-	for _, tt := range []struct {
-		in   string
-		p    Proto
-		sure bool
-	}{
-		{"", ProtoUnknown, false},
-		{"G", ProtoUnknown, false},
-		{"GE", ProtoUnknown, false},
-		{"GET", ProtoUnknown, false},
-		{"GET ", ProtoHTTP1, true},
-		{"POST /x", ProtoHTTP1, true},
-		{"PATCH", ProtoUnknown, false},
-		{"\r\n\r\nGET / HTTP/1.1\r\n", ProtoHTTP1, true},
-		{"\r\n", ProtoUnknown, false},
-		{"get / HTTP/1.1", ProtoUnknown, false},
-		{"get / HTTP/1.1\r\n", ProtoHTTP1, true},
-		{"FOO /x HTTP/1.0\n", ProtoHTTP1, true},
-		{"FOO /x HTTP/2.0\r\n", ProtoUnknown, true},
-		{"FOO /x\r\n", ProtoUnknown, true},
-		{"FOO  /x HTTP/1.1\r\n", ProtoUnknown, true},
-		{"\x16", ProtoUnknown, false},
-		{"\x16\x03", ProtoUnknown, false},
-		{"\x16\x03\x01", ProtoTLS, true},
-		{"\x16\x03\xff", ProtoTLS, true},
-		{"\x16\x00\x01", ProtoTLS, true},
-		{"\x15\x03\x01", ProtoTLS, true},
-		{"\x16\x10\x01", ProtoUnknown, true},
-		{"\x17\x03\x03", ProtoUnknown, true},
-		{"\x80\x2e\x01\x03\x01", ProtoTLS, true},
-		{"\x80\x2e\x01", ProtoUnknown, false},
-		{"\x80\x2e\x02", ProtoUnknown, true},
-		{"SSH-2.0-OpenSSH_9.2\r\n", ProtoSSH, true},
-		{"SSH-", ProtoSSH, true},
-		{"SS", ProtoUnknown, false},
-		{"SSX", ProtoUnknown, false}, // could still be a method
-		{"SS\x00", ProtoUnknown, true},
-		{h2Preface, ProtoHTTP2, true},
-		{h2Preface[:16], ProtoUnknown, false},
-		{"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", ProtoUnknown, true},
-		{"PUT ", ProtoHTTP1, true},
-		{"*1\r\n$4\r\nPING\r\n", ProtoUnknown, true},
-		{"\x00\x01\x02", ProtoUnknown, true},
-		{"EHLO x\r\n", ProtoUnknown, true},
-	} {
+	for _, tt := range detectCases {
 		p, sure := Detect([]byte(tt.in))
 		if p != tt.p || sure != tt.sure {
 			t.Errorf("Detect(%q) = %v %v, want %v %v", tt.in, p, sure, tt.p, tt.sure)

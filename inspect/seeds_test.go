@@ -14,7 +14,7 @@ import (
 // under testdata/fuzz/<FuzzName>/ (go test runs them as part of the fuzz
 // targets); TestFuzzSeedCorpus keeps the files in step with this list.
 func fuzzSeeds(tb testing.TB) map[string]map[string][]byte {
-	seeds := map[string]map[string][]byte{"FuzzTLSParser": {}, "FuzzHTTPParser": {}}
+	seeds := map[string]map[string][]byte{"FuzzTLSParser": {}, "FuzzHTTPParser": {}, "FuzzDetect": {}}
 	for name, b := range captures(tb, "tls") {
 		seeds["FuzzTLSParser"]["capture-"+name] = b
 	}
@@ -26,6 +26,14 @@ func fuzzSeeds(tb testing.TB) map[string]map[string][]byte {
 	}
 	for _, c := range httpCases() {
 		seeds["FuzzHTTPParser"]["case-"+c.name] = []byte(c.in)
+	}
+	for _, dir := range []string{"tls", "http", "other"} {
+		for name, b := range captures(tb, dir) {
+			seeds["FuzzDetect"]["capture-"+dir+"-"+name] = b
+		}
+	}
+	for i, c := range detectCases {
+		seeds["FuzzDetect"][fmt.Sprintf("case-%02d", i)] = []byte(c.in)
 	}
 	return seeds
 }
