@@ -354,6 +354,7 @@ func (l *loader) load(data []byte) (*Set, error) {
 	for _, li := range l.lists {
 		s.listItems += len(li.items)
 	}
+	s.buildIndex()
 	return s, nil
 }
 

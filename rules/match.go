@@ -98,6 +98,7 @@ type Set struct {
 	files     []string // the rule file, then every file it includes
 	lists     int
 	listItems int
+	index     *ruleIndex // nil for small sets
 }
 
 // Version identifies a loaded rule file.
@@ -295,10 +296,17 @@ func (r *rule) match(fl *flow) bool {
 func (s *Set) Decide(f *Facts) Verdict {
 	var bufs flowBufs
 	fl := s.prepare(f, false, &bufs)
+	if s.index != nil {
+		return s.decideIndexed(&fl)
+	}
+	return s.decideWalk(&fl)
+}
+
+func (s *Set) decideWalk(fl *flow) Verdict {
 	var alerts []string
 	for i := range s.rules {
 		r := &s.rules[i]
-		if !r.match(&fl) {
+		if !r.match(fl) {
 			continue
 		}
 		if r.action == ActionAlert {
@@ -320,10 +328,17 @@ func (s *Set) Decide(f *Facts) Verdict {
 // inspected facts gives the same verdict.
 func (s *Set) Early(f *Facts) (v Verdict, ok bool) {
 	fl := s.prepare(f, true, nil)
+	if s.index != nil {
+		return s.earlyIndexed(&fl)
+	}
+	return s.earlyWalk(&fl)
+}
+
+func (s *Set) earlyWalk(fl *flow) (Verdict, bool) {
 	var alerts []string
 	for i := range s.rules {
 		r := &s.rules[i]
-		if !r.matchL34(&fl) {
+		if !r.matchL34(fl) {
 			continue
 		}
 		if r.hasL7() {

@@ -4,7 +4,7 @@ import "strings"
 
 // maxPathLen bounds the normalised paths built on the stack; longer paths
 // are normalised on the heap.
-const maxPathLen = 2048
+const maxPathLen = 1024
 
 // normPath returns the path part of an HTTP request-target in the form path
 // conditions compare against, so that encodings a server would undo cannot
