@@ -1,0 +1,327 @@
+package e2e
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/netward/netward/e2e/lab"
+	"github.com/netward/netward/e2e/peer"
+	"github.com/vishvananda/netns"
+)
+
+// inNS runs f on an OS thread switched into ns, so the sockets f creates
+// belong to ns (a socket keeps its namespace for life; any goroutine may use
+// it afterwards). f must not start goroutines that create sockets.
+func inNS(ns *lab.NS, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// Namespaces are per thread. The thread is unlocked only once it is
+		// back in the original namespace; otherwise it dies with this
+		// goroutine and never runs other code.
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("netns: current: %w", err)
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(ns.Name)
+		if err != nil {
+			errc <- fmt.Errorf("netns: open %s: %w", ns.Name, err)
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			errc <- fmt.Errorf("netns: enter %s: %w", ns.Name, err)
+			return
+		}
+		err = f()
+		if rerr := netns.Set(orig); rerr == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+// dialIn opens a TCP connection from ns (source address src, or any if
+// invalid) to dst.
+func dialIn(ns *lab.NS, src netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
+	var c net.Conn
+	err := inNS(ns, func() error {
+		d := net.Dialer{Timeout: 5 * time.Second}
+		if src.IsValid() {
+			d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+		}
+		var err error
+		c, err = d.Dial("tcp", dst.String())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// Ports of appServer in the application namespace (every address, v4 and v6).
+const (
+	ruleHTTPPort = peer.HTTPPort // 8080
+	ruleTLSPort  = 8443
+)
+
+// appServer is the application for the rule tests: an HTTP server and an
+// HTTPS server (self-signed certificate) in the application namespace that
+// record every accepted connection with the bytes it received, and every
+// request. It runs inside the test process, so tests read its records
+// directly, and it answers with what it saw:
+//
+//	app ok proto=https host=good.example method=GET path=/x sni=good.example remote=198.51.100.2:40000
+//
+// /hold?n=N sends N bytes, waits until release is called, then sends N more
+// (a download that stays open as long as a test needs).
+type appServer struct {
+	mu    sync.Mutex
+	conns []*connRecord
+	reqs  []reqRecord
+
+	holdOnce sync.Once
+	hold     chan struct{} // closed by release
+}
+
+// connRecord is one connection the application accepted.
+type connRecord struct {
+	Proto  string // "http" or "https"
+	Remote netip.AddrPort
+	recv   atomic.Int64
+	closed chan struct{} // closed when the server has closed the connection
+	once   sync.Once
+}
+
+// Recv is what the server has read from the connection so far (TLS records
+// included, for https).
+func (c *connRecord) Recv() int64 { return c.recv.Load() }
+
+// reqRecord is one request the application answered.
+type reqRecord struct {
+	Proto, Host, Method, Path, SNI string
+	Remote                         netip.AddrPort
+}
+
+// startAppServer starts the servers in ns; they stop in t.Cleanup.
+func startAppServer(t testing.TB, ns *lab.NS) *appServer {
+	t.Helper()
+	a := &appServer{hold: make(chan struct{})}
+	cert, err := selfSignedCert("good.example", "www.evil.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lnHTTP, lnTLS net.Listener
+	err = inNS(ns, func() error {
+		var err error
+		if lnHTTP, err = net.Listen("tcp", ":"+strconv.Itoa(ruleHTTPPort)); err != nil {
+			return err
+		}
+		lnTLS, err = net.Listen("tcp", ":"+strconv.Itoa(ruleTLSPort))
+		return err
+	})
+	if err != nil {
+		if lnHTTP != nil {
+			lnHTTP.Close()
+		}
+		t.Fatalf("app server: %v", err)
+	}
+	tlsConf := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
+	var servers []*http.Server
+	for _, s := range []struct {
+		proto string
+		ln    net.Listener
+	}{{"http", lnHTTP}, {"https", lnTLS}} {
+		srv := &http.Server{Handler: a.handler(s.proto), ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: log.New(io.Discard, "", 0), TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){}}
+		ln := net.Listener(&countingListener{Listener: s.ln, proto: s.proto, srv: a})
+		if s.proto == "https" {
+			ln = tls.NewListener(ln, tlsConf)
+		}
+		servers = append(servers, srv)
+		go srv.Serve(ln)
+	}
+	t.Cleanup(func() {
+		a.release()
+		for _, srv := range servers {
+			srv.Close()
+		}
+	})
+	return a
+}
+
+// release lets every /hold download finish.
+func (a *appServer) release() { a.holdOnce.Do(func() { close(a.hold) }) }
+
+func (a *appServer) handler(proto string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := reqRecord{Proto: proto, Host: r.Host, Method: r.Method, Path: r.URL.Path}
+		rec.Remote, _ = netip.ParseAddrPort(r.RemoteAddr)
+		rec.Remote = netip.AddrPortFrom(rec.Remote.Addr().Unmap(), rec.Remote.Port())
+		if r.TLS != nil {
+			rec.SNI = r.TLS.ServerName
+		}
+		a.mu.Lock()
+		a.reqs = append(a.reqs, rec)
+		a.mu.Unlock()
+		if r.URL.Path == "/hold" {
+			n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+			if err != nil || n <= 0 {
+				http.Error(w, "n: want a byte count", http.StatusBadRequest)
+				return
+			}
+			w.Header().Set("Content-Length", strconv.FormatInt(2*n, 10))
+			body := peer.NewStream(uint64(n))
+			if _, err := io.CopyN(w, body, n); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-a.hold:
+			case <-r.Context().Done():
+				return
+			}
+			io.CopyN(w, body, n)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintf(w, "app ok proto=%s host=%s method=%s path=%s sni=%s remote=%s\n",
+			proto, rec.Host, rec.Method, rec.Path, rec.SNI, rec.Remote)
+	})
+}
+
+// holdSHA is the SHA-256 of the whole /hold?n=N body.
+func holdSHA(n int64) string {
+	h := sha256.New()
+	io.CopyN(h, peer.NewStream(uint64(n)), 2*n)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// mark returns a position in the records; since(mark) returns what came
+// after it. Subtests run one at a time, so the records after a mark are
+// the subtest's own.
+func (a *appServer) mark() [2]int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return [2]int{len(a.conns), len(a.reqs)}
+}
+
+func (a *appServer) since(m [2]int) ([]*connRecord, []reqRecord) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]*connRecord(nil), a.conns[m[0]:]...), append([]reqRecord(nil), a.reqs[m[1]:]...)
+}
+
+// conn returns the record of the connection from remote, waiting up to 5 s
+// for the accept.
+func (a *appServer) conn(remote netip.AddrPort) *connRecord {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a.mu.Lock()
+		for _, c := range a.conns {
+			if c.Remote == remote {
+				a.mu.Unlock()
+				return c
+			}
+		}
+		a.mu.Unlock()
+		if time.Now().After(deadline) {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// settled waits up to 10 s until the server has closed c, so its byte
+// count is final.
+func (c *connRecord) settled() bool {
+	select {
+	case <-c.closed:
+		return true
+	case <-time.After(10 * time.Second):
+		return false
+	}
+}
+
+// countingListener records each accepted connection and counts the bytes
+// read from it, below TLS.
+type countingListener struct {
+	net.Listener
+	proto string
+	srv   *appServer
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	rec := &connRecord{Proto: l.proto, Remote: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), closed: make(chan struct{})}
+	l.srv.mu.Lock()
+	l.srv.conns = append(l.srv.conns, rec)
+	l.srv.mu.Unlock()
+	return &countingConn{Conn: c, rec: rec}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	rec *connRecord
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.rec.recv.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Close() error {
+	err := c.Conn.Close()
+	c.rec.once.Do(func() { close(c.rec.closed) })
+	return err
+}
+
+// selfSignedCert makes a throwaway ECDSA certificate for names.
+func selfSignedCert(names ...string) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: names[0]},
+		DNSNames:     names,
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("self-signed certificate: %w", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
