@@ -128,6 +128,10 @@ func New(o Options) (*Stack, error) {
 		done:    make(chan struct{}),
 		flows:   make(map[*liveFlow]struct{}),
 	}
+	// Flow IDs are EVE flow_ids: start from the clock (seconds << 20) so
+	// they do not repeat across restarts in a SIEM, and stay below 2^53 so
+	// JSON consumers that read numbers as doubles keep them exact.
+	s.nextID.Store(uint64(time.Now().Unix()) << 20)
 	var gso uint32
 	if o.VnetHdr {
 		gso = maxGSOSize

@@ -341,9 +341,13 @@ func TestPeerFinished(t *testing.T) {
 		buf := make([]byte, 2)
 		io.ReadFull(s, buf) // "hi"; the server has not closed yet
 		seen = append(seen, pf.PeerFinished())
-		c.Write([]byte("go")) // tell the server to close
-		waitFor(t, "FIN from the server", pf.PeerFinished)
+		s.Write([]byte("go")) // tell the server to close
+		deadline := time.Now().Add(5 * time.Second)
+		for !pf.PeerFinished() && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
 		seen = append(seen, pf.PeerFinished())
+		c.Write([]byte("ok"))
 		got <- seen
 	}}
 	l := newLab(t, labOptions{handler: h})
@@ -366,8 +370,13 @@ func TestPeerFinished(t *testing.T) {
 	}
 	defer c.Close()
 	io.ReadFull(c, make([]byte, 2))
-	if seen := <-got; seen[0] || !seen[1] {
-		t.Errorf("PeerFinished before/after the server's FIN = %v, want [false true]", seen)
+	select {
+	case seen := <-got:
+		if seen[0] || !seen[1] {
+			t.Errorf("PeerFinished before/after the server's FIN = %v, want [false true]", seen)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler did not finish")
 	}
 }
 
