@@ -47,7 +47,9 @@
 // 1-byte TLS records, and up to TLSOptions.MaxHelloSize (default 16 KiB, at
 // most 64 KiB). Hello() then gives SNI (as sent and normalised), ALPN,
 // offered versions, cipher suites, extensions, groups, key shares, ECH
-// presence and the JA3 and JA4 fingerprints.
+// presence and the JA3 and JA4 fingerprints. The fingerprints (an MD5 and two
+// SHA-256) are most of a parse's cost; TLSOptions.NoFingerprints skips them
+// for callers whose rules and logs use neither.
 //
 //	p := pool.Get().(*inspect.TLSParser)
 //	p.Reset()
