@@ -197,9 +197,14 @@ var (
 // a failed read, never an out-of-range index. msg is not retained.
 func (p *TLSParser) parseHello(msg []byte) error {
 	h := &p.hello
+	// Clear exactly the bits the previous hello set (its Extensions list
+	// holds every type seen, also if its parse failed half-way): O(number of
+	// extensions) rather than clearing 8 KiB.
+	for _, e := range h.Extensions {
+		p.seen[e/64] &^= 1 << (e % 64)
+	}
 	h.reset()
 	h.RecordVersion, h.Records, h.Size = p.recordVersion, p.hsRecords, len(msg)
-	p.seenLow = [len(p.seenLow)]uint64{}
 
 	s := cryptobyte.String(msg)
 	var typ uint8
@@ -306,22 +311,14 @@ func (p *TLSParser) parseHello(msg []byte) error {
 }
 
 // seenExtension records ext and reports whether it was seen before in this
-// hello. Types below 1024 use a bitmap; the few others (GREASE, 0xfe0d,
-// 0xff01, ALPS) are checked against the list so far.
+// hello, in constant time: a 16 KiB hello can carry 4,000 extensions, and a
+// scan per extension would make it cost milliseconds.
 func (p *TLSParser) seenExtension(ext uint16) bool {
-	if int(ext) < 64*len(p.seenLow) {
-		w, bit := ext/64, uint64(1)<<(ext%64)
-		if p.seenLow[w]&bit != 0 {
-			return true
-		}
-		p.seenLow[w] |= bit
-		return false
+	w, bit := ext/64, uint64(1)<<(ext%64)
+	if p.seen[w]&bit != 0 {
+		return true
 	}
-	for _, e := range p.hello.Extensions {
-		if e == ext {
-			return true
-		}
-	}
+	p.seen[w] |= bit
 	return false
 }
 

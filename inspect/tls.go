@@ -98,7 +98,7 @@ type TLSParser struct {
 	recordVersion uint16 // version of the first handshake record
 
 	hello   ClientHello
-	seenLow [16]uint64 // extension types < 1024 seen in this hello
+	seen    [1 << 16 / 64]uint64 // extension types seen in this hello (8 KiB)
 	scratch []byte
 	sortBuf []uint16
 	intern  internTable

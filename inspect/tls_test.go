@@ -495,3 +495,26 @@ func TestTLSNoFingerprints(t *testing.T) {
 		t.Fatal("option lost on Reset")
 	}
 }
+
+// TestTLSManyExtensions: thousands of distinct extensions (the most a
+// 16 KiB hello holds), a duplicate among them, and no stale state between
+// hellos.
+func TestTLSManyExtensions(t *testing.T) {
+	var exts []ext
+	for i := range 3000 {
+		exts = append(exts, ext{typ: uint16(1024 + i*17)})
+	}
+	many := records(helloSpec{sni: []string{"a.example"}, exts: exts}.msg(), 16384)
+	dup := records(helloSpec{exts: append(slices.Clone(exts), ext{typ: 1024 + 2999*17})}.msg(), 16384)
+	var p TLSParser
+	for i, tt := range []struct {
+		in  []byte
+		err error
+	}{{many, nil}, {dup, errHelloDupExtension}, {many, nil}, {dup, errHelloDupExtension}} {
+		p.Reset()
+		r := feedTLS(&p, [][]byte{tt.in})
+		if r.err != tt.err || (tt.err == nil && len(r.hello.Extensions) != 3001) {
+			t.Fatalf("%d: %v %v", i, r.st, r.err)
+		}
+	}
+}
