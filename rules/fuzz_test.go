@@ -13,7 +13,7 @@ import (
 // loader, then judges a few flows with whatever compiled: untrusted input
 // gives errors, never a panic.
 func FuzzParse(f *testing.F) {
-	seeds, _ := filepath.Glob("testdata/*.yaml")
+	seeds, _ := filepath.Glob("../examples/rules/*.yaml")
 	for _, p := range seeds {
 		b, err := os.ReadFile(p)
 		if err != nil {
@@ -47,6 +47,33 @@ func FuzzParse(f *testing.F) {
 			s.Early(fl)
 			s.Explain(fl)
 			s.DenyPage(DenyPageData{})
+		}
+	})
+}
+
+// FuzzParseCases does the same for cases files.
+func FuzzParseCases(f *testing.F) {
+	for _, p := range []string{"../examples/rules/cases.yaml", "../examples/rules/geo-cases.yaml"} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	s, err := Load("../examples/rules/rules.yaml", Options{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cs, err := ParseCases("cases.yaml", data)
+		if err != nil {
+			if _, ok := err.(ErrorList); !ok {
+				t.Fatalf("error %T, want ErrorList", err)
+			}
+			return
+		}
+		for i := range cs {
+			cs[i].Check(s, nil)
 		}
 	})
 }
