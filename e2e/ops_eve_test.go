@@ -224,8 +224,8 @@ func (e *opsEvent) dst() netip.AddrPort {
 }
 
 // opsWaitFlowEvents waits until the event log holds the flow event of the
-// connection from src and returns all events of that flow (same flow_id),
-// in log order. Every line of the log must decode strictly.
+// connection from src and returns all events of that flow (same flow_id
+// and source), in log order. Every line of the log must decode strictly.
 func opsWaitFlowEvents(t testing.TB, path string, src netip.AddrPort) []opsEvent {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -244,7 +244,7 @@ func opsWaitFlowEvents(t testing.TB, path string, src netip.AddrPort) []opsEvent
 		if id != 0 {
 			var out []opsEvent
 			for _, e := range all {
-				if e.FlowID == id {
+				if e.FlowID == id && e.src() == src {
 					out = append(out, e)
 				}
 			}

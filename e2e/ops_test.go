@@ -140,7 +140,7 @@ type opsCurlResult struct {
 func (e *opsEnv) curl(t testing.TB, args ...string) opsCurlResult {
 	t.Helper()
 	full := append([]string{"curl", "-sS", "--max-time", "10", "-o", "/dev/null",
-		"-w", "%{local_ip} %{local_port} %{http_code} %{size_request} %{size_upload} %{size_header} %{size_download}"}, args...)
+		"-w", "%{local_ip}|%{local_port}|%{http_code}|%{size_request}|%{size_upload}|%{size_header}|%{size_download}"}, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := e.lab.Client.Run(ctx, full...)
@@ -152,13 +152,14 @@ func (e *opsEnv) curl(t testing.TB, args ...string) opsCurlResult {
 		}
 		r.Exit, r.Stderr = re.ExitCode(), strings.TrimSpace(re.Stderr)
 	}
-	f := strings.Fields(out)
+	f := strings.Split(strings.TrimSpace(out), "|")
 	if len(f) != 7 {
 		t.Fatalf("curl %s: write-out %q (exit %d: %s)", strings.Join(args, " "), out, r.Exit, r.Stderr)
 	}
 	port, _ := strconv.Atoi(f[1])
-	a, _ := netip.ParseAddr(f[0])
-	r.Local = netip.AddrPortFrom(a.Unmap(), uint16(port))
+	if a, err := netip.ParseAddr(f[0]); err == nil { // empty when curl did not connect
+		r.Local = netip.AddrPortFrom(a.Unmap(), uint16(port))
+	}
 	r.Code = f[2]
 	n := make([]int64, 4)
 	for i := range n {
