@@ -192,17 +192,23 @@ type opsWantFlow struct {
 func opsCheckFlowEvents(t testing.TB, path string, w opsWantFlow) []opsEvent {
 	t.Helper()
 	evs := opsWaitFlowEvents(t, path, w.src)
+	bad := false
+	errorf := func(format string, args ...any) {
+		t.Helper()
+		bad = true
+		t.Errorf(format, args...)
+	}
 	byType := map[string][]opsEvent{}
 	for _, e := range evs {
 		byType[e.EventType] = append(byType[e.EventType], e)
 		if e.src() != w.src || e.dst() != w.dst {
-			t.Errorf("%s event: src %s dest %s, want %s → %s\n%s", e.EventType, e.src(), e.dst(), w.src, w.dst, e.line)
+			errorf("%s event: src %s dest %s, want %s → %s\n%s", e.EventType, e.src(), e.dst(), w.src, w.dst, e.line)
 		}
 		if e.Proto != "TCP" {
-			t.Errorf("%s event: proto %q, want TCP", e.EventType, e.Proto)
+			errorf("%s event: proto %q, want TCP", e.EventType, e.Proto)
 		}
 		if e.AppProto != w.app {
-			t.Errorf("%s event: app_proto %q, want %q\n%s", e.EventType, e.AppProto, w.app, e.line)
+			errorf("%s event: app_proto %q, want %q\n%s", e.EventType, e.AppProto, w.app, e.line)
 		}
 	}
 	var lines []string
@@ -212,7 +218,7 @@ func opsCheckFlowEvents(t testing.TB, path string, w opsWantFlow) []opsEvent {
 	all := strings.Join(lines, "\n")
 	count := func(typ string, want int) {
 		if got := len(byType[typ]); got != want {
-			t.Errorf("%d %s events for the flow, want %d:\n%s", got, typ, want, all)
+			errorf("%d %s events for the flow, want %d:\n%s", got, typ, want, all)
 		}
 	}
 	// flow
@@ -220,26 +226,26 @@ func opsCheckFlowEvents(t testing.TB, path string, w opsWantFlow) []opsEvent {
 	if len(byType["flow"]) == 1 {
 		f := byType["flow"][0]
 		if evs[len(evs)-1].EventType != "flow" {
-			t.Errorf("the flow event is not the flow's last event:\n%s", all)
+			errorf("the flow event is not the flow's last event:\n%s", all)
 		}
 		ff := f.Flow
 		if *ff.BytesToServer != w.toServer || *ff.BytesToClient != w.toClient {
-			t.Errorf("flow bytes_toserver %d bytes_toclient %d, want %d and %d (what the peers sent and received)\n%s",
+			errorf("flow bytes_toserver %d bytes_toclient %d, want %d and %d (what the peers sent and received)\n%s",
 				*ff.BytesToServer, *ff.BytesToClient, w.toServer, w.toClient, f.line)
 		}
 		if ff.State != w.state || ff.Reason != w.reason {
-			t.Errorf("flow state %q reason %q, want %q %q\n%s", ff.State, ff.Reason, w.state, w.reason, f.line)
+			errorf("flow state %q reason %q, want %q %q\n%s", ff.State, ff.Reason, w.state, w.reason, f.line)
 		}
 		if *ff.Alerted != (w.alert != "") {
-			t.Errorf("flow alerted %v, want %v\n%s", *ff.Alerted, w.alert != "", f.line)
+			errorf("flow alerted %v, want %v\n%s", *ff.Alerted, w.alert != "", f.line)
 		}
 		start, _ := time.Parse(opsEveTimeLayout, ff.Start)
 		end, _ := time.Parse(opsEveTimeLayout, ff.End)
 		if end.Before(start) || time.Since(start) > 5*time.Minute {
-			t.Errorf("flow start %s end %s", ff.Start, ff.End)
+			errorf("flow start %s end %s", ff.Start, ff.End)
 		}
 		if f.Netward == nil || f.Netward.Verdict != w.verdict || f.Netward.Rule != w.rule {
-			t.Errorf("flow netward %+v, want verdict %q rule %q\n%s", f.Netward, w.verdict, w.rule, f.line)
+			errorf("flow netward %+v, want verdict %q rule %q\n%s", f.Netward, w.verdict, w.rule, f.line)
 		}
 	}
 	// alert
@@ -250,7 +256,7 @@ func opsCheckFlowEvents(t testing.TB, path string, w opsWantFlow) []opsEvent {
 		if len(byType["alert"]) == 1 {
 			a := byType["alert"][0]
 			if a.Alert.Action != w.alert || a.Alert.Signature != w.signature || a.Alert.SignatureID == 0 || a.Alert.Severity < 1 || a.Alert.Severity > 3 || a.Alert.Category == "" {
-				t.Errorf("alert %+v, want action %q signature %q, a signature_id, severity 1..3 and a category\n%s", *a.Alert, w.alert, w.signature, a.line)
+				errorf("alert %+v, want action %q signature %q, a signature_id, severity 1..3 and a category\n%s", *a.Alert, w.alert, w.signature, a.line)
 			}
 		}
 	}
@@ -262,10 +268,10 @@ func opsCheckFlowEvents(t testing.TB, path string, w opsWantFlow) []opsEvent {
 		if len(byType["tls"]) == 1 {
 			e := byType["tls"][0]
 			if e.TLS.SNI != w.sni || e.TLS.Version != w.tlsVersion {
-				t.Errorf("tls sni %q version %q, want %q %q\n%s", e.TLS.SNI, e.TLS.Version, w.sni, w.tlsVersion, e.line)
+				errorf("tls sni %q version %q, want %q %q\n%s", e.TLS.SNI, e.TLS.Version, w.sni, w.tlsVersion, e.line)
 			}
 			if e.TLS.JA3 == nil || len(e.TLS.JA3.Hash) != 32 || e.TLS.JA3.String == "" || e.TLS.JA4 == "" {
-				t.Errorf("tls event without ja3 hash/string and ja4:\n%s", e.line)
+				errorf("tls event without ja3 hash/string and ja4:\n%s", e.line)
 			}
 		}
 	}
@@ -277,12 +283,12 @@ func opsCheckFlowEvents(t testing.TB, path string, w opsWantFlow) []opsEvent {
 		if len(byType["http"]) == 1 {
 			h := byType["http"][0].HTTP
 			if h.Hostname != w.host || h.URL != w.url || h.Method != w.method || h.Protocol != "HTTP/1.1" || h.Status != w.httpStatus {
-				t.Errorf("http %+v, want hostname %q url %q method %q protocol HTTP/1.1 status %d\n%s",
+				errorf("http %+v, want hostname %q url %q method %q protocol HTTP/1.1 status %d\n%s",
 					*h, w.host, w.url, w.method, w.httpStatus, byType["http"][0].line)
 			}
 		}
 	}
-	if t.Failed() {
+	if bad {
 		t.Logf("events of the flow:\n%s", all)
 	}
 	return evs
