@@ -28,10 +28,10 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// inNS runs f on an OS thread switched into ns, so the sockets f creates
+// ruleInNS runs f on an OS thread switched into ns, so the sockets f creates
 // belong to ns (a socket keeps its namespace for life; any goroutine may use
 // it afterwards). f must not start goroutines that create sockets.
-func inNS(ns *lab.NS, f func() error) error {
+func ruleInNS(ns *lab.NS, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		// Namespaces are per thread. The thread is unlocked only once it is
@@ -63,11 +63,11 @@ func inNS(ns *lab.NS, f func() error) error {
 	return <-errc
 }
 
-// dialIn opens a TCP connection from ns (source address src, or any if
+// ruleDial opens a TCP connection from ns (source address src, or any if
 // invalid) to dst.
-func dialIn(ns *lab.NS, src netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
+func ruleDial(ns *lab.NS, src netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
 	var c net.Conn
-	err := inNS(ns, func() error {
+	err := ruleInNS(ns, func() error {
 		d := net.Dialer{Timeout: 5 * time.Second}
 		if src.IsValid() {
 			d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
@@ -82,13 +82,13 @@ func dialIn(ns *lab.NS, src netip.Addr, dst netip.AddrPort) (*net.TCPConn, error
 	return c.(*net.TCPConn), nil
 }
 
-// Ports of appServer in the application namespace (every address, v4 and v6).
+// Ports of ruleApp in the application namespace (every address, v4 and v6).
 const (
 	ruleHTTPPort = peer.HTTPPort // 8080
 	ruleTLSPort  = 8443
 )
 
-// appServer is the application for the rule tests: an HTTP server and an
+// ruleApp is the application for the rule tests: an HTTP server and an
 // HTTPS server (self-signed certificate) in the application namespace that
 // record every accepted connection with the bytes it received, and every
 // request. It runs inside the test process, so tests read its records
@@ -98,17 +98,17 @@ const (
 //
 // /hold?n=N sends N bytes, waits until release is called, then sends N more
 // (a download that stays open as long as a test needs).
-type appServer struct {
+type ruleApp struct {
 	mu    sync.Mutex
-	conns []*connRecord
-	reqs  []reqRecord
+	conns []*ruleAppConn
+	reqs  []ruleAppRequest
 
 	holdOnce sync.Once
 	hold     chan struct{} // closed by release
 }
 
-// connRecord is one connection the application accepted.
-type connRecord struct {
+// ruleAppConn is one connection the application accepted.
+type ruleAppConn struct {
 	Proto  string // "http" or "https"
 	Remote netip.AddrPort
 	recv   atomic.Int64
@@ -118,24 +118,24 @@ type connRecord struct {
 
 // Recv is what the server has read from the connection so far (TLS records
 // included, for https).
-func (c *connRecord) Recv() int64 { return c.recv.Load() }
+func (c *ruleAppConn) Recv() int64 { return c.recv.Load() }
 
-// reqRecord is one request the application answered.
-type reqRecord struct {
+// ruleAppRequest is one request the application answered.
+type ruleAppRequest struct {
 	Proto, Host, Method, Path, SNI string
 	Remote                         netip.AddrPort
 }
 
-// startAppServer starts the servers in ns; they stop in t.Cleanup.
-func startAppServer(t testing.TB, ns *lab.NS) *appServer {
+// startRuleApp starts the servers in ns; they stop in t.Cleanup.
+func startRuleApp(t testing.TB, ns *lab.NS) *ruleApp {
 	t.Helper()
-	a := &appServer{hold: make(chan struct{})}
-	cert, err := selfSignedCert("good.example", "www.evil.example")
+	a := &ruleApp{hold: make(chan struct{})}
+	cert, err := ruleSelfSignedCert("good.example", "www.evil.example")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var lnHTTP, lnTLS net.Listener
-	err = inNS(ns, func() error {
+	err = ruleInNS(ns, func() error {
 		var err error
 		if lnHTTP, err = net.Listen("tcp", ":"+strconv.Itoa(ruleHTTPPort)); err != nil {
 			return err
@@ -157,7 +157,7 @@ func startAppServer(t testing.TB, ns *lab.NS) *appServer {
 	}{{"http", lnHTTP}, {"https", lnTLS}} {
 		srv := &http.Server{Handler: a.handler(s.proto), ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: log.New(io.Discard, "", 0), TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){}}
-		ln := net.Listener(&countingListener{Listener: s.ln, proto: s.proto, srv: a})
+		ln := net.Listener(&ruleCountingListener{Listener: s.ln, proto: s.proto, srv: a})
 		if s.proto == "https" {
 			ln = tls.NewListener(ln, tlsConf)
 		}
@@ -174,11 +174,11 @@ func startAppServer(t testing.TB, ns *lab.NS) *appServer {
 }
 
 // release lets every /hold download finish.
-func (a *appServer) release() { a.holdOnce.Do(func() { close(a.hold) }) }
+func (a *ruleApp) release() { a.holdOnce.Do(func() { close(a.hold) }) }
 
-func (a *appServer) handler(proto string) http.Handler {
+func (a *ruleApp) handler(proto string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := reqRecord{Proto: proto, Host: r.Host, Method: r.Method, Path: r.URL.Path}
+		rec := ruleAppRequest{Proto: proto, Host: r.Host, Method: r.Method, Path: r.URL.Path}
 		rec.Remote, _ = netip.ParseAddrPort(r.RemoteAddr)
 		rec.Remote = netip.AddrPortFrom(rec.Remote.Addr().Unmap(), rec.Remote.Port())
 		if r.TLS != nil {
@@ -207,14 +207,20 @@ func (a *appServer) handler(proto string) http.Handler {
 			io.CopyN(w, body, n)
 			return
 		}
+		if r.Method == http.MethodConnect {
+			// An origin server, not a proxy: the client's connection stays
+			// HTTP/1.1 (and its next request must be judged).
+			http.Error(w, "app: CONNECT not allowed", http.StatusMethodNotAllowed)
+			return
+		}
 		w.Header().Set("Content-Type", "text/plain")
 		fmt.Fprintf(w, "app ok proto=%s host=%s method=%s path=%s sni=%s remote=%s\n",
 			proto, rec.Host, rec.Method, rec.Path, rec.SNI, rec.Remote)
 	})
 }
 
-// holdSHA is the SHA-256 of the whole /hold?n=N body.
-func holdSHA(n int64) string {
+// ruleHoldSHA is the SHA-256 of the whole /hold?n=N body.
+func ruleHoldSHA(n int64) string {
 	h := sha256.New()
 	io.CopyN(h, peer.NewStream(uint64(n)), 2*n)
 	return hex.EncodeToString(h.Sum(nil))
@@ -223,21 +229,21 @@ func holdSHA(n int64) string {
 // mark returns a position in the records; since(mark) returns what came
 // after it. Subtests run one at a time, so the records after a mark are
 // the subtest's own.
-func (a *appServer) mark() [2]int {
+func (a *ruleApp) mark() [2]int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return [2]int{len(a.conns), len(a.reqs)}
 }
 
-func (a *appServer) since(m [2]int) ([]*connRecord, []reqRecord) {
+func (a *ruleApp) since(m [2]int) ([]*ruleAppConn, []ruleAppRequest) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return append([]*connRecord(nil), a.conns[m[0]:]...), append([]reqRecord(nil), a.reqs[m[1]:]...)
+	return append([]*ruleAppConn(nil), a.conns[m[0]:]...), append([]ruleAppRequest(nil), a.reqs[m[1]:]...)
 }
 
 // conn returns the record of the connection from remote, waiting up to 5 s
 // for the accept.
-func (a *appServer) conn(remote netip.AddrPort) *connRecord {
+func (a *ruleApp) conn(remote netip.AddrPort) *ruleAppConn {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		a.mu.Lock()
@@ -257,7 +263,7 @@ func (a *appServer) conn(remote netip.AddrPort) *connRecord {
 
 // settled waits up to 10 s until the server has closed c, so its byte
 // count is final.
-func (c *connRecord) settled() bool {
+func (c *ruleAppConn) settled() bool {
 	select {
 	case <-c.closed:
 		return true
@@ -266,46 +272,46 @@ func (c *connRecord) settled() bool {
 	}
 }
 
-// countingListener records each accepted connection and counts the bytes
+// ruleCountingListener records each accepted connection and counts the bytes
 // read from it, below TLS.
-type countingListener struct {
+type ruleCountingListener struct {
 	net.Listener
 	proto string
-	srv   *appServer
+	srv   *ruleApp
 }
 
-func (l *countingListener) Accept() (net.Conn, error) {
+func (l *ruleCountingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
 	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-	rec := &connRecord{Proto: l.proto, Remote: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), closed: make(chan struct{})}
+	rec := &ruleAppConn{Proto: l.proto, Remote: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), closed: make(chan struct{})}
 	l.srv.mu.Lock()
 	l.srv.conns = append(l.srv.conns, rec)
 	l.srv.mu.Unlock()
-	return &countingConn{Conn: c, rec: rec}, nil
+	return &ruleCountingConn{Conn: c, rec: rec}, nil
 }
 
-type countingConn struct {
+type ruleCountingConn struct {
 	net.Conn
-	rec *connRecord
+	rec *ruleAppConn
 }
 
-func (c *countingConn) Read(b []byte) (int, error) {
+func (c *ruleCountingConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	c.rec.recv.Add(int64(n))
 	return n, err
 }
 
-func (c *countingConn) Close() error {
+func (c *ruleCountingConn) Close() error {
 	err := c.Conn.Close()
 	c.rec.once.Do(func() { close(c.rec.closed) })
 	return err
 }
 
-// selfSignedCert makes a throwaway ECDSA certificate for names.
-func selfSignedCert(names ...string) (tls.Certificate, error) {
+// ruleSelfSignedCert makes a throwaway ECDSA certificate for names.
+func ruleSelfSignedCert(names ...string) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err

@@ -16,9 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// helloOpts say how helloConn rewrites and paces a connection's first
+// ruleHelloOpts say how ruleHelloConn rewrites and paces a connection's first
 // write (the ClientHello record crypto/tls writes).
-type helloOpts struct {
+type ruleHelloOpts struct {
 	// Replace, if set, swaps Replace[0] for Replace[1] (same length) in the
 	// ClientHello: it sends names crypto/tls would normalise, e.g. a
 	// trailing dot ("evil.exampleZ" → "evil.example."). The handshake
@@ -32,7 +32,7 @@ type helloOpts struct {
 	Trickle bool
 }
 
-func (o helloOpts) String() string {
+func (o ruleHelloOpts) String() string {
 	var parts []string
 	if o.Trickle {
 		parts = append(parts, "1-byte segments")
@@ -49,11 +49,11 @@ func (o helloOpts) String() string {
 	return strings.Join(parts, ", ")
 }
 
-// helloConn applies helloOpts to the first Write on a connection; later
+// ruleHelloConn applies ruleHelloOpts to the first Write on a connection; later
 // writes pass unchanged.
-type helloConn struct {
+type ruleHelloConn struct {
 	*net.TCPConn
-	opts    helloOpts
+	opts    ruleHelloOpts
 	done    bool
 	Sent    []byte // the first write as it went on the wire
 	Records int    // TLS records in it
@@ -61,23 +61,23 @@ type helloConn struct {
 	Segments uint32
 }
 
-func (c *helloConn) Write(b []byte) (int, error) {
+func (c *ruleHelloConn) Write(b []byte) (int, error) {
 	if c.done {
 		return c.TCPConn.Write(b)
 	}
 	c.done = true
-	out, err := rewriteHello(b, c.opts)
+	out, err := ruleRewriteHello(b, c.opts)
 	if err != nil {
 		return 0, err
 	}
-	c.Sent, c.Records = out, countRecords(out)
+	c.Sent, c.Records = out, ruleCountRecords(out)
 	if !c.opts.Trickle {
 		if _, err := c.TCPConn.Write(out); err != nil {
 			return 0, err
 		}
 		return len(b), nil
 	}
-	segs, err := trickle(c.TCPConn, out)
+	segs, err := ruleTrickle(c.TCPConn, out)
 	c.Segments = segs
 	if err != nil {
 		return 0, err
@@ -85,9 +85,9 @@ func (c *helloConn) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// rewriteHello applies Replace and Frag to rec, which must be exactly one
+// ruleRewriteHello applies Replace and Frag to rec, which must be exactly one
 // TLS handshake record.
-func rewriteHello(rec []byte, o helloOpts) ([]byte, error) {
+func ruleRewriteHello(rec []byte, o ruleHelloOpts) ([]byte, error) {
 	if len(rec) < 5 || rec[0] != 22 || int(rec[3])<<8|int(rec[4]) != len(rec)-5 {
 		return nil, fmt.Errorf("first write (%d bytes) is not one complete TLS handshake record", len(rec))
 	}
@@ -113,7 +113,7 @@ func rewriteHello(rec []byte, o helloOpts) ([]byte, error) {
 	return out, nil
 }
 
-func countRecords(b []byte) int {
+func ruleCountRecords(b []byte) int {
 	n := 0
 	for len(b) >= 5 {
 		l := int(b[3])<<8 | int(b[4])
@@ -126,12 +126,12 @@ func countRecords(b []byte) int {
 	return n
 }
 
-// trickle writes b one byte per TCP segment: TCP_NODELAY pushes each
+// ruleTrickle writes b one byte per TCP segment: TCP_NODELAY pushes each
 // one-byte write at once, and the next waits until the kernel has sent the
 // previous (tcp_info.tcpi_notsent_bytes is 0), so no two bytes share a
 // segment. It returns the data segments the kernel sent meanwhile
 // (tcpi_data_segs_out), which proves it.
-func trickle(c *net.TCPConn, b []byte) (uint32, error) {
+func ruleTrickle(c *net.TCPConn, b []byte) (uint32, error) {
 	if err := c.SetNoDelay(true); err != nil {
 		return 0, err
 	}
@@ -178,8 +178,8 @@ func trickle(c *net.TCPConn, b []byte) (uint32, error) {
 	return end.Data_segs_out - start.Data_segs_out, nil
 }
 
-// tlsResult is what a Go TLS client saw.
-type tlsResult struct {
+// ruleTLSResult is what a Go TLS client saw.
+type ruleTLSResult struct {
 	Local    netip.AddrPort
 	Hello    []byte // the ClientHello bytes as sent (record headers included)
 	Records  int
@@ -189,16 +189,16 @@ type tlsResult struct {
 }
 
 // tlsGet connects from the client namespace to dst, does a TLS handshake
-// with sni (through helloConn with opts) and, if it succeeds, GET /go-tls.
-func (r *ruleLab) tlsGet(dst netip.AddrPort, sni string, opts helloOpts) (tlsResult, error) {
-	var res tlsResult
-	c, err := dialIn(r.lab.Client, netip.Addr{}, dst)
+// with sni (through ruleHelloConn with opts) and, if it succeeds, GET /go-tls.
+func (r *ruleLab) tlsGet(dst netip.AddrPort, sni string, opts ruleHelloOpts) (ruleTLSResult, error) {
+	var res ruleTLSResult
+	c, err := ruleDial(r.lab.Client, netip.Addr{}, dst)
 	if err != nil {
 		return res, fmt.Errorf("dial %s: %w", dst, err)
 	}
 	defer c.Close()
 	res.Local = netip.MustParseAddrPort(c.LocalAddr().String())
-	hc := &helloConn{TCPConn: c, opts: opts}
+	hc := &ruleHelloConn{TCPConn: c, opts: opts}
 	tc := tls.Client(hc, &tls.Config{ServerName: sni, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
 	tc.SetDeadline(time.Now().Add(10 * time.Second))
 	res.Err = tc.Handshake()
@@ -206,7 +206,7 @@ func (r *ruleLab) tlsGet(dst netip.AddrPort, sni string, opts helloOpts) (tlsRes
 	if res.Err != nil {
 		return res, nil
 	}
-	resp, body, err := roundTrip(tc, bufio.NewReader(tc), "GET /go-tls HTTP/1.1\r\nHost: "+sni+"\r\nConnection: close\r\n\r\n", "GET")
+	resp, body, err := ruleRoundTrip(tc, bufio.NewReader(tc), "GET /go-tls HTTP/1.1\r\nHost: "+sni+"\r\nConnection: close\r\n\r\n", "GET")
 	if err != nil {
 		res.Err = err
 		return res, nil
@@ -215,15 +215,15 @@ func (r *ruleLab) tlsGet(dst netip.AddrPort, sni string, opts helloOpts) (tlsRes
 	return res, nil
 }
 
-// roundTrip writes one request and reads its response.
-func roundTrip(w io.Writer, br *bufio.Reader, req, method string) (*http.Response, string, error) {
+// ruleRoundTrip writes one request and reads its response.
+func ruleRoundTrip(w io.Writer, br *bufio.Reader, req, method string) (*http.Response, string, error) {
 	if _, err := io.WriteString(w, req); err != nil {
 		return nil, "", fmt.Errorf("write request: %w", err)
 	}
-	return readResponse(br, method)
+	return ruleReadResponse(br, method)
 }
 
-func readResponse(br *bufio.Reader, method string) (*http.Response, string, error) {
+func ruleReadResponse(br *bufio.Reader, method string) (*http.Response, string, error) {
 	resp, err := http.ReadResponse(br, &http.Request{Method: method})
 	if err != nil {
 		return nil, "", fmt.Errorf("read response: %w", err)

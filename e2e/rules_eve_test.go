@@ -13,31 +13,31 @@ import (
 	"github.com/netward/netward/event"
 )
 
-// eveLine is one EVE JSON event as netward writes it (Suricata's field
+// ruleEvent is one EVE JSON event as netward writes it (Suricata's field
 // names plus netward's own object). It is decoded with
 // DisallowUnknownFields: a renamed, misspelt or unexpected field fails the
 // test instead of leaving a field empty.
-type eveLine struct {
-	Timestamp string      `json:"timestamp"`
-	FlowID    uint64      `json:"flow_id"`
-	InIface   string      `json:"in_iface"`
-	EventType string      `json:"event_type"`
-	SrcIP     string      `json:"src_ip"`
-	SrcPort   uint16      `json:"src_port"`
-	DestIP    string      `json:"dest_ip"`
-	DestPort  uint16      `json:"dest_port"`
-	Proto     string      `json:"proto"`
-	AppProto  string      `json:"app_proto"`
-	Flow      *eveFlowObj `json:"flow"`
-	Alert     *eveAlert   `json:"alert"`
-	TLS       *eveTLSObj  `json:"tls"`
-	HTTP      *eveHTTPObj `json:"http"`
-	SrcGeo    *eveGeoObj  `json:"src_geo"`
-	DestGeo   *eveGeoObj  `json:"dest_geo"`
-	Netward   *eveNetward `json:"netward"`
+type ruleEvent struct {
+	Timestamp string            `json:"timestamp"`
+	FlowID    uint64            `json:"flow_id"`
+	InIface   string            `json:"in_iface"`
+	EventType string            `json:"event_type"`
+	SrcIP     string            `json:"src_ip"`
+	SrcPort   uint16            `json:"src_port"`
+	DestIP    string            `json:"dest_ip"`
+	DestPort  uint16            `json:"dest_port"`
+	Proto     string            `json:"proto"`
+	AppProto  string            `json:"app_proto"`
+	Flow      *ruleEventFlow    `json:"flow"`
+	Alert     *ruleEventAlert   `json:"alert"`
+	TLS       *ruleEventTLS     `json:"tls"`
+	HTTP      *ruleEventHTTP    `json:"http"`
+	SrcGeo    *ruleEventGeo     `json:"src_geo"`
+	DestGeo   *ruleEventGeo     `json:"dest_geo"`
+	Netward   *ruleEventNetward `json:"netward"`
 }
 
-type eveFlowObj struct {
+type ruleEventFlow struct {
 	PktsToServer  uint64 `json:"pkts_toserver"`
 	PktsToClient  uint64 `json:"pkts_toclient"`
 	BytesToServer uint64 `json:"bytes_toserver"`
@@ -50,7 +50,7 @@ type eveFlowObj struct {
 	Alerted       bool   `json:"alerted"`
 }
 
-type eveAlert struct {
+type ruleEventAlert struct {
 	Action      string `json:"action"`
 	SignatureID uint32 `json:"signature_id"`
 	Signature   string `json:"signature"`
@@ -58,7 +58,7 @@ type eveAlert struct {
 	Severity    int    `json:"severity"`
 }
 
-type eveTLSObj struct {
+type ruleEventTLS struct {
 	SNI     string `json:"sni"`
 	Version string `json:"version"`
 	JA3     *struct {
@@ -69,7 +69,7 @@ type eveTLSObj struct {
 	ClientALPNs []string `json:"client_alpns"`
 }
 
-type eveHTTPObj struct {
+type ruleEventHTTP struct {
 	Hostname  string `json:"hostname"`
 	URL       string `json:"url"`
 	UserAgent string `json:"http_user_agent"`
@@ -79,23 +79,23 @@ type eveHTTPObj struct {
 	Length    int64  `json:"length"`
 }
 
-type eveGeoObj struct {
+type ruleEventGeo struct {
 	CountryISO string `json:"country_iso"`
 	ASN        uint32 `json:"asn"`
 	ASOrg      string `json:"as_org"`
 }
 
-type eveNetward struct {
+type ruleEventNetward struct {
 	Verdict string `json:"verdict"`
 	Rule    string `json:"rule"`
 	ECH     bool   `json:"ech"`
 }
 
 // Src and Dst are the event's addresses.
-func (e *eveLine) Src() netip.AddrPort { return eveAddr(e.SrcIP, e.SrcPort) }
-func (e *eveLine) Dst() netip.AddrPort { return eveAddr(e.DestIP, e.DestPort) }
+func (e *ruleEvent) Src() netip.AddrPort { return ruleEventAddr(e.SrcIP, e.SrcPort) }
+func (e *ruleEvent) Dst() netip.AddrPort { return ruleEventAddr(e.DestIP, e.DestPort) }
 
-func eveAddr(ip string, port uint16) netip.AddrPort {
+func ruleEventAddr(ip string, port uint16) netip.AddrPort {
 	a, err := netip.ParseAddr(ip)
 	if err != nil {
 		return netip.AddrPort{}
@@ -103,10 +103,10 @@ func eveAddr(ip string, port uint16) netip.AddrPort {
 	return netip.AddrPortFrom(a, port)
 }
 
-// readEVE strictly decodes every complete line of the EVE log at path. A
+// ruleReadEVE strictly decodes every complete line of the EVE log at path. A
 // line that does not decode, or whose event object does not match its
 // event_type, is an error.
-func readEVE(path string) ([]eveLine, error) {
+func ruleReadEVE(path string) ([]ruleEvent, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -116,11 +116,11 @@ func readEVE(path string) ([]eveLine, error) {
 	} else {
 		return nil, nil
 	}
-	var out []eveLine
+	var out []ruleEvent
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for n := 1; sc.Scan(); n++ {
-		var e eveLine
+		var e ruleEvent
 		dec := json.NewDecoder(bytes.NewReader(sc.Bytes()))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&e); err != nil {
@@ -139,7 +139,7 @@ func readEVE(path string) ([]eveLine, error) {
 
 // check verifies what every event must have: a timestamp in EVE's format,
 // a flow id, TCP addresses, and exactly the object its type names.
-func (e *eveLine) check() error {
+func (e *ruleEvent) check() error {
 	if _, err := time.Parse(event.TimeLayout, e.Timestamp); err != nil {
 		return fmt.Errorf("timestamp: %v", err)
 	}

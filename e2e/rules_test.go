@@ -27,7 +27,7 @@ import (
 // TestRules is issue 6's acceptance: rule enforcement with real clients
 // (curl, openssl, Go's crypto/tls) in the namespace lab, through one
 // `netward run --rules testdata/rules/base.yaml` with generated geo
-// databases and the EVE log. The application (appServer, in the test
+// databases and the EVE log. The application (ruleApp, in the test
 // process) records every connection and the bytes it received, so each
 // refusal is also checked where it matters: no byte of a denied flow
 // reached the server. Every check finds netward's own flow line for its
@@ -44,6 +44,7 @@ func TestRules(t *testing.T) {
 	t.Run("HTTPTrickled", r.testHTTPTrickled)
 	t.Run("KeepAlive", r.testKeepAlive)
 	t.Run("KeepAliveCurl", r.testKeepAliveCurl)
+	t.Run("HTTPEvasion", r.testHTTPEvasion)
 	t.Run("Drop", r.testDrop)
 	t.Run("Geo", r.testGeo)
 	t.Run("EventLog", r.testEventLog)
@@ -52,28 +53,28 @@ func TestRules(t *testing.T) {
 
 // The lab's application addresses.
 var (
-	appV4 = netip.MustParseAddr("192.0.2.2")
-	appV6 = netip.MustParseAddr("2001:db8:2::2")
+	ruleAppV4 = netip.MustParseAddr("192.0.2.2")
+	ruleAppV6 = netip.MustParseAddr("2001:db8:2::2")
 )
 
 // Geo database contents: the client network is in NL / AS64500, except
 // one address in a denied country and one in a denied AS.
 var (
-	geoDeniedCountry = netip.MustParseAddr("198.51.100.3") // KP
-	geoDeniedASN     = netip.MustParseAddr("198.51.100.4") // AS64666
-	geoAllowed       = netip.MustParseAddr("198.51.100.5")
+	ruleGeoDeniedCountry = netip.MustParseAddr("198.51.100.3") // KP
+	ruleGeoDeniedASN     = netip.MustParseAddr("198.51.100.4") // AS64666
+	ruleGeoAllowed       = netip.MustParseAddr("198.51.100.5")
 )
 
 type ruleLab struct {
 	lab       *lab.Lab
-	app       *appServer
+	app       *ruleApp
 	nw        *lab.Netward
 	rulesPath string
 }
 
 func newRuleLab(t *testing.T) *ruleLab {
 	l := labtest.New(t, lab.Options{})
-	r := &ruleLab{lab: l, app: startAppServer(t, l.App)}
+	r := &ruleLab{lab: l, app: startRuleApp(t, l.App)}
 	rulesDir := filepath.Join(l.Dir, "rules")
 	if err := os.Mkdir(rulesDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -83,15 +84,15 @@ func newRuleLab(t *testing.T) *ruleLab {
 	country, asn := filepath.Join(l.Dir, "country.mmdb"), filepath.Join(l.Dir, "asn.mmdb")
 	clientNet := netip.MustParsePrefix("198.51.100.0/24")
 	err := geotest.WriteCountry(country, map[netip.Prefix]string{
-		clientNet:                              "NL",
-		netip.PrefixFrom(geoDeniedCountry, 32): "KP",
-		netip.MustParsePrefix("192.0.2.0/24"):  "NL",
-		netip.MustParsePrefix("2001:db8::/32"): "NL",
+		clientNet: "NL",
+		netip.PrefixFrom(ruleGeoDeniedCountry, 32): "KP",
+		netip.MustParsePrefix("192.0.2.0/24"):      "NL",
+		netip.MustParsePrefix("2001:db8::/32"):     "NL",
 	})
 	if err == nil {
 		err = geotest.WriteASN(asn, map[netip.Prefix]geotest.ASN{
-			clientNet:                          {Number: 64500, Org: "Allowed Net"},
-			netip.PrefixFrom(geoDeniedASN, 32): {Number: 64666, Org: "Denied Net"},
+			clientNet:                              {Number: 64500, Org: "Allowed Net"},
+			netip.PrefixFrom(ruleGeoDeniedASN, 32): {Number: 64666, Org: "Denied Net"},
 		})
 	}
 	if err != nil {
@@ -123,9 +124,9 @@ func (r *ruleLab) installRules(t testing.TB, name string) string {
 
 // ---- netward's per-flow log lines ----
 
-// flowLine is netward's log line for one flow ("msg":"flow"), with the
+// ruleFlowLine is netward's log line for one flow ("msg":"flow"), with the
 // fields the rule tests check.
-type flowLine struct {
+type ruleFlowLine struct {
 	Msg        string `json:"msg"`
 	FlowID     uint64 `json:"flow_id"`
 	Src        string `json:"src"`
@@ -143,7 +144,7 @@ type flowLine struct {
 	line       string
 }
 
-func (f flowLine) String() string { return f.line }
+func (f ruleFlowLine) String() string { return f.line }
 
 // logLines decodes netward's JSON log lines.
 func (r *ruleLab) logLines() []map[string]any {
@@ -157,13 +158,13 @@ func (r *ruleLab) logLines() []map[string]any {
 	return out
 }
 
-func (r *ruleLab) flows() []flowLine {
-	var out []flowLine
+func (r *ruleLab) flows() []ruleFlowLine {
+	var out []ruleFlowLine
 	for _, line := range strings.Split(r.nw.Log(), "\n") {
 		if !strings.Contains(line, `"msg":"flow"`) {
 			continue
 		}
-		var f flowLine
+		var f ruleFlowLine
 		if json.Unmarshal([]byte(line), &f) == nil && f.Msg == "flow" {
 			f.line = line
 			out = append(out, f)
@@ -174,7 +175,7 @@ func (r *ruleLab) flows() []flowLine {
 
 // waitFlow waits up to 10 s for netward's flow line that match accepts
 // (flow lines are written when a flow ends).
-func (r *ruleLab) waitFlow(t testing.TB, what string, match func(flowLine) bool) flowLine {
+func (r *ruleLab) waitFlow(t testing.TB, what string, match func(ruleFlowLine) bool) ruleFlowLine {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -192,9 +193,9 @@ func (r *ruleLab) waitFlow(t testing.TB, what string, match func(flowLine) bool)
 
 // requireVerdict waits for the flow line of the client connection src and
 // checks netward's verdict and rule ("default" when no rule decided).
-func (r *ruleLab) requireVerdict(t testing.TB, src netip.AddrPort, verdict, rule string) flowLine {
+func (r *ruleLab) requireVerdict(t testing.TB, src netip.AddrPort, verdict, rule string) ruleFlowLine {
 	t.Helper()
-	f := r.waitFlow(t, src.String(), func(f flowLine) bool { return f.Src == src.String() })
+	f := r.waitFlow(t, src.String(), func(f ruleFlowLine) bool { return f.Src == src.String() })
 	if f.Verdict != verdict || f.Rule != rule {
 		t.Errorf("netward judged %s %s by rule %q, want %s by %q: %s", src, f.Verdict, f.Rule, verdict, rule, f)
 	}
@@ -207,7 +208,7 @@ func (r *ruleLab) requireVerdict(t testing.TB, src netip.AddrPort, verdict, rule
 func (r *ruleLab) requireNothingReceived(t testing.TB, src netip.AddrPort) {
 	t.Helper()
 	r.app.mu.Lock()
-	var recs []*connRecord
+	var recs []*ruleAppConn
 	for _, c := range r.app.conns {
 		if c.Remote == src {
 			recs = append(recs, c)
@@ -229,21 +230,21 @@ func (r *ruleLab) requireNothingReceived(t testing.TB, src netip.AddrPort) {
 	}
 }
 
-func (r *ruleLab) requests() []reqRecord {
+func (r *ruleLab) requests() []ruleAppRequest {
 	r.app.mu.Lock()
 	defer r.app.mu.Unlock()
-	return append([]reqRecord(nil), r.app.reqs...)
+	return append([]ruleAppRequest(nil), r.app.reqs...)
 }
 
 // ---- running clients ----
 
-// cmdResult is a finished command in a namespace.
-type cmdResult struct {
+// ruleCmdResult is a finished command in a namespace.
+type ruleCmdResult struct {
 	Exit           int // -1: did not exit normally
 	Stdout, Stderr string
 }
 
-func runCmd(t testing.TB, ns *lab.NS, stdin string, args ...string) cmdResult {
+func ruleRunCmd(t testing.TB, ns *lab.NS, stdin string, args ...string) ruleCmdResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -254,7 +255,7 @@ func runCmd(t testing.TB, ns *lab.NS, stdin string, args ...string) cmdResult {
 		cmd.Stdin = strings.NewReader(stdin)
 	}
 	err := cmd.Run()
-	res := cmdResult{Stdout: stdout.String(), Stderr: stderr.String()}
+	res := ruleCmdResult{Stdout: stdout.String(), Stderr: stderr.String()}
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
@@ -266,24 +267,24 @@ func runCmd(t testing.TB, ns *lab.NS, stdin string, args ...string) cmdResult {
 	return res
 }
 
-// curlResult is one curl run with -w "\n%{http_code} %{local_ip} %{local_port}".
-type curlResult struct {
-	cmdResult
+// ruleCurlResult is one curl run with -w "\n%{http_code} %{local_ip} %{local_port}".
+type ruleCurlResult struct {
+	ruleCmdResult
 	Status int
 	Local  netip.AddrPort // the client's address and port ("" if it never connected)
 	Body   string
 }
 
-func (c curlResult) String() string {
+func (c ruleCurlResult) String() string {
 	return fmt.Sprintf("curl exit %d, status %d, local %v, body %q, stderr %q", c.Exit, c.Status, c.Local, c.Body, strings.TrimSpace(c.Stderr))
 }
 
 // curl runs curl in the client namespace with args (URL last).
-func (r *ruleLab) curl(t testing.TB, args ...string) curlResult {
+func (r *ruleLab) curl(t testing.TB, args ...string) ruleCurlResult {
 	t.Helper()
 	full := append([]string{"curl", "-sS", "--max-time", "5", "-w", "\n%{http_code} %{local_ip} %{local_port}"}, args...)
-	res := curlResult{cmdResult: runCmd(t, r.lab.Client, "", full...)}
-	body, tail, ok := cutLast(res.Stdout, "\n")
+	res := ruleCurlResult{ruleCmdResult: ruleRunCmd(t, r.lab.Client, "", full...)}
+	body, tail, ok := ruleCutLast(res.Stdout, "\n")
 	if !ok {
 		t.Fatalf("curl %s: no -w line in %q", strings.Join(args, " "), res.Stdout)
 	}
@@ -302,7 +303,7 @@ func (r *ruleLab) curl(t testing.TB, args ...string) curlResult {
 	return res
 }
 
-func cutLast(s, sep string) (before, after string, ok bool) {
+func ruleCutLast(s, sep string) (before, after string, ok bool) {
 	i := strings.LastIndex(s, sep)
 	if i < 0 {
 		return s, "", false
@@ -310,7 +311,7 @@ func cutLast(s, sep string) (before, after string, ok bool) {
 	return s[:i], s[i+len(sep):], true
 }
 
-func urlHost(a netip.Addr) string {
+func ruleURLHost(a netip.Addr) string {
 	if a.Is6() {
 		return "[" + a.String() + "]"
 	}
@@ -329,15 +330,15 @@ func (r *ruleLab) testHTTPSCurl(t *testing.T) {
 		app       netip.Addr
 		rule      string // "" allows
 	}{
-		{"Allowed", "good.example", appV4, ""},
-		{"AllowedV6", "good.example", appV6, ""},
-		{"Denied", "www.evil.example", appV4, "block-evil-sni"},
-		{"DeniedApex", "evil.example", appV4, "block-evil-sni"},
-		{"DeniedV6", "www.evil.example", appV6, "block-evil-sni"},
+		{"Allowed", "good.example", ruleAppV4, ""},
+		{"AllowedV6", "good.example", ruleAppV6, ""},
+		{"Denied", "www.evil.example", ruleAppV4, "block-evil-sni"},
+		{"DeniedApex", "evil.example", ruleAppV4, "block-evil-sni"},
+		{"DeniedV6", "www.evil.example", ruleAppV6, "block-evil-sni"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			port := strconv.Itoa(ruleTLSPort)
-			res := r.curl(t, "-k", "--resolve", tc.sni+":"+port+":"+urlHost(tc.app),
+			res := r.curl(t, "-k", "--resolve", tc.sni+":"+port+":"+ruleURLHost(tc.app),
 				"https://"+tc.sni+":"+port+"/curl-tls")
 			if !res.Local.IsValid() {
 				t.Fatalf("curl did not connect: %v", res)
@@ -375,8 +376,8 @@ func (r *ruleLab) testHTTPSOpenSSL(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			mark := r.app.mark()
 			req := "GET /openssl HTTP/1.1\r\nHost: " + tc.sni + "\r\nConnection: close\r\n\r\n"
-			res := runCmd(t, r.lab.Client, req, "timeout", "10", "openssl", "s_client",
-				"-connect", netip.AddrPortFrom(appV4, ruleTLSPort).String(), "-servername", tc.sni, "-quiet")
+			res := ruleRunCmd(t, r.lab.Client, req, "timeout", "10", "openssl", "s_client",
+				"-connect", netip.AddrPortFrom(ruleAppV4, ruleTLSPort).String(), "-servername", tc.sni, "-quiet")
 			// openssl does not say its port; the application's record of
 			// the upstream connection does (it carries the client's port).
 			conns, _ := r.app.since(mark)
@@ -411,7 +412,7 @@ func (r *ruleLab) testClientHelloShapes(t *testing.T) {
 	type name struct {
 		label string
 		sni   string    // crypto/tls's ServerName
-		edit  [2]string // helloOpts.Replace
+		edit  [2]string // ruleHelloOpts.Replace
 		rule  string    // "" allows
 	}
 	names := []name{
@@ -425,15 +426,15 @@ func (r *ruleLab) testClientHelloShapes(t *testing.T) {
 	}
 	shapes := []struct {
 		label string
-		opts  helloOpts
+		opts  ruleHelloOpts
 	}{
-		{"Whole", helloOpts{}},
-		{"Segments1", helloOpts{Trickle: true}},
-		{"Records40", helloOpts{Frag: 40}},
-		{"Records1", helloOpts{Frag: 1}},
-		{"Records7Segments1", helloOpts{Frag: 7, Trickle: true}},
+		{"Whole", ruleHelloOpts{}},
+		{"Segments1", ruleHelloOpts{Trickle: true}},
+		{"Records40", ruleHelloOpts{Frag: 40}},
+		{"Records1", ruleHelloOpts{Frag: 1}},
+		{"Records7Segments1", ruleHelloOpts{Frag: 7, Trickle: true}},
 	}
-	dst := netip.AddrPortFrom(appV4, ruleTLSPort)
+	dst := netip.AddrPortFrom(ruleAppV4, ruleTLSPort)
 	for _, sh := range shapes {
 		for _, n := range names {
 			t.Run(sh.label+"/"+n.label, func(t *testing.T) {
@@ -498,22 +499,22 @@ func (r *ruleLab) testHTTP(t *testing.T) {
 		path string
 		rule string // "" allows
 	}{
-		{"Allowed", appV4, nil, "/a", ""},
-		{"AllowedV6", appV6, nil, "/a", ""},
-		{"DenyHost", appV4, []string{"-H", "Host: blocked.example"}, "/a", "block-host"},
-		{"DenyHostV6", appV6, []string{"-H", "Host: blocked.example"}, "/a", "block-host"},
-		{"DenyHostMixedCaseTrailingDot", appV4, []string{"-H", "Host: BLOCKED.Example."}, "/a", "block-host"},
-		{"DenyHostWithPort", appV4, []string{"-H", "Host: blocked.example:8080"}, "/a", "block-host"},
-		{"AllowOtherHost", appV4, []string{"-H", "Host: notblocked.example"}, "/a", ""},
-		{"DenyMethod", appV4, []string{"-X", "DELETE"}, "/items/1", "block-delete"},
-		{"AllowOtherMethod", appV4, []string{"-X", "PUT"}, "/items/1", ""},
-		{"DenyPathPrefix", appV4, nil, "/admin/users", "block-admin-path"},
-		{"DenyPathDotSegments", appV4, []string{"--path-as-is"}, "/public/../admin/users", "block-admin-path"},
-		{"DenyPathEncoded", appV4, nil, "/%61dmin/users", "block-admin-path"},
-		{"AllowPathNotPrefix", appV4, nil, "/administrator", ""},
+		{"Allowed", ruleAppV4, nil, "/a", ""},
+		{"AllowedV6", ruleAppV6, nil, "/a", ""},
+		{"DenyHost", ruleAppV4, []string{"-H", "Host: blocked.example"}, "/a", "block-host"},
+		{"DenyHostV6", ruleAppV6, []string{"-H", "Host: blocked.example"}, "/a", "block-host"},
+		{"DenyHostMixedCaseTrailingDot", ruleAppV4, []string{"-H", "Host: BLOCKED.Example."}, "/a", "block-host"},
+		{"DenyHostWithPort", ruleAppV4, []string{"-H", "Host: blocked.example:8080"}, "/a", "block-host"},
+		{"AllowOtherHost", ruleAppV4, []string{"-H", "Host: notblocked.example"}, "/a", ""},
+		{"DenyMethod", ruleAppV4, []string{"-X", "DELETE"}, "/items/1", "block-delete"},
+		{"AllowOtherMethod", ruleAppV4, []string{"-X", "PUT"}, "/items/1", ""},
+		{"DenyPathPrefix", ruleAppV4, nil, "/admin/users", "block-admin-path"},
+		{"DenyPathDotSegments", ruleAppV4, []string{"--path-as-is"}, "/public/../admin/users", "block-admin-path"},
+		{"DenyPathEncoded", ruleAppV4, nil, "/%61dmin/users", "block-admin-path"},
+		{"AllowPathNotPrefix", ruleAppV4, nil, "/administrator", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			url := "http://" + urlHost(tc.app) + ":" + strconv.Itoa(ruleHTTPPort) + tc.path
+			url := "http://" + ruleURLHost(tc.app) + ":" + strconv.Itoa(ruleHTTPPort) + tc.path
 			res := r.curl(t, append(tc.args, url)...)
 			if !res.Local.IsValid() {
 				t.Fatalf("curl did not connect: %v", res)
@@ -547,7 +548,7 @@ func (r *ruleLab) testHTTPTrickled(t *testing.T) {
 		{"DenyPath", "good.example", "/admin/trickle", "block-admin-path"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := dialIn(r.lab.Client, netip.Addr{}, netip.AddrPortFrom(appV4, ruleHTTPPort))
+			c, err := ruleDial(r.lab.Client, netip.Addr{}, netip.AddrPortFrom(ruleAppV4, ruleHTTPPort))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -555,14 +556,14 @@ func (r *ruleLab) testHTTPTrickled(t *testing.T) {
 			c.SetDeadline(time.Now().Add(20 * time.Second))
 			local := netip.MustParseAddrPort(c.LocalAddr().String())
 			req := "GET " + tc.path + " HTTP/1.1\r\nHost: " + tc.host + "\r\nUser-Agent: trickle\r\nConnection: close\r\n\r\n"
-			segs, err := trickle(c, []byte(req))
+			segs, err := ruleTrickle(c, []byte(req))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if segs < uint32(len(req)) {
 				t.Errorf("%d-byte request head went out in %d segments, want one per byte", len(req), segs)
 			}
-			resp, body, err := readResponse(bufio.NewReader(c), "GET")
+			resp, body, err := ruleReadResponse(bufio.NewReader(c), "GET")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -597,7 +598,7 @@ func (r *ruleLab) testKeepAlive(t *testing.T) {
 		{"DenyPath", "GET /admin/second HTTP/1.1\r\nHost: good.example\r\n\r\n", "block-admin-path"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := dialIn(r.lab.Client, netip.Addr{}, netip.AddrPortFrom(appV4, ruleHTTPPort))
+			c, err := ruleDial(r.lab.Client, netip.Addr{}, netip.AddrPortFrom(ruleAppV4, ruleHTTPPort))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -605,7 +606,7 @@ func (r *ruleLab) testKeepAlive(t *testing.T) {
 			c.SetDeadline(time.Now().Add(20 * time.Second))
 			local := netip.MustParseAddrPort(c.LocalAddr().String())
 			br := bufio.NewReader(c)
-			resp, body, err := roundTrip(c, br, first, "GET")
+			resp, body, err := ruleRoundTrip(c, br, first, "GET")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -613,14 +614,13 @@ func (r *ruleLab) testKeepAlive(t *testing.T) {
 				t.Fatalf("first request: status %d, close %v, body %q; want the application's keep-alive answer", resp.StatusCode, resp.Close, body)
 			}
 			method, _, _ := strings.Cut(tc.second, " ")
-			resp, body, err = roundTrip(c, br, tc.second, method)
+			resp, body, err = ruleRoundTrip(c, br, tc.second, method)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if resp.StatusCode != 403 || !strings.Contains(body, tc.rule) {
 				t.Errorf("second request: status %d, body %q; want 403 naming %s", resp.StatusCode, body, tc.rule)
-			}
-			if n, err := br.Read(make([]byte, 1)); n != 0 || err == nil {
+			} else if n, err := br.Read(make([]byte, 1)); n != 0 || err == nil {
 				t.Errorf("after the 403 the connection is still open (read %d, %v)", n, err)
 			}
 			c.Close()
@@ -635,7 +635,11 @@ func (r *ruleLab) testKeepAlive(t *testing.T) {
 				t.Errorf("the application answered %q on the connection, want only GET /first", got)
 			}
 			if c := r.app.conn(local); c == nil || !c.settled() || c.Recv() != int64(len(first)) {
-				t.Errorf("the application received %v bytes on the connection, want exactly the first request's %d", c, len(first))
+				got := int64(-1)
+				if c != nil {
+					got = c.Recv()
+				}
+				t.Errorf("the application received %d bytes on the connection, want exactly the first request's %d", got, len(first))
 			}
 		})
 	}
@@ -646,8 +650,8 @@ func (r *ruleLab) testKeepAlive(t *testing.T) {
 func (r *ruleLab) testKeepAliveCurl(t *testing.T) {
 	labtest.RequireTools(t, "curl")
 	mark := r.app.mark()
-	base := "http://" + appV4.String() + ":" + strconv.Itoa(ruleHTTPPort)
-	res := runCmd(t, r.lab.Client, "", "curl", "-sS", "-v", "--max-time", "5", base+"/first",
+	base := "http://" + ruleAppV4.String() + ":" + strconv.Itoa(ruleHTTPPort)
+	res := ruleRunCmd(t, r.lab.Client, "", "curl", "-sS", "-v", "--max-time", "5", base+"/first",
 		"--next", "-sS", "-v", "--max-time", "5", "-H", "Host: blocked.example", base+"/second")
 	if !strings.Contains(res.Stderr, "Re-using existing connection") {
 		t.Fatalf("curl did not reuse its connection, so this proves nothing; stderr:\n%s", res.Stderr)
@@ -674,8 +678,8 @@ func (r *ruleLab) testDrop(t *testing.T) {
 		args []string
 		rule string
 	}{
-		{"HTTPHost", []string{"-H", "Host: silent.example", "http://" + appV4.String() + ":" + strconv.Itoa(ruleHTTPPort) + "/drop"}, "drop-silent-host"},
-		{"TLSSNI", []string{"-k", "--resolve", "silent.example:" + port + ":" + appV4.String(), "https://silent.example:" + port + "/drop"}, "drop-silent-sni"},
+		{"HTTPHost", []string{"-H", "Host: silent.example", "http://" + ruleAppV4.String() + ":" + strconv.Itoa(ruleHTTPPort) + "/drop"}, "drop-silent-host"},
+		{"TLSSNI", []string{"-k", "--resolve", "silent.example:" + port + ":" + ruleAppV4.String(), "https://silent.example:" + port + "/drop"}, "drop-silent-sni"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res := r.curl(t, append([]string{"--max-time", "1"}, tc.args...)...)
@@ -698,16 +702,16 @@ func (r *ruleLab) testDrop(t *testing.T) {
 // is allowed.
 func (r *ruleLab) testGeo(t *testing.T) {
 	labtest.RequireTools(t, "curl")
-	url := "http://" + appV4.String() + ":" + strconv.Itoa(ruleHTTPPort) + "/geo"
+	url := "http://" + ruleAppV4.String() + ":" + strconv.Itoa(ruleHTTPPort) + "/geo"
 	for _, tc := range []struct {
 		name    string
 		src     netip.Addr
 		rule    string
 		country string
 	}{
-		{"DeniedCountry", geoDeniedCountry, "geo-deny-country", "KP"},
-		{"DeniedASN", geoDeniedASN, "geo-deny-asn", "NL"},
-		{"Allowed", geoAllowed, "", "NL"},
+		{"DeniedCountry", ruleGeoDeniedCountry, "geo-deny-country", "KP"},
+		{"DeniedASN", ruleGeoDeniedASN, "geo-deny-asn", "NL"},
+		{"Allowed", ruleGeoAllowed, "", "NL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mark := r.app.mark()
@@ -735,7 +739,7 @@ func (r *ruleLab) testGeo(t *testing.T) {
 					t.Errorf("the application accepted a connection from %s (refused at the SYN, it must not)", c.Remote)
 				}
 			}
-			f := r.waitFlow(t, "a flow from "+tc.src.String(), func(f flowLine) bool {
+			f := r.waitFlow(t, "a flow from "+tc.src.String(), func(f ruleFlowLine) bool {
 				ap, err := netip.ParseAddrPort(f.Src)
 				return err == nil && ap.Addr() == tc.src && f.Rule == tc.rule
 			})
@@ -755,20 +759,20 @@ func (r *ruleLab) testGeo(t *testing.T) {
 func (r *ruleLab) testEventLog(t *testing.T) {
 	labtest.RequireTools(t, "curl")
 	port := strconv.Itoa(ruleTLSPort)
-	httpRes := r.curl(t, "-H", "Host: blocked.example", "-A", "eve-test", "http://"+appV4.String()+":"+strconv.Itoa(ruleHTTPPort)+"/eve?x=1")
-	tlsRes := r.curl(t, "-k", "--resolve", "www.evil.example:"+port+":"+appV4.String(), "https://www.evil.example:"+port+"/eve")
-	geoRes := r.curl(t, "--interface", geoDeniedCountry.String(), "--connect-timeout", "3", "http://"+appV4.String()+":"+strconv.Itoa(ruleHTTPPort)+"/eve")
-	okRes := r.curl(t, "http://"+appV4.String()+":"+strconv.Itoa(ruleHTTPPort)+"/eve-ok")
+	httpRes := r.curl(t, "-H", "Host: blocked.example", "-A", "eve-test", "http://"+ruleAppV4.String()+":"+strconv.Itoa(ruleHTTPPort)+"/eve?x=1")
+	tlsRes := r.curl(t, "-k", "--resolve", "www.evil.example:"+port+":"+ruleAppV4.String(), "https://www.evil.example:"+port+"/eve")
+	geoRes := r.curl(t, "--interface", ruleGeoDeniedCountry.String(), "--connect-timeout", "3", "http://"+ruleAppV4.String()+":"+strconv.Itoa(ruleHTTPPort)+"/eve")
+	okRes := r.curl(t, "http://"+ruleAppV4.String()+":"+strconv.Itoa(ruleHTTPPort)+"/eve-ok")
 	if httpRes.Status != 403 || tlsRes.Exit != 35 || geoRes.Exit != 7 || okRes.Status != 200 {
 		t.Fatalf("the requests did not go as in the other subtests:\n%v\n%v\n%v\n%v", httpRes, tlsRes, geoRes, okRes)
 	}
-	httpDst := netip.AddrPortFrom(appV4, ruleHTTPPort)
-	tlsDst := netip.AddrPortFrom(appV4, ruleTLSPort)
+	httpDst := netip.AddrPortFrom(ruleAppV4, ruleHTTPPort)
+	tlsDst := netip.AddrPortFrom(ruleAppV4, ruleTLSPort)
 
 	// Events are written asynchronously, and flow events when flows end.
-	var events []eveLine
+	var events []ruleEvent
 	var err error
-	find := func(typ string, match func(*eveLine) bool) *eveLine {
+	find := func(typ string, match func(*ruleEvent) bool) *ruleEvent {
 		for i := range events {
 			if e := &events[i]; e.EventType == typ && match(e) {
 				return e
@@ -776,20 +780,20 @@ func (r *ruleLab) testEventLog(t *testing.T) {
 		}
 		return nil
 	}
-	fromPort := func(src netip.AddrPort) func(*eveLine) bool {
-		return func(e *eveLine) bool { return e.Src() == src }
+	fromPort := func(src netip.AddrPort) func(*ruleEvent) bool {
+		return func(e *ruleEvent) bool { return e.Src() == src }
 	}
-	fromAddr := func(a netip.Addr) func(*eveLine) bool {
-		return func(e *eveLine) bool { return e.Src().Addr() == a }
+	fromAddr := func(a netip.Addr) func(*ruleEvent) bool {
+		return func(e *ruleEvent) bool { return e.Src().Addr() == a }
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		events, err = readEVE(r.nw.EventLog)
+		events, err = ruleReadEVE(r.nw.EventLog)
 		if err != nil {
 			t.Fatal(err) // strict decoding failed
 		}
 		if find("flow", fromPort(httpRes.Local)) != nil && find("flow", fromPort(tlsRes.Local)) != nil &&
-			find("flow", fromAddr(geoDeniedCountry)) != nil && find("flow", fromPort(okRes.Local)) != nil {
+			find("flow", fromAddr(ruleGeoDeniedCountry)) != nil && find("flow", fromPort(okRes.Local)) != nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -799,7 +803,7 @@ func (r *ruleLab) testEventLog(t *testing.T) {
 	}
 
 	// checkFlow checks a refused flow's events: alert, app event, flow.
-	checkFlow := func(t *testing.T, match func(*eveLine) bool, src, dst netip.AddrPort, rule, appEvent string, checkApp func(*eveLine)) {
+	checkFlow := func(t *testing.T, match func(*ruleEvent) bool, src, dst netip.AddrPort, rule, appEvent string, checkApp func(*ruleEvent)) {
 		t.Helper()
 		flow := find("flow", match)
 		alert := find("alert", match)
@@ -831,23 +835,23 @@ func (r *ruleLab) testEventLog(t *testing.T) {
 		}
 	}
 	t.Run("HTTPDenied", func(t *testing.T) {
-		checkFlow(t, fromPort(httpRes.Local), httpRes.Local, httpDst, "block-host", "http", func(e *eveLine) {
+		checkFlow(t, fromPort(httpRes.Local), httpRes.Local, httpDst, "block-host", "http", func(e *ruleEvent) {
 			if h := e.HTTP; h.Hostname != "blocked.example" || h.Method != "GET" || h.URL != "/eve?x=1" || h.UserAgent != "eve-test" || h.Status != 403 {
 				t.Errorf("http event %+v: want hostname blocked.example, GET /eve?x=1, user agent eve-test, status 403", *h)
 			}
 		})
 	})
 	t.Run("TLSDenied", func(t *testing.T) {
-		checkFlow(t, fromPort(tlsRes.Local), tlsRes.Local, tlsDst, "block-evil-sni", "tls", func(e *eveLine) {
+		checkFlow(t, fromPort(tlsRes.Local), tlsRes.Local, tlsDst, "block-evil-sni", "tls", func(e *ruleEvent) {
 			if e.TLS.SNI != "www.evil.example" {
 				t.Errorf("tls event sni %q, want www.evil.example", e.TLS.SNI)
 			}
 		})
 	})
 	t.Run("GeoDenied", func(t *testing.T) {
-		src := netip.AddrPortFrom(geoDeniedCountry, 0)
-		checkFlow(t, fromAddr(geoDeniedCountry), src, httpDst, "geo-deny-country", "", nil)
-		if f := find("flow", fromAddr(geoDeniedCountry)); f.SrcGeo == nil || f.SrcGeo.CountryISO != "KP" {
+		src := netip.AddrPortFrom(ruleGeoDeniedCountry, 0)
+		checkFlow(t, fromAddr(ruleGeoDeniedCountry), src, httpDst, "geo-deny-country", "", nil)
+		if f := find("flow", fromAddr(ruleGeoDeniedCountry)); f.SrcGeo == nil || f.SrcGeo.CountryISO != "KP" {
 			t.Errorf("flow event src_geo %+v, want country_iso KP", f.SrcGeo)
 		}
 	})
@@ -875,7 +879,7 @@ func (r *ruleLab) testEventLog(t *testing.T) {
 // is logged; the download, whose Host the new rules deny, completes.
 func (r *ruleLab) testReload(t *testing.T) {
 	labtest.RequireTools(t, "curl")
-	base := "http://" + appV4.String() + ":" + strconv.Itoa(ruleHTTPPort)
+	base := "http://" + ruleAppV4.String() + ":" + strconv.Itoa(ruleHTTPPort)
 	expect := func(t *testing.T, host, rule string) {
 		t.Helper()
 		res := r.curl(t, "-H", "Host: "+host, base+"/reload")
@@ -943,6 +947,21 @@ func (r *ruleLab) testReload(t *testing.T) {
 			t.Fatal("netward loaded the rules without a signal: the test cannot tell SIGHUP works")
 		}
 		expect(t, "v2.example", "") // still the old rules
+		// A keep-alive connection open across the reload: its next request
+		// is judged by the new rules.
+		ka, err := ruleDial(r.lab.Client, netip.Addr{}, netip.AddrPortFrom(ruleAppV4, ruleHTTPPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ka.Close()
+		ka.SetDeadline(time.Now().Add(20 * time.Second))
+		kaLocal := netip.MustParseAddrPort(ka.LocalAddr().String())
+		kaReader := bufio.NewReader(ka)
+		resp, body, err := ruleRoundTrip(ka, kaReader, "GET /before-reload HTTP/1.1\r\nHost: v2.example\r\n\r\n", "GET")
+		if err != nil || resp.StatusCode != 200 || resp.Close {
+			t.Fatalf("keep-alive request before the reload: %v, body %q, err %v; want the application's keep-alive answer", resp, body, err)
+		}
+
 		before := len(r.logLines())
 		if err := r.nw.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
@@ -952,6 +971,12 @@ func (r *ruleLab) testReload(t *testing.T) {
 			t.Errorf("no \"SIGHUP: reloading rules\" log line before the reload")
 		}
 		expect(t, "v2.example", "deny-v2")
+		resp, body, err = ruleRoundTrip(ka, kaReader, "GET /after-reload HTTP/1.1\r\nHost: v2.example\r\n\r\n", "GET")
+		if err != nil || resp.StatusCode != 403 || !strings.Contains(body, "deny-v2") {
+			t.Errorf("keep-alive request after the reload: %v, body %q, err %v; want 403 naming deny-v2", resp, body, err)
+		}
+		ka.Close()
+		r.requireVerdict(t, kaLocal, "deny", "deny-v2")
 		expect(t, "download.example", "deny-download")
 		expect(t, "good.example", "")
 	})
@@ -996,8 +1021,8 @@ func (r *ruleLab) testReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(data)
-	if got := hex.EncodeToString(sum[:]); got != holdSHA(half) {
-		t.Errorf("the download's SHA-256 is %s, want %s", got, holdSHA(half))
+	if got := hex.EncodeToString(sum[:]); got != ruleHoldSHA(half) {
+		t.Errorf("the download's SHA-256 is %s, want %s", got, ruleHoldSHA(half))
 	}
 	port, _ := strconv.Atoi(f[2])
 	fl := r.requireVerdict(t, netip.AddrPortFrom(r.lab.Topo.ClientV4.Addr(), uint16(port)), "allow", "default")
