@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -69,6 +70,12 @@ type Options struct {
 	TimeWait time.Duration
 	// BufferMax: see DefaultBufferMax.
 	BufferMax int
+	// UpstreamKernel dials the server with a kernel socket bound to the
+	// client's address (IP_TRANSPARENT) instead of through gVisor and the
+	// TUN. Needs the kernel rules described at dialKernel.
+	UpstreamKernel bool
+	// UpstreamMark is the SO_MARK of kernel upstream sockets; 0 for none.
+	UpstreamMark uint32
 	// SACK enables selective acknowledgements in gVisor's TCP. Off by
 	// default: with it on, gVisor made thousands of spurious
 	// retransmissions per 10 s on the lab and ran slower
@@ -85,9 +92,14 @@ type Stack struct {
 	dialTO  time.Duration
 	stats   Stats
 
+	upstreamKernel bool
+	upstreamMark   uint32
+
 	nextID  atomic.Uint64
 	closing atomic.Bool
 	done    chan struct{} // closed by Shutdown: aborts dials
+	doneCtx context.Context
+	cancel  context.CancelFunc
 
 	mu    sync.Mutex
 	flows map[*liveFlow]struct{}
@@ -126,7 +138,10 @@ func New(o Options) (*Stack, error) {
 		log:     o.Logger,
 		dialTO:  o.DialTimeout,
 		done:    make(chan struct{}),
-		flows:   make(map[*liveFlow]struct{}),
+
+		upstreamKernel: o.UpstreamKernel,
+		upstreamMark:   o.UpstreamMark,
+		flows:          make(map[*liveFlow]struct{}),
 	}
 	// Flow IDs are EVE flow_ids: start from the clock (seconds << 20) so
 	// they do not repeat across restarts in a SIEM, and stay below 2^53 so
@@ -147,6 +162,7 @@ func New(o Options) (*Stack, error) {
 		return nil, err
 	}
 	s.link = link
+	s.doneCtx, s.cancel = context.WithCancel(context.Background())
 
 	st := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
@@ -239,7 +255,17 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	}
 	s.stats.FlowsAdmitted.Add(1)
 
-	server, err := s.dial(f)
+	var server Conn
+	var err error
+	if s.upstreamKernel {
+		ctx, cancel := context.WithTimeout(context.Background(), s.dialTO)
+		stop := context.AfterFunc(s.doneCtx, cancel)
+		server, err = s.dialKernel(ctx, f)
+		stop()
+		cancel()
+	} else {
+		server, err = s.dial(f)
+	}
 	if err != nil {
 		if isRefused(err) {
 			s.stats.FlowsRefused.Add(1)
@@ -289,6 +315,9 @@ func (e *tcpipError) Error() string { return e.err.String() }
 
 // isRefused reports whether err is the server refusing the connection (RST).
 func isRefused(err error) bool {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return true
+	}
 	var te *tcpipError
 	if !errors.As(err, &te) {
 		return false
@@ -302,7 +331,7 @@ func isRefused(err error) bool {
 // the client-facing endpoint of the same flow (server→client direction)
 // holds the same pair of addresses, and because the port may still be in
 // this stack's TIME_WAIT from the client's previous connection.
-func (s *Stack) dial(f *Flow) (*tcpConn, error) {
+func (s *Stack) dial(f *Flow) (Conn, error) {
 	proto := header.IPv4ProtocolNumber
 	if f.Server.Addr().Is6() {
 		proto = header.IPv6ProtocolNumber
@@ -364,6 +393,7 @@ func (s *Stack) Shutdown(ctx context.Context) error {
 	s.once.Do(func() {
 		s.closing.Store(true)
 		close(s.done)
+		s.cancel()
 	})
 	s.mu.Lock()
 	for lf := range s.flows {

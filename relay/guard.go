@@ -671,12 +671,10 @@ func (gf *guardFlow) record(v rules.Verdict) {
 	gf.verdict = v
 	gf.hdr.Verdict = v.Action.String()
 	gf.hdr.Rule = v.Rule
-	gf.af.SetVerdict(v.Action.String(), v.Rule)
-	if gf.g.Metrics != nil && gf.af == nil {
-		// Refused at the SYN: no active flow; count through a short-lived one.
-		a := gf.g.Metrics.StartFlow(gf.f.ID, gf.f.Client, gf.f.Server, gf.f.Start)
-		a.SetVerdict(v.Action.String(), v.Rule)
-		a.End()
+	if gf.af != nil {
+		gf.af.SetVerdict(v.Action.String(), v.Rule)
+	} else {
+		gf.g.Metrics.Verdict(v.Action.String(), v.Rule) // refused at the SYN: no active flow
 	}
 	ev := gf.g.Events
 	if ev == nil {

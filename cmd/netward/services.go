@@ -43,7 +43,7 @@ func startServices(cfg *config.Config, log *slog.Logger) (s *services, err error
 			s = nil
 		}
 	}()
-	s.metrics = metrics.New(metrics.Options{})
+	s.metrics = metrics.New(metrics.Options{Version: versionString()})
 	if cfg.GeoIP.Country != "" || cfg.GeoIP.ASN != "" {
 		if s.geo, err = geo.Open(cfg.GeoIP.Country, cfg.GeoIP.ASN); err != nil {
 			return s, err
@@ -67,7 +67,11 @@ func startServices(cfg *config.Config, log *slog.Logger) (s *services, err error
 		}
 	}
 	if cfg.Log.Events != "" {
-		s.events, err = event.New(event.Options{Path: cfg.Log.Events, QueueLen: cfg.Log.EventBuffer, Logger: log})
+		var inIface string
+		if len(cfg.Interfaces) == 1 {
+			inIface = cfg.Interfaces[0] // else unknown per flow: in_iface is left out
+		}
+		s.events, err = event.New(event.Options{Path: cfg.Log.Events, QueueLen: cfg.Log.EventBuffer, InIface: inIface, Logger: log})
 		if err != nil {
 			return s, err
 		}
