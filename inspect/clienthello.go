@@ -1,6 +1,8 @@
 package inspect
 
 import (
+	"bytes"
+
 	"golang.org/x/crypto/cryptobyte"
 )
 
@@ -182,6 +184,7 @@ var (
 	errHelloServerName      = tlsError(ErrMalformed, "bad server_name")
 	errHelloDupServerName   = tlsError(ErrMalformed, "duplicate server_name")
 	errHelloServerNameBytes = tlsError(ErrMalformed, "server_name with bytes outside printable ASCII")
+	errHelloServerNameLabel = tlsError(ErrMalformed, "server_name with an empty label")
 	errHelloGroups          = tlsError(ErrMalformed, "bad supported_groups")
 	errHelloPointFormats    = tlsError(ErrMalformed, "bad ec_point_formats")
 	errHelloSigAlgs         = tlsError(ErrMalformed, "bad signature_algorithms")
@@ -348,6 +351,13 @@ func readServerName(data *cryptobyte.String) ([]byte, error) {
 				return nil, errHelloServerNameBytes
 			}
 		}
+		// Empty labels (".a", "a..b", "a..") are no host name; servers
+		// that accept them read them differently (nginx refuses them,
+		// crypto/tls refuses even one trailing dot, which is allowed here
+		// and normalised away).
+		if name[0] == '.' || bytes.Contains(name, []byte("..")) {
+			return nil, errHelloServerNameLabel
+		}
 		host = name
 	}
 	return host, nil
@@ -418,7 +428,7 @@ func (p *TLSParser) finishHello(sniRaw []byte) {
 // appending to dst only if that changes anything.
 func normalizeName(dst, name []byte) (out []byte, changed bool) {
 	n := len(name)
-	if n > 1 && name[n-1] == '.' {
+	if name[n-1] == '.' {
 		n--
 		changed = true
 	}

@@ -117,10 +117,7 @@ func checkHello(t *testing.T, h *ClientHello, in []byte) {
 		t.Fatalf("size %d records %d for %d input bytes", h.Size, h.Records, len(in))
 	}
 	want := strings.TrimSuffix(strings.ToLower(h.ServerNameRaw), ".")
-	if h.ServerNameRaw == "." {
-		want = "."
-	}
-	if h.ServerName != want {
+	if h.ServerName != want || strings.HasSuffix(want, ".") || strings.HasPrefix(want, ".") || strings.Contains(want, "..") {
 		t.Fatalf("ServerName %q from %q", h.ServerName, h.ServerNameRaw)
 	}
 	if len(h.JA3Hash) != 32 || len(h.JA4) != 36 || h.JA4[0] != 't' || h.JA4[10] != '_' || h.JA4[23] != '_' {

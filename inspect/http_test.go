@@ -204,6 +204,8 @@ func httpCases() []httpCase {
 		{name: "no colon", in: "GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", err: errHTTPFieldName},
 		{name: "bad byte in name", in: "GET / HTTP/1.1\r\nHost: a\r\nX@Y: z\r\n\r\n", err: errHTTPFieldName},
 		{name: "empty label in Host", in: "GET / HTTP/1.1\r\nHost: a..example\r\n\r\n", err: errHTTPHost},
+		{name: "two trailing dots in Host", in: "GET / HTTP/1.1\r\nHost: a.example..\r\n\r\n", err: errHTTPHost},
+		{name: "dot Host", in: "GET / HTTP/1.1\r\nHost: .\r\n\r\n", err: errHTTPHost},
 		{name: "leading dot in Host", in: "GET / HTTP/1.1\r\nHost: .a.example\r\n\r\n", err: errHTTPHost},
 		{name: "Host only a port", in: "GET / HTTP/1.1\r\nHost: :80\r\n\r\n", err: errHTTPHost},
 		{name: "slash in Host", in: "GET / HTTP/1.1\r\nHost: a.example/x\r\n\r\n", err: errHTTPHost},

@@ -548,12 +548,13 @@ func (p *HTTPParser) normalizeHost(v []byte, allowEmpty, requirePort bool) ([]by
 				return nil, errHTTPHostEncoding
 			}
 		}
-		if n := len(host); n > 1 && host[n-1] == '.' {
-			host = host[:n-1]
-		}
-		// Empty labels: "", ".a", "a..b", "a.." are not host names.
+		// Empty labels ("", ".a", "a..b", "a..") are not host names; one
+		// trailing dot (the root) is, and goes.
 		if len(host) == 0 || host[0] == '.' || bytes.Contains(host, []byte("..")) {
 			return nil, errHTTPHost
+		}
+		if n := len(host); host[n-1] == '.' {
+			host = host[:n-1]
 		}
 	}
 	for _, c := range port {
