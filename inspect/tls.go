@@ -66,6 +66,10 @@ const (
 // one record of one call. On Done, b[:n] ends exactly at the last byte of the
 // ClientHello; bytes after it (a ChangeCipherSpec, early data) are not
 // inspected. The relay holds all client bytes until the verdict either way.
+// A ClientHello cut short is NeedMore, not an error: only the caller knows
+// that no more bytes will come (EOF, timeout, its byte limit), and then it
+// refuses the flow as truncated. A length inside the hello that runs past
+// the hello's own end is ErrMalformed at once.
 //
 // Memory: besides its fixed fields the parser owns a reassembly buffer (at
 // most the size cap, dropped on Reset if larger than DefaultMaxHelloSize),
