@@ -84,8 +84,9 @@ func ruleDial(ns *lab.NS, src netip.Addr, dst netip.AddrPort) (*net.TCPConn, err
 
 // Ports of ruleApp in the application namespace (every address, v4 and v6).
 const (
-	ruleHTTPPort = peer.HTTPPort // 8080
-	ruleTLSPort  = 8443
+	ruleHTTPPort   = peer.HTTPPort // 8080
+	ruleTLSPort    = 8443
+	ruleDeniedPort = 8081 // HTTP too; base.yaml denies it at the SYN
 )
 
 // ruleApp is the application for the rule tests: an HTTP server and an
@@ -134,18 +135,20 @@ func startRuleApp(t testing.TB, ns *lab.NS) *ruleApp {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var lnHTTP, lnTLS net.Listener
+	var lns []net.Listener // HTTP, HTTPS, HTTP on the denied port
 	err = ruleInNS(ns, func() error {
-		var err error
-		if lnHTTP, err = net.Listen("tcp", ":"+strconv.Itoa(ruleHTTPPort)); err != nil {
-			return err
+		for _, port := range []int{ruleHTTPPort, ruleTLSPort, ruleDeniedPort} {
+			ln, err := net.Listen("tcp", ":"+strconv.Itoa(port))
+			if err != nil {
+				return err
+			}
+			lns = append(lns, ln)
 		}
-		lnTLS, err = net.Listen("tcp", ":"+strconv.Itoa(ruleTLSPort))
-		return err
+		return nil
 	})
 	if err != nil {
-		if lnHTTP != nil {
-			lnHTTP.Close()
+		for _, ln := range lns {
+			ln.Close()
 		}
 		t.Fatalf("app server: %v", err)
 	}
@@ -154,7 +157,7 @@ func startRuleApp(t testing.TB, ns *lab.NS) *ruleApp {
 	for _, s := range []struct {
 		proto string
 		ln    net.Listener
-	}{{"http", lnHTTP}, {"https", lnTLS}} {
+	}{{"http", lns[0]}, {"https", lns[1]}, {"http", lns[2]}} {
 		srv := &http.Server{Handler: a.handler(s.proto), ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: log.New(io.Discard, "", 0), TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){}}
 		ln := net.Listener(&ruleCountingListener{Listener: s.ln, proto: s.proto, srv: a})
@@ -241,14 +244,14 @@ func (a *ruleApp) since(m [2]int) ([]*ruleAppConn, []ruleAppRequest) {
 	return append([]*ruleAppConn(nil), a.conns[m[0]:]...), append([]ruleAppRequest(nil), a.reqs[m[1]:]...)
 }
 
-// conn returns the record of the connection from remote, waiting up to 5 s
-// for the accept.
+// conn returns the record of the (latest) connection from remote, waiting
+// up to 5 s for the accept.
 func (a *ruleApp) conn(remote netip.AddrPort) *ruleAppConn {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		a.mu.Lock()
-		for _, c := range a.conns {
-			if c.Remote == remote {
+		for i := len(a.conns) - 1; i >= 0; i-- {
+			if c := a.conns[i]; c.Remote == remote {
 				a.mu.Unlock()
 				return c
 			}

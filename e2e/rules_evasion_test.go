@@ -62,7 +62,7 @@ func (r *ruleLab) testHTTPEvasion(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mark := r.app.mark()
-			c, err := ruleDial(r.lab.Client, netip.Addr{}, netip.AddrPortFrom(ruleAppV4, ruleHTTPPort))
+			c, err := ruleDial(r.lab.Client, netip.Addr{}, ruleHTTPDst)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -89,7 +89,7 @@ func (r *ruleLab) testHTTPEvasion(t *testing.T) {
 			rest, _ := io.ReadAll(br)
 			got = append(got, ruleStatusLines(string(rest)))
 			c.Close()
-			f := r.waitFlow(t, local.String(), func(f ruleFlowLine) bool { return f.Src == local.String() })
+			f := r.waitFlow(t, local.String(), func(f ruleFlowLine) bool { return f.Src == local.String() && f.Dst == ruleHTTPDst.String() })
 			_, reqs := r.app.since(mark)
 			for _, q := range reqs {
 				if ruleDeniedByBase(q) {
