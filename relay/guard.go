@@ -229,6 +229,18 @@ type guardFlow struct {
 	lastActive atomic.Int64
 	halfClosed atomic.Bool
 	idleTimer  *time.Timer
+	// switchWant is set (to switchTo101 or switchTo2xx) once an Upgrade or
+	// CONNECT request went upstream; copyDown then records the status code
+	// of the next response line in switchStatus (-1: not a status line),
+	// so the up side can tell a protocol switch from a refusal.
+	switchWant   atomic.Uint32
+	switchStatus atomic.Int32
+	switchGen    atomic.Uint32 // bumped per Upgrade/CONNECT request
+	// Owned by copyDown: the status line being gathered, for switchGen
+	// statusGen.
+	statusLine [12]byte // "HTTP/1.1 101"
+	statusLen  int
+	statusGen  uint32
 	// refusing is set once the up side has taken over the client's write
 	// side to refuse (403 page, TLS alert, reset, drop): from then on the
 	// down copy forwards what the server still sends but never closes or
@@ -323,6 +335,12 @@ func (gf *guardFlow) copyDown() {
 		r, rerr := gf.server.Read(buf)
 		if r > 0 {
 			gf.touch()
+			if gf.switchWant.Load() != 0 && gf.switchStatus.Load() == 0 {
+				if gen := gf.switchGen.Load(); gen != gf.statusGen {
+					gf.statusGen, gf.statusLen = gen, 0
+				}
+				gf.noteStatus(buf[:r])
+			}
 			w, werr := gf.client.Write(buf[:r])
 			gf.downBytes.Add(int64(w))
 			gf.af.AddToClient(w)
@@ -350,6 +368,46 @@ func (gf *guardFlow) copyDown() {
 			return
 		}
 	}
+}
+
+// Protocol switches an Upgrade or CONNECT request may lead to.
+const (
+	switchTo101 = 1 // Upgrade: 101 Switching Protocols
+	switchTo2xx = 2 // CONNECT: any 2xx opens the tunnel
+)
+
+// noteStatus gathers the first 12 bytes the server sends after an Upgrade
+// or CONNECT request and records their status code. Only copyDown calls it.
+func (gf *guardFlow) noteStatus(b []byte) {
+	n := copy(gf.statusLine[gf.statusLen:], b)
+	gf.statusLen += n
+	if gf.statusLen < len(gf.statusLine) {
+		return
+	}
+	line := gf.statusLine[:]
+	code := int32(-1)
+	if string(line[:7]) == "HTTP/1." && line[8] == ' ' {
+		c0, c1, c2 := line[9]-'0', line[10]-'0', line[11]-'0'
+		if c0 <= 9 && c1 <= 9 && c2 <= 9 {
+			code = int32(c0)*100 + int32(c1)*10 + int32(c2)
+		}
+	}
+	gf.switchStatus.Store(code)
+}
+
+// switched waits (up to DrainTimeout) for the status of the response to
+// the last Upgrade or CONNECT request and reports whether the server
+// switched protocols.
+func (gf *guardFlow) switched() bool {
+	deadline := time.Now().Add(gf.lim.DrainTimeout)
+	for gf.switchStatus.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // only on the rare path of a tunnel's first bytes
+	}
+	code := gf.switchStatus.Load()
+	if gf.switchWant.Load() == switchTo101 {
+		return code == 101
+	}
+	return code >= 200 && code <= 299
 }
 
 // inspectBufPool holds the buffers client bytes wait in while they are
@@ -569,7 +627,22 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 	p := httpParsers.Get().(*inspect.HTTPParser)
 	p.Reset()
 	defer httpParsers.Put(p)
+	headNext := true // in.buf starts where a request head must start
 	for {
+		if headNext && gf.switchWant.Load() != 0 && len(in.buf) > 0 {
+			// After an Upgrade or CONNECT, bytes that are not HTTP at all
+			// (WebSocket frames, TLS in a tunnel) pass once the server has
+			// switched; HTTP requests are judged as ever, so a refused
+			// upgrade cannot smuggle one past the rules.
+			if proto, sure := inspect.Detect(in.buf); sure && proto != inspect.ProtoHTTP1 {
+				if gf.switched() {
+					return gf.forwardRest(in)
+				}
+				gf.g.Metrics.InspectError("http")
+				gf.invalid("http", "non-HTTP bytes after a refused Upgrade or CONNECT", refuseHTTP403)
+				return nil
+			}
+		}
 		n, st, err := p.Feed(in.buf)
 		if err != nil {
 			if errors.Is(err, inspect.ErrUpgraded) {
@@ -577,6 +650,7 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 				// connection is HTTP/2 from here on.
 				return gf.forwardRest(in)
 			}
+
 			gf.g.Metrics.InspectError("http")
 			gf.invalid("http", err.Error(), refuseHTTP403)
 			return nil
@@ -599,15 +673,20 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 			if gf.requests == 1 {
 				gf.client.SetReadDeadline(time.Time{})
 			}
+			switch {
+			case req.Method == "CONNECT":
+				gf.expectSwitch(switchTo2xx)
+			case req.Upgrade != "" && !req.H2CUpgrade:
+				gf.expectSwitch(switchTo101)
+			}
 			if err := gf.forward(in.buf[:n]); err != nil {
 				return err
 			}
 			in.consume(n)
-			if req.H2Preface || req.Method == "CONNECT" || (req.Upgrade != "" && !req.H2CUpgrade) {
-				// The server may switch protocols (101, or a tunnel);
-				// what follows is not HTTP/1.x.
-				return gf.forwardRest(in)
+			if req.H2Preface {
+				return gf.forwardRest(in) // HTTP/2 prior knowledge from here on
 			}
+			headNext = req.ContentLength == 0
 			continue // a pipelined request may already be buffered
 		}
 		if n > 0 { // body bytes of a judged request
@@ -615,6 +694,7 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 				return err
 			}
 			in.consume(n)
+			headNext = false // the body may not be over: leave it to the parser
 		}
 		if in.eof {
 			// A partial head at EOF is never forwarded: the server would
@@ -638,6 +718,14 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 			return err
 		}
 	}
+}
+
+// expectSwitch arms copyDown to record the status of the next response.
+// Set before the request goes upstream, so the response cannot precede it.
+func (gf *guardFlow) expectSwitch(want uint32) {
+	gf.switchStatus.Store(0)
+	gf.switchWant.Store(want)
+	gf.switchGen.Add(1)
 }
 
 // decide judges the flow with what is known now, under the rules in force

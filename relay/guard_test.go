@@ -370,3 +370,52 @@ func TestGuardHalfClosedTimeout(t *testing.T) {
 		t.Fatal("half-closed flow was not cut")
 	}
 }
+
+func TestGuardUpgrade(t *testing.T) {
+	const denied = "GET /x HTTP/1.1\r\nHost: secret.example\r\n\r\n"
+	cases := []struct {
+		name, request, answer string
+		after                 string // what the client sends next
+		wantServer            bool   // the server receives `after`
+	}{
+		{"websocket switched", "GET /ws HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+			"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", "\x81\x05hello", true},
+		{"websocket refused", "GET /ws HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno", denied, false},
+		{"refused upgrade then frames", "GET /ws HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+			"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno", "\x81\x05hello", false},
+		{"connect established", "CONNECT app.example:443 HTTP/1.1\r\nHost: app.example:443\r\n\r\n",
+			"HTTP/1.1 200 Connection established\r\n\r\n", "\x16\x03\x01\x00\x05hello", true},
+		{"connect refused", "CONNECT app.example:443 HTTP/1.1\r\nHost: app.example:443\r\n\r\n",
+			"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n", denied, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			g := newGuard(t)
+			g.Limits.DrainTimeout = 500 * time.Millisecond
+			clientApp, serverApp, _ := guardPair(t, g)
+			io.WriteString(clientApp, c.request)
+			head := make([]byte, len(c.request))
+			serverApp.SetReadDeadline(time.Now().Add(3 * time.Second))
+			if _, err := io.ReadFull(serverApp, head); err != nil {
+				t.Fatalf("server did not get the request: %v", err)
+			}
+			io.WriteString(serverApp, c.answer)
+			answer := make([]byte, len(c.answer))
+			clientApp.SetReadDeadline(time.Now().Add(3 * time.Second))
+			if _, err := io.ReadFull(clientApp, answer); err != nil {
+				t.Fatalf("client did not get the answer: %v", err)
+			}
+			io.WriteString(clientApp, c.after)
+			got := make([]byte, len(c.after))
+			serverApp.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, _ := io.ReadFull(serverApp, got)
+			if c.wantServer && string(got[:n]) != c.after {
+				t.Fatalf("server got %q, want %q", got[:n], c.after)
+			}
+			if !c.wantServer && n != 0 {
+				t.Fatalf("server got %q, want nothing", got[:n])
+			}
+		})
+	}
+}
