@@ -94,6 +94,9 @@ type Stack struct {
 
 	upstreamKernel bool
 	upstreamMark   uint32
+	// kernelDial is dialKernel; tests wrap it to create the socket in
+	// another network namespace.
+	kernelDial func(context.Context, *Flow) (Conn, error)
 
 	nextID  atomic.Uint64
 	closing atomic.Bool
@@ -162,6 +165,7 @@ func New(o Options) (*Stack, error) {
 		return nil, err
 	}
 	s.link = link
+	s.kernelDial = s.dialKernel
 	s.doneCtx, s.cancel = context.WithCancel(context.Background())
 
 	st := stack.New(stack.Options{
@@ -260,7 +264,7 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	if s.upstreamKernel {
 		ctx, cancel := context.WithTimeout(context.Background(), s.dialTO)
 		stop := context.AfterFunc(s.doneCtx, cancel)
-		server, err = s.dialKernel(ctx, f)
+		server, err = s.kernelDial(ctx, f)
 		stop()
 		cancel()
 	} else {

@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -95,7 +96,7 @@ func newNSLab(t *testing.T) *nsLab {
 // steer installs, by hand, what package steer installs: mark steered TCP,
 // route marks to the TUN, untrack both legs; plus a firewall that drops
 // conntrack-INVALID forwarded packets (the trap in datapath-notes.md).
-func (l *nsLab) steer() {
+func (l *nsLab) steer(upstreamKernel bool) {
 	a, tun := l.a, l.tun
 	run(l.t, "ip", "netns", "exec", a, "sysctl", "-qw", "net.ipv4.conf."+tun+".rp_filter=0")
 	run(l.t, "ip", "-n", a, "route", "add", "default", "dev", tun, "table", "20055")
@@ -108,6 +109,26 @@ func (l *nsLab) steer() {
 		run(l.t, append(x, "-t", "raw", "-A", "PREROUTING", "!", "-i", tun, "-p", "tcp", "-m", "addrtype", "!", "--dst-type", "LOCAL", "-j", "CT", "--notrack")...)
 		run(l.t, append(x, "-t", "mangle", "-A", "PREROUTING", "!", "-i", tun, "-p", "tcp", "-m", "addrtype", "!", "--dst-type", "LOCAL", "-j", "MARK", "--set-mark", "0x4e57")...)
 		run(l.t, append(x, "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")...)
+	}
+	if !upstreamKernel {
+		return
+	}
+	// Kernel upstream sockets (Options.UpstreamKernel): the server's
+	// answers go to the transparent socket, not to the TUN (the rule must
+	// skip the TUN: gVisor's client leg has the same addresses); the
+	// sockets' own packets (SO_MARK upstreamMark) are untracked; early
+	// demux would tie gVisor's packets to the socket and ip_forward would
+	// drop them.
+	run(l.t, "ip", "netns", "exec", a, "sysctl", "-qw", "net.ipv4.tcp_early_demux=0")
+	for _, v := range []string{"-4", "-6"} {
+		run(l.t, "ip", "-n", a, v, "rule", "add", "fwmark", "0x4e58", "lookup", "20056", "pref", "20054")
+		run(l.t, "ip", "-n", a, v, "route", "add", "local", "default", "dev", "lo", "table", "20056")
+	}
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		x := []string{"ip", "netns", "exec", a, ipt}
+		run(l.t, append(x, "-t", "mangle", "-I", "PREROUTING", "1", "!", "-i", tun, "-p", "tcp", "-m", "socket", "--transparent", "-j", "MARK", "--set-mark", "0x4e58")...)
+		run(l.t, append(x, "-t", "mangle", "-I", "PREROUTING", "2", "-m", "mark", "--mark", "0x4e58", "-j", "ACCEPT")...)
+		run(l.t, append(x, "-t", "raw", "-I", "OUTPUT", "1", "-m", "mark", "--mark", "0x4e59", "-j", "CT", "--notrack")...)
 	}
 }
 
@@ -140,7 +161,7 @@ func in(t *testing.T, ns string, fn func()) {
 
 // startNetward opens the TUN in the appliance namespace and serves it with
 // a splicing Handler.
-func (l *nsLab) startNetward(offload bool) (*Stack, *TUN) {
+func (l *nsLab) startNetward(offload, upstreamKernel bool) (*Stack, *TUN) {
 	var tun *TUN
 	var err error
 	in(l.t, l.a, func() { tun, err = OpenTUN(TUNOptions{Name: l.tun, MTU: 1500, Offload: offload}) })
@@ -150,21 +171,48 @@ func (l *nsLab) startNetward(offload bool) (*Stack, *TUN) {
 	if tun.VnetHdr != offload {
 		l.t.Fatalf("TUN VnetHdr = %v, want %v", tun.VnetHdr, offload)
 	}
-	st, err := New(Options{Files: tun.Files, MTU: tun.MTU, VnetHdr: tun.VnetHdr, Handler: &spliceHandler{}})
+	st, err := New(Options{Files: tun.Files, MTU: tun.MTU, VnetHdr: tun.VnetHdr, Handler: &spliceHandler{},
+		UpstreamKernel: upstreamKernel, UpstreamMark: 0x4e59})
 	if err != nil {
 		tun.Close()
 		l.t.Fatalf("New: %v", err)
 	}
 	l.t.Cleanup(func() { st.Close() })
-	l.steer()
+	// netward runs inside the appliance namespace; this test does not, so
+	// kernel upstream sockets are made there explicitly.
+	st.kernelDial = func(ctx context.Context, f *Flow) (Conn, error) {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			return nil, err
+		}
+		defer orig.Close()
+		h, err := netns.GetFromName(l.a)
+		if err != nil {
+			return nil, err
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err := netns.Set(orig); err != nil {
+				panic("cannot return to the original network namespace: " + err.Error())
+			}
+		}()
+		return st.dialKernel(ctx, f)
+	}
+	l.steer(upstreamKernel)
 	return st, tun
 }
 
 func TestTUNEndToEnd(t *testing.T) {
-	for _, offload := range []bool{true, false} {
-		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) {
+	for _, tc := range []struct{ offload, upstreamKernel bool }{{true, false}, {false, false}, {true, true}} {
+		offload := tc.offload
+		t.Run(fmt.Sprintf("offload=%v/upstream_kernel=%v", offload, tc.upstreamKernel), func(t *testing.T) {
 			l := newNSLab(t)
-			st, _ := l.startNetward(offload)
+			st, _ := l.startNetward(offload, tc.upstreamKernel)
 
 			var echo, banner net.Listener
 			in(t, l.s, func() {
@@ -255,7 +303,7 @@ func TestTUNEndToEnd(t *testing.T) {
 			if s.RxPackets.Load() == 0 || s.TxPackets.Load() == 0 {
 				t.Errorf("no packets crossed the TUN: %+v", s)
 			}
-			if offload && (s.RxGSOPackets.Load() == 0 || s.TxGSOPackets.Load() == 0) {
+			if offload && !tc.upstreamKernel && (s.RxGSOPackets.Load() == 0 || s.TxGSOPackets.Load() == 0) {
 				t.Errorf("offload on but no GSO packets: rx %d tx %d", s.RxGSOPackets.Load(), s.TxGSOPackets.Load())
 			}
 			if s.RxBadChecksum.Load() != 0 || s.RxMalformed.Load() != 0 {

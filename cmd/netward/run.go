@@ -28,6 +28,8 @@ func runMain(args []string) int {
 	fs := flag.NewFlagSet("netward run", flag.ContinueOnError)
 	cf := config.NewFlags(fs)
 	queues := fs.Int("queues", 1, "TUN queues, each read by its own goroutine (IFF_MULTI_QUEUE when > 1)")
+	upstream := fs.String("upstream", "gvisor", "how to reach the server: gvisor (through the TUN) or kernel (IP_TRANSPARENT socket; needs the transparent-socket rules)")
+	upstreamMark := fs.Uint("upstream-mark", 0x4e59, "SO_MARK of kernel upstream sockets (--upstream kernel), for raw OUTPUT -j CT --notrack")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: netward run [flags]\n\nSteers forwarded TCP into a TUN, terminates each flow and relays it\nwith the client's own address. Flags override the config file.\n\nflags:")
 		fs.PrintDefaults()
@@ -47,8 +49,13 @@ func runMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "netward run: %v\n", err)
 		return 2
 	}
+	if *upstream != "gvisor" && *upstream != "kernel" {
+		fmt.Fprintf(os.Stderr, "netward run: --upstream %q is not gvisor or kernel\n", *upstream)
+		return 2
+	}
 	log := newLogger(cfg.Log)
-	if err := run(cfg, *queues, log); err != nil {
+	dp := datapathOptions{queues: *queues, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark)}
+	if err := run(cfg, dp, log); err != nil {
 		log.Error("netward run failed", "error", err)
 		return 1
 	}
@@ -85,11 +92,18 @@ func steerConfig(cfg *config.Config, log *slog.Logger) (steer.Config, error) {
 	return sc, nil
 }
 
+// datapathOptions are run's flags that are not in the config file.
+type datapathOptions struct {
+	queues         int
+	upstreamKernel bool
+	upstreamMark   uint32
+}
+
 // run brings the datapath up in the order that never blackholes a flow:
 // TUN and stack first, steering last; and tears it down in reverse on
 // SIGINT/SIGTERM: stop accepting, close flows, remove steering, close the
 // TUN (which deletes it).
-func run(cfg *config.Config, queues int, log *slog.Logger) error {
+func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	sc, err := steerConfig(cfg, log)
 	if err != nil {
 		return err
@@ -105,7 +119,7 @@ func run(cfg *config.Config, queues int, log *slog.Logger) error {
 	tun, err := netstack.OpenTUN(netstack.TUNOptions{
 		Name:    cfg.TUN,
 		MTU:     cfg.MTU,
-		Queues:  queues,
+		Queues:  dp.queues,
 		Offload: cfg.Offload,
 	})
 	if err != nil {
@@ -122,6 +136,9 @@ func run(cfg *config.Config, queues int, log *slog.Logger) error {
 		Logger:      log,
 		MaxInFlight: cfg.Limits.MaxHalfOpen,
 		DialTimeout: cfg.Limits.ConnectTimeout,
+
+		UpstreamKernel: dp.upstreamKernel,
+		UpstreamMark:   dp.upstreamMark,
 	})
 	if err != nil {
 		tun.Close()
@@ -134,7 +151,7 @@ func run(cfg *config.Config, queues int, log *slog.Logger) error {
 	}
 	svc.attach(st)
 	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files),
-		"mtu", tun.MTU, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
+		"mtu", tun.MTU, "upstream_kernel", dp.upstreamKernel, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	<-ctx.Done()

@@ -1,0 +1,60 @@
+package netstack
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// dialKernel connects to f.Server from f.Client with a kernel TCP socket
+// instead of a gVisor endpoint (Options.UpstreamKernel). IP_TRANSPARENT
+// lets the socket bind the client's (non-local) address; its packets leave
+// by the main routing table like any forwarded packet, with the kernel's
+// TCP and the output device's offloads, so gVisor only terminates the
+// client's leg. The server's answers must be delivered to the socket, not
+// steered into the TUN: that takes, in the kernel, a mangle rule
+// `-m socket --transparent -j MARK` ahead of netward's, an ip rule for that
+// mark and a `local default dev lo` route (see README). SO_MARK tags the
+// socket's own packets so raw OUTPUT can untrack them.
+func (s *Stack) dialKernel(ctx context.Context, f *Flow) (Conn, error) {
+	d := net.Dialer{
+		LocalAddr: net.TCPAddrFromAddrPort(f.Client),
+		Control: func(network, address string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				if f.Client.Addr().Is4() {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+				} else {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+				}
+				if serr != nil {
+					serr = fmt.Errorf("IP_TRANSPARENT: %w", serr)
+					return
+				}
+				// The client may reuse its port while this appliance
+				// still holds the previous upstream connection in
+				// TIME_WAIT.
+				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
+					return
+				}
+				if s.upstreamMark != 0 {
+					if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(s.upstreamMark)); serr != nil {
+						serr = fmt.Errorf("SO_MARK: %w", serr)
+					}
+				}
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		},
+	}
+	c, err := d.DialContext(ctx, "tcp", f.Server.String())
+	if err != nil {
+		return nil, fmt.Errorf("netstack: connect %s from %s: %w", f.Server, f.Client, err)
+	}
+	return c.(*net.TCPConn), nil
+}
