@@ -345,31 +345,15 @@ func (e *linkEndpoint) writePacket(s *writeScratch, fd int, pkt *stack.PacketBuf
 	iov := s.iov[:0]
 	size := pkt.Size()
 	if e.vnetHdr {
-		h := virtioNetHdr{}
-		if gso := pkt.GSOOptions; gso.Type != stack.GSONone {
-			l3 := len(pkt.NetworkHeader().Slice())
-			h.hdrLen = uint16(pkt.HeaderSize())
-			if gso.NeedsCsum {
-				h.flags = vnetFlagNeedsCsum
-				h.csumStart = uint16(l3)
-				h.csumOffset = gso.CsumOffset
-			}
-			if pkt.Data().Size() > int(gso.MSS) {
-				switch gso.Type {
-				case stack.GSOTCPv4:
-					h.gsoType = vnetGSOTCPv4
-				case stack.GSOTCPv6:
-					h.gsoType = vnetGSOTCPv6
-				}
-				h.gsoSize = gso.MSS
-				e.stats.TxGSOPackets.Add(1)
-			}
-		}
-		h.encode(s.hdr[:])
-		iov = append(iov, iovec(s.hdr[:]))
+		iov = append(iov, unix.Iovec{}) // the virtio_net_hdr, filled below
 	}
+	// The packet's views, without PacketHeader.Slice: that pulls the
+	// header up and, for a view whose chunk is shared with the
+	// retransmission queue, copies the chunk (10% of netward's CPU in a
+	// bulk transfer profile).
 	vl, off := pkt.AsViewList()
 	fits := true
+	var first []byte
 	for v := vl.Front(); v != nil; v = v.Next() {
 		b := v.AsSlice()
 		if off >= len(b) {
@@ -380,6 +364,9 @@ func (e *linkEndpoint) writePacket(s *writeScratch, fd int, pkt *stack.PacketBuf
 		off = 0
 		if len(b) == 0 {
 			continue
+		}
+		if first == nil {
+			first = b
 		}
 		if len(iov) == cap(iov) {
 			fits = false
@@ -402,9 +389,36 @@ func (e *linkEndpoint) writePacket(s *writeScratch, fd int, pkt *stack.PacketBuf
 		}
 		iov = iov[:0]
 		if e.vnetHdr {
-			iov = append(iov, iovec(s.hdr[:]))
+			iov = append(iov, unix.Iovec{})
 		}
 		iov = append(iov, iovec(s.flat))
+		first = s.flat
+	}
+	if first == nil {
+		return nil // empty packet: nothing to send
+	}
+	if e.vnetHdr {
+		h := virtioNetHdr{}
+		if gso := pkt.GSOOptions; gso.Type != stack.GSONone {
+			h.hdrLen = uint16(pkt.HeaderSize())
+			if gso.NeedsCsum {
+				h.flags = vnetFlagNeedsCsum
+				h.csumStart = uint16(ipHeaderLen(first))
+				h.csumOffset = gso.CsumOffset
+			}
+			if pkt.Data().Size() > int(gso.MSS) {
+				switch gso.Type {
+				case stack.GSOTCPv4:
+					h.gsoType = vnetGSOTCPv4
+				case stack.GSOTCPv6:
+					h.gsoType = vnetGSOTCPv6
+				}
+				h.gsoSize = gso.MSS
+				e.stats.TxGSOPackets.Add(1)
+			}
+		}
+		h.encode(s.hdr[:])
+		iov[0] = iovec(s.hdr[:])
 	}
 	for {
 		_, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
@@ -422,6 +436,16 @@ func (e *linkEndpoint) writePacket(s *writeScratch, fd int, pkt *stack.PacketBuf
 			return nil
 		}
 	}
+}
+
+// ipHeaderLen is the length of the IP header at the start of b: the IHL
+// for IPv4, the fixed header for IPv6 (gVisor's TCP adds no extension
+// headers).
+func ipHeaderLen(b []byte) int {
+	if b[0]>>4 == 4 {
+		return int(b[0]&0x0f) * 4
+	}
+	return header.IPv6MinimumSize
 }
 
 func iovec(b []byte) unix.Iovec {

@@ -244,7 +244,10 @@ func gsoPacket(payload int) *stack.PacketBuffer {
 		Payload:            buffer.MakeWithData(make([]byte, payload)),
 	})
 	pkt.TransportHeader().Push(header.TCPMinimumSize)
-	pkt.NetworkHeader().Push(header.IPv4MinimumSize)
+	header.IPv4(pkt.NetworkHeader().Push(header.IPv4MinimumSize)).Encode(&header.IPv4Fields{
+		TotalLength: uint16(header.IPv4MinimumSize + header.TCPMinimumSize + payload),
+		Protocol:    uint8(header.TCPProtocolNumber),
+	})
 	pkt.NetworkProtocolNumber = header.IPv4ProtocolNumber
 	pkt.GSOOptions = stack.GSO{Type: stack.GSOTCPv4, NeedsCsum: true, CsumOffset: 16, MSS: 1448, L3HdrLen: header.IPv4MinimumSize}
 	return pkt
