@@ -306,11 +306,32 @@ func (e *linkEndpoint) deliver(b []byte) {
 	if hdr.gsoType != vnetGSONone {
 		e.stats.RxGSOPackets.Add(1)
 	}
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
-		Payload: buffer.MakeWithData(b),
-	})
+	// The headers go in a chunk of their own: gVisor's IPv4 input pulls up
+	// the network header while it holds a second reference to the first
+	// chunk, and PullUp then copies that whole chunk (for a super-packet,
+	// 64 KiB cleared and copied per packet; 9% of CPU in a bulk transfer
+	// profile). Copying 40-120 bytes of headers instead is cheap.
+	split := tcpHeadersLen(b, proto)
+	payload := buffer.MakeWithData(b[:split])
+	if split < len(b) {
+		payload.Append(buffer.NewViewWithData(b[split:]))
+	}
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: payload})
 	d.DeliverNetworkPacket(proto, pkt)
 	pkt.DecRef()
+}
+
+// tcpHeadersLen returns the length of the IP and TCP headers at the start
+// of b (a TCP packet, see isTCP), bounded by len(b).
+func tcpHeadersLen(b []byte, proto tcpip.NetworkProtocolNumber) int {
+	n := header.IPv6MinimumSize
+	if proto == header.IPv4ProtocolNumber {
+		n = int(b[0]&0x0f) * 4
+	}
+	if len(b) >= n+header.TCPMinimumSize {
+		n += int(b[n+12]>>4) * 4
+	}
+	return min(max(n, 1), len(b))
 }
 
 // WritePackets implements stack.LinkWriter.
