@@ -89,6 +89,10 @@ const (
 	ruleDeniedPort = 8081 // HTTP too; base.yaml denies it at the SYN
 )
 
+// ruleTunnelHost is the CONNECT target the application opens a tunnel
+// for (an echo); other CONNECTs get 405.
+const ruleTunnelHost = "tunnel.example:443"
+
 // ruleApp is the application for the rule tests: an HTTP server and an
 // HTTPS server (self-signed certificate) in the application namespace that
 // record every accepted connection with the bytes it received, and every
@@ -98,7 +102,9 @@ const (
 //	app ok proto=https host=good.example method=GET path=/x sni=good.example remote=198.51.100.2:40000
 //
 // /hold?n=N sends N bytes, waits until release is called, then sends N more
-// (a download that stays open as long as a test needs).
+// (a download that stays open as long as a test needs). GET /upgrade with
+// an Upgrade header gets 101 and CONNECT tunnel.example:443 gets 200; both
+// then echo raw bytes.
 type ruleApp struct {
 	mu    sync.Mutex
 	conns []*ruleAppConn
@@ -210,7 +216,28 @@ func (a *ruleApp) handler(proto string) http.Handler {
 			io.CopyN(w, body, n)
 			return
 		}
-		if r.Method == http.MethodConnect {
+		switch {
+		case r.Method == http.MethodConnect && r.Host == ruleTunnelHost,
+			r.URL.Path == "/upgrade" && r.Header.Get("Upgrade") != "":
+			// Switch protocols (101) or open a tunnel (200), then echo raw
+			// bytes until the client's EOF.
+			status := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + r.Header.Get("Upgrade") + "\r\n\r\n"
+			if r.Method == http.MethodConnect {
+				status = "HTTP/1.1 200 Connection Established\r\n\r\n"
+			}
+			c, rw, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			if _, err := rw.WriteString(status); err != nil || rw.Flush() != nil {
+				return
+			}
+			if _, err := io.Copy(c, rw.Reader); err == nil {
+				c.(*ruleCountingConn).CloseWrite()
+			}
+			return
+		case r.Method == http.MethodConnect:
 			// An origin server, not a proxy: the client's connection stays
 			// HTTP/1.1 (and its next request must be judged).
 			http.Error(w, "app: CONNECT not allowed", http.StatusMethodNotAllowed)
@@ -305,6 +332,10 @@ func (c *ruleCountingConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	c.rec.recv.Add(int64(n))
 	return n, err
+}
+
+func (c *ruleCountingConn) CloseWrite() error {
+	return c.Conn.(*net.TCPConn).CloseWrite()
 }
 
 func (c *ruleCountingConn) Close() error {

@@ -30,6 +30,9 @@ type ruleHelloOpts struct {
 	Frag int
 	// Trickle sends the first write one byte per TCP segment.
 	Trickle bool
+	// Prefix is sent before the ClientHello (e.g. a TLS warning alert,
+	// which crypto/tls servers skip).
+	Prefix []byte
 }
 
 func (o ruleHelloOpts) String() string {
@@ -42,6 +45,9 @@ func (o ruleHelloOpts) String() string {
 	}
 	if o.Replace[0] != "" {
 		parts = append(parts, fmt.Sprintf("SNI %q", o.Replace[1]))
+	}
+	if len(o.Prefix) > 0 {
+		parts = append(parts, fmt.Sprintf("after % x", o.Prefix))
 	}
 	if len(parts) == 0 {
 		return "as crypto/tls sends it"
@@ -99,11 +105,11 @@ func ruleRewriteHello(rec []byte, o ruleHelloOpts) ([]byte, error) {
 		i := bytes.Index(rec, []byte(from))
 		copy(rec[i:], to)
 	}
+	out := bytes.Clone(o.Prefix)
 	if o.Frag <= 0 {
-		return rec, nil
+		return append(out, rec...), nil
 	}
 	msg := rec[5:]
-	var out []byte
 	for len(msg) > 0 {
 		n := min(o.Frag, len(msg))
 		out = append(out, 22, rec[1], rec[2], byte(n>>8), byte(n))

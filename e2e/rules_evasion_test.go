@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net/netip"
 	"strings"
@@ -45,6 +46,13 @@ func (r *ruleLab) testHTTPEvasion(t *testing.T) {
 		{"HostTabAndSpace", []string{"GET /one HTTP/1.1\r\nHost:\tblocked.example \r\nConnection: close\r\n\r\n"}},
 		{"BareLF", []string{"GET /admin/one HTTP/1.1\n" + "Host: good.example\n\n"}},
 		{"HTTP10NoHost", []string{"GET /admin/one HTTP/1.0\r\n\r\n"}},
+		{"LeadingEmptyLines", []string{"\r\n\r\nGET /admin/one HTTP/1.1\r\n" + good + "Connection: close\r\n\r\n"}},
+		{"UnknownMethodLongTarget", []string{"XGET /admin/" + strings.Repeat("a", 6000) + " HTTP/1.1\r\n" + good + "Connection: close\r\n\r\n"}},
+		{"AbsoluteFormUserinfo", []string{"GET http://good.example@blocked.example/one HTTP/1.1\r\n" + good + "Connection: close\r\n\r\n"}},
+		// RFC 9112 §2.3: a server treats a higher HTTP/1.x minor version
+		// as the highest it knows; Go's server answers HTTP/1.2 as 1.1.
+		{"HTTP12", []string{"GET /admin/one HTTP/1.2\r\n" + good + "Connection: close\r\n\r\n"}},
+		{"UnknownMethodHTTP12", []string{"XGET /admin/one HTTP/1.2\r\nHost: blocked.example\r\nConnection: close\r\n\r\n"}},
 		{"LowerCaseMethod", []string{"delete /one HTTP/1.1\r\n" + good + "Connection: close\r\n\r\n"}},
 		// The server answers the upgrade request with 200, not 101: the
 		// connection stays HTTP/1.1 and the next request must be judged
@@ -118,4 +126,63 @@ func ruleStatusLines(s string) string {
 		}
 	}
 	return strings.Join(out, " | ")
+}
+
+// testHTTPSwitch: after a 101 to an Upgrade and a 200 to a CONNECT the
+// connection is no longer HTTP: what the client sends next (WebSocket
+// frames, TLS) passes unjudged to the application, which echoes it. (The
+// refused switches are in testHTTPEvasion.)
+func (r *ruleLab) testHTTPSwitch(t *testing.T) {
+	// A masked WebSocket text frame "hello" (RFC 6455 §5.7) and the start
+	// of a TLS record: neither is HTTP.
+	wsFrame := "\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"
+	tlsBytes := "\x16\x03\x01\x00\x05hello"
+	for _, tc := range []struct {
+		name, req, method string
+		status            int
+		data              string
+	}{
+		{"Upgrade101", "GET /upgrade HTTP/1.1\r\nHost: good.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", "GET", 101, wsFrame},
+		{"CONNECT200", "CONNECT " + ruleTunnelHost + " HTTP/1.1\r\nHost: " + ruleTunnelHost + "\r\n\r\n", "CONNECT", 200, tlsBytes},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ruleDial(r.lab.Client, netip.Addr{}, ruleHTTPDst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			local := netip.MustParseAddrPort(c.LocalAddr().String())
+			br := bufio.NewReader(c)
+			if _, err := io.WriteString(c, tc.req); err != nil {
+				t.Fatal(err)
+			}
+			// Read the status line and headers only: after them come raw
+			// bytes, not a body.
+			var head []string
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatalf("reading the answer to %s: %v (got %q)", tc.name, err, head)
+				}
+				if line == "\r\n" {
+					break
+				}
+				head = append(head, strings.TrimSpace(line))
+			}
+			if want := fmt.Sprintf("HTTP/1.1 %d ", tc.status); len(head) == 0 || !strings.HasPrefix(head[0], want) {
+				t.Fatalf("answer %q, want %s…", head, want)
+			}
+			if _, err := io.WriteString(c, tc.data); err != nil {
+				t.Fatal(err)
+			}
+			c.CloseWrite()
+			echo, err := io.ReadAll(br)
+			if err != nil || string(echo) != tc.data {
+				t.Errorf("after the switch the application echoed %q (%v), want %q", echo, err, tc.data)
+			}
+			c.Close()
+			r.requireVerdict(t, local, ruleHTTPDst, "allow", "default")
+		})
+	}
 }

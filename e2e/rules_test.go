@@ -40,11 +40,13 @@ func TestRules(t *testing.T) {
 	t.Run("HTTPSCurl", r.testHTTPSCurl)
 	t.Run("HTTPSOpenSSL", r.testHTTPSOpenSSL)
 	t.Run("ClientHelloShapes", r.testClientHelloShapes)
+	t.Run("ClientHelloAfterAlert", r.testClientHelloAfterAlert)
 	t.Run("HTTP", r.testHTTP)
 	t.Run("HTTPTrickled", r.testHTTPTrickled)
 	t.Run("KeepAlive", r.testKeepAlive)
 	t.Run("KeepAliveCurl", r.testKeepAliveCurl)
 	t.Run("HTTPEvasion", r.testHTTPEvasion)
+	t.Run("HTTPSwitch", r.testHTTPSwitch)
 	t.Run("Drop", r.testDrop)
 	t.Run("Early", r.testEarly)
 	t.Run("EventLog", r.testEventLog)
@@ -366,7 +368,7 @@ func (r *ruleLab) testHTTPSCurl(t *testing.T) {
 // testHTTPSOpenSSL: the same with openssl s_client -servername, which
 // sends the name as given (upper case, trailing dot).
 func (r *ruleLab) testHTTPSOpenSSL(t *testing.T) {
-	labtest.RequireTools(t, "openssl")
+	labtest.RequireTools(t, "openssl", "timeout")
 	for _, tc := range []struct {
 		name, sni string
 		rule      string
@@ -486,6 +488,35 @@ func (r *ruleLab) testClientHelloShapes(t *testing.T) {
 				t.Logf("%s: %v", desc, res.Err)
 			})
 		}
+	}
+}
+
+// testClientHelloAfterAlert: a TLS warning alert before the ClientHello
+// (crypto/tls servers skip it) must not carry a denied name past netward.
+func (r *ruleLab) testClientHelloAfterAlert(t *testing.T) {
+	dst := netip.AddrPortFrom(ruleAppV4, ruleTLSPort)
+	for _, alert := range []struct {
+		name  string
+		bytes []byte
+	}{
+		{"UserCanceled", []byte{21, 3, 1, 0, 2, 1, 90}},
+		{"NoRenegotiation", []byte{21, 3, 3, 0, 2, 1, 100}},
+	} {
+		t.Run(alert.name, func(t *testing.T) {
+			res, err := r.tlsGet(dst, "www.evil.example", ruleHelloOpts{Prefix: alert.bytes})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Err == nil {
+				t.Errorf("the handshake for www.evil.example after a warning alert succeeded: %q", res.Body)
+			}
+			f := r.waitFlow(t, res.Local.String(), func(f ruleFlowLine) bool { return f.Src == res.Local.String() && f.Dst == dst.String() })
+			if f.Verdict != "deny" {
+				t.Errorf("netward %s the flow by %q: %s", f.Verdict, f.Rule, f)
+			}
+			r.requireNothingReceived(t, res.Local)
+			t.Logf("netward %s by %q; client: %v", f.Verdict, f.Rule, res.Err)
+		})
 	}
 }
 
