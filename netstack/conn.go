@@ -18,12 +18,36 @@ import (
 type tcpConn struct {
 	*gonet.TCPConn
 	ep tcpip.Endpoint
+	wq *waiter.Queue
+
+	// readEntry and readCh are WaitReadable's, made once per conn.
+	readEntry waiter.Entry
+	readCh    <-chan struct{}
 }
 
 var _ Conn = (*tcpConn)(nil)
 
 func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *tcpConn {
-	return &tcpConn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep}
+	return &tcpConn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq}
+}
+
+// WaitReadable blocks until a Read would not block: data, the peer's FIN,
+// an error or Close. A relay calls it before it takes a copy buffer, so an
+// idle flow holds no buffer (memory per idle flow). It does not honour read
+// deadlines; Close wakes it.
+func (c *tcpConn) WaitReadable() error {
+	if c.ep.Readiness(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) != 0 {
+		return nil
+	}
+	if c.readCh == nil {
+		c.readEntry, c.readCh = waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
+	}
+	c.wq.EventRegister(&c.readEntry)
+	defer c.wq.EventUnregister(&c.readEntry)
+	for c.ep.Readiness(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) == 0 {
+		<-c.readCh
+	}
+	return nil
 }
 
 // SetLinger is (*net.TCPConn).SetLinger: with sec == 0, Close sends an RST

@@ -56,5 +56,35 @@ func (s *Stack) dialKernel(ctx context.Context, f *Flow) (Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netstack: connect %s from %s: %w", f.Server, f.Client, err)
 	}
-	return c.(*net.TCPConn), nil
+	return newKernelConn(c.(*net.TCPConn))
+}
+
+// kernelConn is a kernel upstream leg: a *net.TCPConn plus WaitReadable.
+type kernelConn struct {
+	*net.TCPConn
+	rc     syscall.RawConn
+	peekFn func(fd uintptr) bool // made once: no allocation per wait
+	peek   [1]byte
+}
+
+func newKernelConn(c *net.TCPConn) (*kernelConn, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("netstack: upstream socket: %w", err)
+	}
+	k := &kernelConn{TCPConn: c, rc: rc}
+	k.peekFn = func(fd uintptr) bool {
+		_, _, err := unix.Recvfrom(int(fd), k.peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return err != unix.EAGAIN
+	}
+	return k, nil
+}
+
+// WaitReadable blocks until a Read would not block (see tcpConn). It
+// peeks, because the runtime poller is edge-triggered: after a partial read
+// there may be data and no new event. After a partial read the peek costs
+// what the Read's own EAGAIN would have.
+func (k *kernelConn) WaitReadable() error {
+	return k.rc.Read(k.peekFn)
 }

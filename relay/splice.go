@@ -167,10 +167,24 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 			return n, &halfError{up: up, read: false, err: err}
 		}
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	// A buffer is taken only once src is readable and given back as soon
+	// as it is drained, so an idle flow holds none (memory per idle flow).
+	// After a read that filled the buffer, more is likely waiting: keep it.
+	waiter, canWait := src.(readWaiter)
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+	}()
 	for {
+		if bp == nil {
+			if canWait {
+				waiter.WaitReadable() // errors surface from Read below
+			}
+			bp = bufPool.Get().(*[]byte)
+		}
+		buf := *bp
 		r, rerr := src.Read(buf)
 		if r > 0 {
 			w, werr := dst.Write(buf[:r])
@@ -190,6 +204,10 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 				break
 			}
 		}
+		if r < len(buf) {
+			bufPool.Put(bp)
+			bp = nil
+		}
 		if rerr == io.EOF {
 			break
 		}
@@ -203,6 +221,9 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 	src.CloseRead() // nothing more will come; error irrelevant
 	return n, nil
 }
+
+// readWaiter is implemented by netstack's conns (both kinds of leg).
+type readWaiter interface{ WaitReadable() error }
 
 // finChecker is implemented by netstack's conns.
 type finChecker interface{ PeerFinished() bool }

@@ -1,0 +1,110 @@
+package netstack
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// returnsWithin fails the test if fn does not return within d.
+func returnsWithin(t *testing.T, d time.Duration, what string, fn func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { fn(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		t.Fatalf("%s did not return within %v", what, d)
+	}
+}
+
+// blocks fails the test if fn returns within d; it returns a channel
+// closed when fn eventually returns.
+func blocks(t *testing.T, d time.Duration, what string, fn func()) <-chan struct{} {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { fn(); close(done) }()
+	select {
+	case <-done:
+		t.Fatalf("%s returned; want it to block", what)
+	case <-time.After(d):
+	}
+	return done
+}
+
+func TestTCPConnWaitReadable(t *testing.T) {
+	conns := make(chan [2]Conn, 1)
+	release := make(chan struct{})
+	h := &serveFunc{serve: func(f *Flow, c, s Conn) {
+		conns <- [2]Conn{c, s}
+		<-release
+		c.Close()
+		s.Close()
+	}}
+	l := newLab(t, labOptions{handler: h})
+	defer close(release)
+	ln := l.listen(serverV4, 80)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	client, err := l.dial(ctx, netip.AddrPortFrom(serverV4, 80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	legs := <-conns
+	leg := legs[0].(*tcpConn)
+
+	woke := blocks(t, 100*time.Millisecond, "WaitReadable on an idle leg", func() { leg.WaitReadable() })
+	client.Write([]byte("x"))
+	returnsWithin(t, 2*time.Second, "WaitReadable after data", func() { <-woke })
+	returnsWithin(t, time.Second, "WaitReadable with data pending", func() { leg.WaitReadable() })
+	leg.Read(make([]byte, 1))
+
+	woke = blocks(t, 100*time.Millisecond, "WaitReadable on a drained leg", func() { leg.WaitReadable() })
+	leg.Close()
+	returnsWithin(t, 2*time.Second, "WaitReadable after Close", func() { <-woke })
+}
+
+func TestKernelConnWaitReadable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peerc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		peerc <- c
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := <-peerc
+	defer peer.Close()
+	k, err := newKernelConn(raw.(*net.TCPConn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	woke := blocks(t, 100*time.Millisecond, "WaitReadable on an idle socket", func() { k.WaitReadable() })
+	peer.Write([]byte("abc"))
+	returnsWithin(t, 2*time.Second, "WaitReadable after data", func() { <-woke })
+	// A partial read leaves data and no new poller event: the peek must
+	// still see it.
+	k.Read(make([]byte, 1))
+	returnsWithin(t, time.Second, "WaitReadable after a partial read", func() { k.WaitReadable() })
+	k.Read(make([]byte, 2))
+	woke = blocks(t, 100*time.Millisecond, "WaitReadable on a drained socket", func() { k.WaitReadable() })
+	peer.Close() // FIN: readable (EOF)
+	returnsWithin(t, 2*time.Second, "WaitReadable after FIN", func() { <-woke })
+	k.Close()
+}
