@@ -2,15 +2,18 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/netward/netward/config"
 	"github.com/netward/netward/e2e/lab"
 	"github.com/netward/netward/e2e/lab/labtest"
 	"github.com/netward/netward/e2e/peer"
@@ -28,27 +31,41 @@ func TestNetward(t *testing.T) {
 	t.Run("NoConntrackInvalidDrops", func(t *testing.T) { checkNoInvalidDrops(t, d) })
 }
 
-// TestNetwardOffloadOff runs the basic checks on the fallback datapath
-// without TUN offloads (one packet per read). It also names the steered
-// interfaces explicitly (both sides, as the README says), where the other
-// tests use netward's default of every interface.
-func TestNetwardOffloadOff(t *testing.T) {
-	d := newLab(t)
-	d.nw = labtest.StartNetward(t, d.lab, lab.NetwardOptions{
-		Interfaces: []string{d.lab.ApplianceClientIf, d.lab.ApplianceAppIf},
-		Args:       []string{"--offload=false"},
-	})
-	if !strings.Contains(d.nw.Log(), `"offload":false`) {
-		t.Errorf("netward --offload=false did not log offload false:\n%s", d.nw.Log())
+// TestNetwardVariants runs the basic checks on netward's other datapath
+// configurations. OffloadOff is the fallback without TUN offloads (one
+// packet per read); it also names the steered interfaces explicitly (both
+// sides, as the README says), where the other tests use netward's default
+// of every interface. A new variant is one more line in the table.
+func TestNetwardVariants(t *testing.T) {
+	basic := []string{"HTTPv4", "HTTPv6", "SHA100MiBv4", "SHA100MiBv6", "HalfClose"}
+	for _, v := range []struct {
+		name    string
+		opts    func(l *lab.Lab) lab.NetwardOptions
+		logged  string // must appear in netward's log: the variant is really on
+		checked []string
+	}{
+		{"OffloadOff", func(l *lab.Lab) lab.NetwardOptions {
+			return lab.NetwardOptions{Interfaces: []string{l.ApplianceClientIf, l.ApplianceAppIf}, Args: []string{"--offload=false"}}
+		}, `"offload":false`, basic},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			d := newLab(t)
+			d.nw = labtest.StartNetward(t, d.lab, v.opts(d.lab))
+			if !strings.Contains(d.nw.Log(), v.logged) {
+				t.Errorf("netward's log lacks %s:\n%s", v.logged, d.nw.Log())
+			}
+			var list []check
+			for _, c := range checks {
+				if slices.Contains(v.checked, c.name) {
+					list = append(list, c)
+				}
+			}
+			if len(list) != len(v.checked) {
+				t.Fatalf("unknown check names in %q", v.checked)
+			}
+			runChecks(t, d, list)
+		})
 	}
-	var basic []check
-	for _, c := range checks {
-		switch c.name {
-		case "HTTPv4", "HTTPv6", "SHA100MiBv4", "SHA100MiBv6", "HalfClose":
-			basic = append(basic, c)
-		}
-	}
-	runChecks(t, d, basic)
 }
 
 // checkFlowLog: netward logged one flow line per relayed connection, with
@@ -148,7 +165,8 @@ func checkNoInvalidDrops(t testing.TB, d *datapath) {
 // netwardTraces are words that name something of netward's in the
 // appliance's firewall, rules, routes and links (chains, TUN, table, mark).
 func netwardTraces(tun string) []string {
-	return []string{"netward", tun, "20055", "0x4e57"}
+	c := config.Default()
+	return []string{"netward", tun, strconv.Itoa(c.Table), fmt.Sprintf("0x%x", c.Mark)}
 }
 
 // TestNetwardStopLeavesNothing: after SIGTERM, and after kill -9 followed
