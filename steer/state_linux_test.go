@@ -29,7 +29,7 @@ func (l *lab) state(o stateOpts) string {
 		{"ip", "route", "show", "table", "all"},
 		{"ip", "-6", "route", "show", "table", "all"},
 	} {
-		fmt.Fprintf(&b, "== %s\n%s", strings.Join(args, " "), l.mustSh(l.applName, args...))
+		fmt.Fprintf(&b, "== %s\n%s", strings.Join(args, " "), dropLinkLocal(l.mustSh(l.applName, args...)))
 	}
 	if out, err := l.sh(l.applName, "ip", "-4", "addr", "show", "dev", labTUN); err == nil {
 		fmt.Fprintf(&b, "== ip -4 addr show dev %s\n%s", labTUN, out)
@@ -42,6 +42,22 @@ func (l *lab) state(o stateOpts) string {
 		}
 	}
 	return b.String()
+}
+
+// kernelLinkLocal matches the routes the kernel's IPv6 autoconfiguration
+// adds on its own, some time after a link comes up (fe80:: local and
+// anycast in table local): they come and go with the link, not with
+// anything netward installs.
+var kernelLinkLocal = regexp.MustCompile(`^(anycast|local) fe80:[0-9a-f:]* dev \S+ table local proto kernel`)
+
+func dropLinkLocal(routes string) string {
+	var out strings.Builder
+	for _, line := range strings.SplitAfter(routes, "\n") {
+		if !kernelLinkLocal.MatchString(line) {
+			out.WriteString(line)
+		}
+	}
+	return out.String()
 }
 
 var saveCounters = regexp.MustCompile(`\[\d+:\d+\]`)
