@@ -220,7 +220,7 @@ func detectHTTP1(b []byte) detectResult {
 	return detectNo
 }
 
-// detectRequestLine checks token SP target SP "HTTP/1." ("0"|"1") [CR] LF,
+// detectRequestLine checks token SP target SP "HTTP/1." DIGIT [CR] LF,
 // stopping at the first byte that cannot belong to one. truncated says b was
 // cut at DetectMaxBytes, so running out of bytes means "no".
 func detectRequestLine(b []byte, truncated bool) detectResult {
@@ -249,13 +249,31 @@ func detectRequestLine(b []byte, truncated bool) detectResult {
 	if j == i || b[j] != ' ' {
 		return detectNo
 	}
+	// "HTTP/1." DIGIT [CR] LF: any minor version, because servers read
+	// every HTTP/1.x as 1.1 (RFC 9112 §2.3); a request the server would
+	// take must never be detected as "not HTTP" and so escape inspection.
 	rest := b[j+1:]
-	for _, v := range [...]string{"HTTP/1.1\r\n", "HTTP/1.0\r\n", "HTTP/1.1\n", "HTTP/1.0\n"} {
-		full, prefix := hasPrefixState(rest, v)
+	const prefix = "HTTP/1."
+	if full, partial := hasPrefixState(rest, prefix); !full {
+		if partial {
+			return more
+		}
+		return detectNo
+	}
+	rest = rest[len(prefix):]
+	switch {
+	case len(rest) == 0:
+		return more
+	case rest[0] < '0' || rest[0] > '9':
+		return detectNo
+	}
+	rest = rest[1:]
+	for _, end := range [...]string{"\r\n", "\n"} {
+		full, partial := hasPrefixState(rest, end)
 		if full {
 			return detectYes
 		}
-		if prefix {
+		if partial {
 			return more
 		}
 	}

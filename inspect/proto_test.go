@@ -24,6 +24,10 @@ var detectCases = []struct {
 	{"get / HTTP/1.1\r\n", ProtoHTTP1, true},
 	{"FOO /x HTTP/1.0\n", ProtoHTTP1, true},
 	{"FOO /x HTTP/2.0\r\n", ProtoUnknown, true},
+	{"XGET /admin HTTP/1.2\r\n", ProtoHTTP1, true}, // servers read any 1.x as 1.1
+	{"XGET /admin HTTP/1.9\n", ProtoHTTP1, true},
+	{"XGET /admin HTTP/1.", ProtoUnknown, false},
+	{"XGET /admin HTTP/1.x\r\n", ProtoUnknown, true},
 	{"FOO /x\r\n", ProtoUnknown, true},
 	{"FOO  /x HTTP/1.1\r\n", ProtoUnknown, true},
 	{"\x16", ProtoUnknown, false},

@@ -76,7 +76,8 @@ type Metrics struct {
 	bytesToClient atomic.Uint64
 	verdicts      *prometheus.CounterVec // rule, action
 	inspectErrors *prometheus.CounterVec // kind
-	limitHits     *prometheus.CounterVec // limit
+	limitHits     *prometheus.CounterVec // limit; exported by funcCollector
+	limitDesc     *prometheus.Desc       // limitHits' descriptor
 	peekTimeouts  prometheus.Counter
 	reloadsOK     prometheus.Counter
 	reloadsFailed prometheus.Counter
@@ -87,6 +88,7 @@ type Metrics struct {
 	rules       atomic.Pointer[RulesInfo]
 	reloadError atomic.Pointer[string]
 	tunStats    atomic.Pointer[func() TUNStats]
+	halfOpen    atomic.Pointer[func() uint64]
 	eventStats  atomic.Pointer[func() EventStats]
 	ready       atomic.Pointer[func() bool]
 }
@@ -117,6 +119,9 @@ func New(opts Options) *Metrics {
 		Help: "Client bytes that did not parse as their protocol, by kind."}, []string{"kind"})
 	m.limitHits = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "netward", Name: "limit_hits_total",
 		Help: "Flows refused or cut because a limit was reached, by limit (config name)."}, []string{"limit"})
+	descs := make(chan *prometheus.Desc, 1)
+	m.limitHits.Describe(descs)
+	m.limitDesc = <-descs
 	m.peekTimeouts = counter("inspect_timeouts_total", "Flows whose client sent nothing within limits.inspect_timeout.")
 	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "netward", Name: "rule_reloads_total",
 		Help: "Rule file loads (the first load included), by result (ok, failed)."}, []string{"result"})
@@ -135,7 +140,7 @@ func New(opts Options) *Metrics {
 		ConstLabels: prometheus.Labels{"version": m.version, "goversion": runtime.Version()}})
 	build.Set(1)
 
-	m.reg.MustRegister(m.flowsTotal, m.verdicts, m.inspectErrors, m.limitHits, m.peekTimeouts,
+	m.reg.MustRegister(m.flowsTotal, m.verdicts, m.inspectErrors, m.peekTimeouts,
 		reloads, m.rulesInfo, m.rulesCount, m.rulesLoadedAt, active, build, (*funcCollector)(m))
 	return m
 }
@@ -173,7 +178,7 @@ func (m *Metrics) InspectTimeout() {
 // LimitHit counts a flow refused or cut by a limit; limit is the config
 // name ("max_flows", "max_half_open", "inspect_bytes", ...).
 func (m *Metrics) LimitHit(limit string) {
-	if m == nil {
+	if m == nil || limit == "max_half_open" { // see SetHalfOpenDrops
 		return
 	}
 	m.limitHits.WithLabelValues(limit).Inc()
@@ -206,6 +211,24 @@ func (m *Metrics) RulesReloadFailed(err error) {
 		msg = err.Error()
 	}
 	m.reloadError.Store(&msg)
+}
+
+// SetHalfOpenDrops sets where netward_limit_hits_total{limit="max_half_open"}
+// is read from: the SYNs the stack dropped because limits.max_half_open
+// handshakes were in progress (gVisor counts them itself).
+func (m *Metrics) SetHalfOpenDrops(f func() uint64) {
+	if m != nil {
+		m.halfOpen.Store(&f)
+	}
+}
+
+// limitValues is limit hits by limit, the stack's half-open drops included.
+func (m *Metrics) limitValues() map[string]uint64 {
+	v := vecValues(m.limitHits, "limit")
+	if f := m.halfOpen.Load(); f != nil {
+		v["max_half_open"] += (*f)()
+	}
+	return v
 }
 
 // SetTUNStats sets the function that reads the TUN counters.
@@ -257,6 +280,7 @@ var (
 type funcCollector Metrics
 
 func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
+	c.limitHits.Describe(ch)
 	ch <- bytesDesc
 	ch <- tunPacketsDesc
 	ch <- tunDropsDesc
@@ -264,6 +288,12 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
+	c.limitHits.Collect(ch)
+	if f := c.halfOpen.Load(); f != nil {
+		// LimitHit is never called with "max_half_open", so this label
+		// value is only ever emitted here.
+		ch <- prometheus.MustNewConstMetric(c.limitDesc, prometheus.CounterValue, float64((*f)()), "max_half_open")
+	}
 	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(c.bytesToServer.Load()), "toserver")
 	ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(c.bytesToClient.Load()), "toclient")
 	if f := c.tunStats.Load(); f != nil {

@@ -67,7 +67,7 @@ func (m *Metrics) Status(filter Filter) *Status {
 			Verdicts:        vecValues(m.verdicts, "action"),
 			InspectErrors:   vecValues(m.inspectErrors, "kind"),
 			InspectTimeouts: counterValue(m.peekTimeouts),
-			LimitHits:       vecValues(m.limitHits, "limit"),
+			LimitHits:       m.limitValues(),
 		},
 		Flows: m.flows.Snapshot(filter, now),
 	}

@@ -147,6 +147,7 @@ func (s *services) attach(st *netstack.Stack) {
 			TxDropped: stats.TxErrors.Load(),
 		}
 	})
+	s.metrics.SetHalfOpenDrops(st.SynDropsInFlight)
 	s.metrics.SetReady(func() bool { return true })
 }
 
