@@ -4,7 +4,9 @@
 #   make test        unit + end-to-end tests (the e2e lab needs root; without
 #                    root those tests skip)
 #   make demo        real traffic through netward in a namespace lab (root)
-#   make bench       kernel forwarding vs netward on one lab (root; ~3 min)
+#   make bench       kernel forwarding vs netward on one lab (root; ~4 min);
+#                    BENCH_FLAGS="-short -variant netward= -variant 'no-offload=--offload=false'"
+#   make soak        SOAK_DURATION of mixed traffic, leak checks (root)
 #   make fuzz        every fuzz target, FUZZTIME each (default 1m)
 #   make lint        gofmt + go vet
 #   make clean-lab   remove labs left behind by killed runs (root)

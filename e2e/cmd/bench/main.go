@@ -4,7 +4,11 @@
 // response latency over an open connection, and netward's memory per idle
 // connection. It checks from the TUN's counters that every netward run
 // really crossed netward, and prints a table with absolute numbers and the
-// netward/kernel ratio. Run it as root: `make bench`. CI does not run it.
+// netward/kernel ratios. Run it as root: `make bench`. CI does not run it.
+//
+// Each -variant adds a netward column with its own flags, e.g.
+//
+//	bench -variant netward= -variant 'no-offload=--offload=false'
 package main
 
 import (
@@ -27,42 +31,60 @@ import (
 	"github.com/netward/netward/e2e/peer"
 )
 
-type bench struct {
-	ctx     context.Context
-	netward string
-	peer    string
-	secs    int
-	nargs   []string
-	rows    []*row
-	load    []byte // /proc/loadavg at the start: other load skews every number
+// variant is one netward configuration under test (a table column).
+type variant struct {
+	name string
+	args []string // more flags for netward run
 }
 
-// row is one line of the result table; kernel or netward may be unset.
+type variants []variant
+
+func (v *variants) String() string { return fmt.Sprint(*v) }
+func (v *variants) Set(s string) error {
+	name, args, ok := strings.Cut(s, "=")
+	if !ok || name == "" || name == kernelColumn {
+		return fmt.Errorf("want NAME=FLAGS (NAME not %q), got %q", kernelColumn, s)
+	}
+	*v = append(*v, variant{name: name, args: strings.Fields(args)})
+	return nil
+}
+
+const kernelColumn = "kernel"
+
+type bench struct {
+	ctx      context.Context
+	netward  string
+	peer     string
+	secs     int
+	variants variants
+	rows     []*row
+	load     []byte // /proc/loadavg at the start: other load skews every number
+}
+
+// row is one line of the result table: a value per column.
 type row struct {
-	name            string
-	unit            string
-	higherIsBetter  bool
-	kernel, netward float64
-	hasK, hasN      bool
-	note            string
+	name, unit string
+	values     map[string]float64
+	note       string
 }
 
 func main() {
-	netward := flag.String("netward", "", "netward `binary` (default: build ./cmd/netward)")
+	b := &bench{secs: 10}
+	flag.StringVar(&b.netward, "netward", "", "netward `binary` (default: build ./cmd/netward)")
 	short := flag.Bool("short", false, "3 s per measurement instead of 10 s")
-	conns := flag.Int("idle-conns", 5000, "idle `connections` for the memory measurement")
-	extra := flag.String("netward-args", "", "extra `flags` for netward run, space-separated (e.g. --offload=false)")
+	idle := flag.Int("idle-conns", 5000, "idle `connections` for the memory measurement")
+	flag.Var(&b.variants, "variant", "netward column `NAME=FLAGS` (repeatable; default netward= with no extra flags)")
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	b := &bench{ctx: ctx, netward: *netward, secs: 10}
 	if *short {
 		b.secs = 3
 	}
-	if *extra != "" {
-		b.nargs = strings.Fields(*extra)
+	if len(b.variants) == 0 {
+		b.variants = variants{{name: "netward"}}
 	}
-	if err := b.main(*conns); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	b.ctx = ctx
+	if err := b.main(*idle); err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(os.Stderr, "bench: interrupted")
 		} else {
@@ -76,7 +98,7 @@ func (b *bench) main(idle int) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: run `sudo make bench`")
 	}
-	for _, tool := range []string{"ip", "iptables", "iperf3"} {
+	for _, tool := range []string{"ip", "iptables", "iperf3", "curl"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s is not installed", tool)
 		}
@@ -102,30 +124,34 @@ func (b *bench) main(idle int) error {
 	if err := b.churn(); err != nil {
 		return err
 	}
-	if err := b.memory(idle); err != nil {
-		return err
+	for _, v := range b.variants {
+		if err := b.memory(v, idle); err != nil {
+			return err
+		}
 	}
 	b.print(time.Since(start))
 	return nil
 }
 
-func (b *bench) row(name, unit string, higher bool) *row {
+// columns are kernel forwarding, then every variant.
+func (b *bench) columns() []*variant {
+	cols := []*variant{nil}
+	for i := range b.variants {
+		cols = append(cols, &b.variants[i])
+	}
+	return cols
+}
+
+func (b *bench) set(name, unit string, col string, v float64) *row {
 	for _, r := range b.rows {
 		if r.name == name {
+			r.values[col] = v
 			return r
 		}
 	}
-	r := &row{name: name, unit: unit, higherIsBetter: higher}
+	r := &row{name: name, unit: unit, values: map[string]float64{col: v}}
 	b.rows = append(b.rows, r)
 	return r
-}
-
-func (r *row) set(netward bool, v float64) {
-	if netward {
-		r.netward, r.hasN = v, true
-	} else {
-		r.kernel, r.hasK = v, true
-	}
 }
 
 func progress(format string, args ...any) {
@@ -164,7 +190,7 @@ func (b *bench) newLab() (*lab.Lab, error) {
 }
 
 func waitPort(ctx context.Context, ns *lab.NS, port int) error {
-	for i := 0; i < 500; i++ {
+	for range 500 {
 		out, err := ns.Run(ctx, "ss", "-Hltn", "sport = :"+strconv.Itoa(port))
 		if err != nil {
 			return err
@@ -177,24 +203,47 @@ func waitPort(ctx context.Context, ns *lab.NS, port int) error {
 	return fmt.Errorf("nothing listens on port %d", port)
 }
 
-// path runs measurements on one datapath and checks netward's are real.
+// path is one column's datapath on a lab: kernel forwarding (nw nil) or a
+// running netward variant.
 type path struct {
 	b  *bench
 	l  *lab.Lab
+	v  *variant
 	nw *lab.Netward
 }
 
-func (p *path) name() string {
-	if p.nw == nil {
-		return "kernel"
+// start starts the variant's netward (nothing for kernel forwarding).
+func (b *bench) start(l *lab.Lab, v *variant) (*path, error) {
+	p := &path{b: b, l: l, v: v}
+	if v == nil {
+		return p, nil
 	}
-	return "netward"
+	var err error
+	p.nw, err = l.StartNetward(b.ctx, lab.NetwardOptions{Binary: b.netward, Args: append([]string{"--log-level", "warn"}, v.args...)})
+	return p, err
 }
 
-// measure runs f; for netward it checks that at least minBytes crossed the
-// TUN each way (a lost steering route would let the kernel forward and
-// produce a fake number).
-func (p *path) measure(what string, minBytes int64, f func() (int64, error)) error {
+func (p *path) stop() error {
+	if p.nw == nil {
+		return nil
+	}
+	if err := p.nw.Terminate(10 * time.Second); err != nil {
+		return fmt.Errorf("%s: netward exit: %w", p.col(), err)
+	}
+	return nil
+}
+
+func (p *path) col() string {
+	if p.v == nil {
+		return kernelColumn
+	}
+	return p.v.name
+}
+
+// measure runs f; for netward it checks that at least minBytes (or 90 % of
+// what f reports it moved) crossed the TUN each way: a lost steering route
+// would let the kernel forward and produce a fake number.
+func (p *path) measure(what string, minBytes int64, f func() (moved int64, err error)) error {
 	var before lab.LinkStats
 	var err error
 	if p.nw != nil {
@@ -204,10 +253,10 @@ func (p *path) measure(what string, minBytes int64, f func() (int64, error)) err
 	} else if ok, _ := p.l.Appliance.HasLink(p.b.ctx, lab.DefaultTUN); ok {
 		return errors.New("kernel run, but a TUN exists in the appliance")
 	}
-	progress("%-8s %s", p.name(), what)
+	progress("%-10s %s", p.col(), what)
 	moved, err := f()
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", p.name(), what, err)
+		return fmt.Errorf("%s %s: %w", p.col(), what, err)
 	}
 	if p.nw == nil {
 		return nil
@@ -222,7 +271,7 @@ func (p *path) measure(what string, minBytes int64, f func() (int64, error)) err
 		want = moved * 9 / 10
 	}
 	if int64(d.RxBytes) < want || int64(d.TxBytes) < want {
-		return fmt.Errorf("netward %s: only %v crossed the TUN, want ≥ %d bytes each way: the kernel forwarded it", what, d, want)
+		return fmt.Errorf("%s %s: only %v crossed the TUN, want ≥ %d bytes each way: the kernel forwarded it", p.col(), what, d, want)
 	}
 	return nil
 }
@@ -234,9 +283,6 @@ type iperfResult struct {
 			Bytes int64   `json:"bytes"`
 			BPS   float64 `json:"bits_per_second"`
 		} `json:"sum_received"`
-		SumSent struct {
-			Retransmits int `json:"retransmits"`
-		} `json:"sum_sent"`
 	} `json:"end"`
 }
 
@@ -270,7 +316,7 @@ func (p *path) iperf(fam string, streams int, reverse bool) error {
 		if err != nil {
 			return 0, err
 		}
-		p.b.row(name, "Gbit/s", true).set(p.nw != nil, r.End.SumReceived.BPS/1e9)
+		p.b.set(name, "Gbit/s", p.col(), r.End.SumReceived.BPS/1e9)
 		return r.End.SumReceived.Bytes, nil
 	})
 }
@@ -286,23 +332,19 @@ func (p *path) latency() error {
 		if err := json.Unmarshal([]byte(out), &r); err != nil {
 			return 0, err
 		}
-		p.b.row("latency p50 (64 B request/response, open conn)", "µs", false).set(p.nw != nil, r.P50)
-		p.b.row("latency p99 (64 B request/response, open conn)", "µs", false).set(p.nw != nil, r.P99)
+		p.b.set("latency p50 (64 B request/response, open conn)", "µs", p.col(), r.P50)
+		p.b.set("latency p99 (64 B request/response, open conn)", "µs", p.col(), r.P99)
 		return int64(r.N) * 64, nil
 	})
 }
 
 // hostPort is "addr:port" for a lab prefix such as Topology.AppV4.
 func hostPort(p interface{ String() string }, port int) string {
-	a := strings.Split(p.String(), "/")[0]
+	a, _, _ := strings.Cut(p.String(), "/")
 	if strings.Contains(a, ":") {
 		a = "[" + a + "]"
 	}
 	return a + ":" + strconv.Itoa(port)
-}
-
-func (b *bench) startNetward(l *lab.Lab) (*lab.Netward, error) {
-	return l.StartNetward(b.ctx, lab.NetwardOptions{Binary: b.netward, Args: append([]string{"--log-level", "warn"}, b.nargs...)})
 }
 
 func (b *bench) throughputAndLatency() error {
@@ -311,12 +353,10 @@ func (b *bench) throughputAndLatency() error {
 		return err
 	}
 	defer l.Close()
-	for _, withNetward := range []bool{false, true} {
-		p := &path{b: b, l: l}
-		if withNetward {
-			if p.nw, err = b.startNetward(l); err != nil {
-				return err
-			}
+	for _, v := range b.columns() {
+		p, err := b.start(l, v)
+		if err != nil {
+			return err
 		}
 		for _, c := range []struct {
 			fam     string
@@ -330,81 +370,47 @@ func (b *bench) throughputAndLatency() error {
 		if err := p.latency(); err != nil {
 			return err
 		}
-		if p.nw != nil {
-			if err := p.nw.Terminate(10 * time.Second); err != nil {
-				return fmt.Errorf("netward exit: %w", err)
-			}
+		if err := p.stop(); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-var wrkRate = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
-var wrkErrors = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+var (
+	wrkRate   = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	wrkErrors = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+)
 
-// churn measures new connections per second, each on a fresh lab: TIME_WAIT
-// sockets left by a previous run distort the next (datapath notes).
+// churn measures new connections per second, each column on a fresh lab:
+// TIME_WAIT sockets left by a previous run distort the next (datapath
+// notes).
 func (b *bench) churn() error {
-	_, haveWrk := exec.LookPath("wrk")
-	for _, withNetward := range []bool{false, true} {
+	_, noWrk := exec.LookPath("wrk")
+	tool := "wrk -c50 -t2"
+	if noWrk != nil {
+		tool = "nwpeer churn -c50"
+	}
+	name := fmt.Sprintf("new TCP connections/s (%s, Connection: close)", tool)
+	for _, v := range b.columns() {
 		l, err := b.newLab()
 		if err != nil {
 			return err
 		}
-		p := &path{b: b, l: l}
-		if withNetward {
-			if p.nw, err = b.startNetward(l); err != nil {
-				l.Close()
-				return err
-			}
-		}
-		url := "http://" + hostPort(l.Topo.AppV4, peer.HTTPPort) + "/"
-		tool := "wrk -c50 -t2"
-		if haveWrk != nil {
-			tool = "nwpeer churn -c50"
-		}
-		name := fmt.Sprintf("new TCP connections/s (%s, Connection: close)", tool)
-		err = p.measure("connection churn", 100_000, func() (int64, error) {
-			var rate float64
-			var note string
-			if haveWrk == nil {
-				out, err := l.Client.Run(b.ctx, "wrk", "-c50", "-t2", "-d", strconv.Itoa(b.secs)+"s", "-H", "Connection: close", url)
-				if err != nil {
-					return 0, err
+		p, err := b.start(l, v)
+		if err == nil {
+			url := "http://" + hostPort(l.Topo.AppV4, peer.HTTPPort) + "/"
+			err = p.measure("connection churn", 100_000, func() (int64, error) {
+				rate, note, err := b.churnOnce(l, tool, url)
+				if err == nil {
+					r := b.set(name, "conn/s", p.col(), rate)
+					if note != "" {
+						r.note += p.col() + ": " + note + "; "
+					}
 				}
-				m := wrkRate.FindStringSubmatch(out)
-				if m == nil {
-					return 0, fmt.Errorf("no Requests/sec in wrk output:\n%s", out)
-				}
-				rate, _ = strconv.ParseFloat(m[1], 64)
-				if e := wrkErrors.FindString(out); e != "" {
-					note = e
-				}
-			} else {
-				out, err := l.Client.Run(b.ctx, b.peer, "churn", "-c", "50", "-d", strconv.Itoa(b.secs)+"s", "-url", url)
-				if err != nil {
-					return 0, err
-				}
-				var r peer.ChurnResult
-				if err := json.Unmarshal([]byte(out), &r); err != nil {
-					return 0, err
-				}
-				rate = r.PerSec
-				if r.Errors > 0 {
-					note = fmt.Sprintf("%d errors %v", r.Errors, r.Kinds)
-				}
-			}
-			r := b.row(name, "conn/s", true)
-			r.set(withNetward, rate)
-			if note != "" {
-				r.note += p.name() + ": " + note + " "
-			}
-			return 0, nil
-		})
-		if p.nw != nil {
-			if terr := p.nw.Terminate(10 * time.Second); terr != nil && err == nil {
-				err = fmt.Errorf("netward exit: %w", terr)
-			}
+				return 0, err
+			})
+			err = errors.Join(err, p.stop())
 		}
 		l.Close()
 		if err != nil {
@@ -414,27 +420,55 @@ func (b *bench) churn() error {
 	return nil
 }
 
-// memory measures netward's RSS growth with idle connections open.
-func (b *bench) memory(n int) error {
+func (b *bench) churnOnce(l *lab.Lab, tool, url string) (rate float64, note string, err error) {
+	dur := strconv.Itoa(b.secs) + "s"
+	if strings.HasPrefix(tool, "wrk") {
+		out, err := l.Client.Run(b.ctx, "wrk", "-c50", "-t2", "-d", dur, "-H", "Connection: close", url)
+		if err != nil {
+			return 0, "", err
+		}
+		m := wrkRate.FindStringSubmatch(out)
+		if m == nil {
+			return 0, "", fmt.Errorf("no Requests/sec in wrk output:\n%s", out)
+		}
+		rate, _ = strconv.ParseFloat(m[1], 64)
+		return rate, wrkErrors.FindString(out), nil
+	}
+	out, err := l.Client.Run(b.ctx, b.peer, "churn", "-c", "50", "-d", dur, "-url", url)
+	if err != nil {
+		return 0, "", err
+	}
+	var r peer.ChurnResult
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		return 0, "", err
+	}
+	if r.Errors > 0 {
+		note = fmt.Sprintf("%d errors %v", r.Errors, r.Kinds)
+	}
+	return r.PerSec, note, nil
+}
+
+// memory measures netward's RSS growth with n idle connections open.
+func (b *bench) memory(v variant, n int) error {
 	l, err := b.newLab()
 	if err != nil {
 		return err
 	}
 	defer l.Close()
-	nw, err := b.startNetward(l)
+	p, err := b.start(l, &v)
 	if err != nil {
 		return err
 	}
-	p := &path{b: b, l: l, nw: nw}
 	var before, after int64
 	err = p.measure(fmt.Sprintf("memory with %d idle connections", n), int64(n)*40, func() (int64, error) {
-		// Warm up the stack's pools with one connection first.
+		// One connection first, so pools and stack state that exist once
+		// are not charged to the idle connections.
 		if _, err := l.Client.Run(b.ctx, "curl", "-s", "-o", "/dev/null", "http://"+hostPort(l.Topo.AppV4, peer.HTTPPort)+"/"); err != nil {
 			return 0, err
 		}
 		time.Sleep(500 * time.Millisecond)
 		var err error
-		if before, err = nw.RSS(); err != nil {
+		if before, err = p.nw.RSS(); err != nil {
 			return 0, err
 		}
 		h, err := l.Client.Start("hold", b.peer, "hold", "-n", strconv.Itoa(n), "-addr", hostPort(l.Topo.AppV4, peer.EchoPort))
@@ -447,7 +481,7 @@ func (b *bench) memory(n int) error {
 			return 0, err
 		}
 		time.Sleep(time.Second)
-		if after, err = nw.RSS(); err != nil {
+		if after, err = p.nw.RSS(); err != nil {
 			return 0, err
 		}
 		return 0, h.Stop(5 * time.Second)
@@ -455,10 +489,9 @@ func (b *bench) memory(n int) error {
 	if err != nil {
 		return err
 	}
-	r := b.row(fmt.Sprintf("netward RSS growth per idle connection (%d open)", n), "KiB", false)
-	r.set(true, float64(after-before)/float64(n)/1024)
-	r.note = fmt.Sprintf("RSS %.1f MiB → %.1f MiB", float64(before)/(1<<20), float64(after)/(1<<20))
-	return nw.Terminate(10 * time.Second)
+	r := b.set(fmt.Sprintf("netward RSS growth per idle connection (%d open)", n), "KiB", v.name, float64(after-before)/float64(n)/1024)
+	r.note += fmt.Sprintf("%s: RSS %.1f → %.1f MiB; ", v.name, float64(before)/(1<<20), float64(after)/(1<<20))
+	return p.stop()
 }
 
 func (b *bench) print(took time.Duration) {
@@ -469,22 +502,52 @@ func (b *bench) print(took time.Duration) {
 	if f := strings.Fields(string(b.load)); len(f) >= 3 {
 		fmt.Printf("load average at the start: %s %s %s (other work on the machine lowers every number)\n", f[0], f[1], f[2])
 	}
-	if len(b.nargs) > 0 {
-		fmt.Printf("netward flags: %s\n", strings.Join(b.nargs, " "))
+	for _, v := range b.variants {
+		args := strings.Join(v.args, " ")
+		if args == "" {
+			args = "(default flags)"
+		}
+		fmt.Printf("column %s: netward run %s\n", v.name, args)
 	}
-	fmt.Printf("\n%-58s %14s %14s %9s  %s\n", "measurement", "kernel", "netward", "ratio", "")
+	cols := b.columns()
+	fmt.Printf("\n%-56s", "measurement")
+	for _, c := range cols {
+		name := kernelColumn
+		if c != nil {
+			name = c.name
+		}
+		fmt.Printf(" %15s", name)
+		if c != nil {
+			fmt.Printf(" %6s", "ratio")
+		}
+	}
+	fmt.Println()
 	for _, r := range b.rows {
-		k, n, ratio := "-", "-", "-"
-		if r.hasK {
-			k = fmt.Sprintf("%.2f %s", r.kernel, r.unit)
+		fmt.Printf("%-56s", r.name)
+		k, hasK := r.values[kernelColumn]
+		for _, c := range cols {
+			name := kernelColumn
+			if c != nil {
+				name = c.name
+			}
+			v, ok := r.values[name]
+			cell := "-"
+			if ok {
+				cell = fmt.Sprintf("%.2f %s", v, r.unit)
+			}
+			fmt.Printf(" %15s", cell)
+			if c != nil {
+				ratio := "-"
+				if ok && hasK && k > 0 {
+					ratio = fmt.Sprintf("%.2f", v/k)
+				}
+				fmt.Printf(" %6s", ratio)
+			}
 		}
-		if r.hasN {
-			n = fmt.Sprintf("%.2f %s", r.netward, r.unit)
+		if r.note != "" {
+			fmt.Printf("  %s", strings.TrimSuffix(r.note, "; "))
 		}
-		if r.hasK && r.hasN && r.kernel > 0 {
-			ratio = fmt.Sprintf("%.2f", r.netward/r.kernel)
-		}
-		fmt.Printf("%-58s %14s %14s %9s  %s\n", r.name, k, n, ratio, r.note)
+		fmt.Println()
 	}
-	fmt.Println("\nratio = netward/kernel; every netward measurement was checked to have crossed netward's TUN.")
+	fmt.Println("\nratio = column/kernel; every netward measurement was checked to have crossed netward's TUN.")
 }
