@@ -60,3 +60,11 @@ type Handler interface {
 	// closes both conns.
 	Serve(f *Flow, client, server Conn)
 }
+
+// Abandoner is an optional Handler interface. Abandon is called for a flow
+// that Admit accepted but that never reached Serve (the server refused or
+// did not answer, the client left, netward is stopping), so a Handler that
+// counts admitted flows against a limit can release them.
+type Abandoner interface {
+	Abandon(f *Flow)
+}

@@ -258,6 +258,12 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		return
 	}
 	s.stats.FlowsAdmitted.Add(1)
+	served := false
+	defer func() {
+		if a, ok := s.handler.(Abandoner); ok && !served {
+			a.Abandon(f)
+		}
+	}()
 
 	var server Conn
 	var err error
@@ -304,6 +310,7 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	s.mu.Unlock()
 	s.stats.FlowsServed.Add(1)
 	s.stats.FlowsActive.Add(1)
+	served = true
 	s.handler.Serve(f, client, server)
 	s.stats.FlowsActive.Add(-1)
 	s.mu.Lock()

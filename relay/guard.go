@@ -111,9 +111,12 @@ func (l Limits) withDefaults() Limits {
 	return d
 }
 
-var _ netstack.Handler = (*Guard)(nil)
+var (
+	_ netstack.Handler   = (*Guard)(nil)
+	_ netstack.Abandoner = (*Guard)(nil)
+)
 
-// Active is the number of flows being served.
+// Active is the number of flows admitted and not yet ended.
 func (g *Guard) Active() int64 { return g.active.Load() }
 
 // decide is Policy.Decide, or allow without a policy.
@@ -136,22 +139,14 @@ func (g *Guard) invalid() rules.Verdict {
 // Admit implements netstack.Handler: the early verdict, from addresses,
 // ports and geo alone.
 func (g *Guard) Admit(f *netstack.Flow) netstack.Admission {
-	lim := g.Limits.withDefaults()
-	if g.active.Load() >= int64(lim.MaxFlows) {
-		g.Metrics.LimitHit("max_flows")
-		return netstack.AdmitReset
-	}
 	if g.Policy == nil {
-		return netstack.AdmitAccept
+		return g.reserve()
 	}
 	facts := rules.Facts{Src: f.Client, Dst: f.Server}
 	g.lookupGeo(&facts)
 	v, ok := g.Policy.Early(&facts)
-	if !ok {
-		return netstack.AdmitAccept
-	}
-	if v.Action == rules.ActionAllow {
-		return netstack.AdmitAccept // judged again in Serve, where it is counted
+	if !ok || v.Action == rules.ActionAllow {
+		return g.reserve() // judged (again) in Serve, where it is counted
 	}
 	// Refused at the SYN: count it, tell the SIEM, log the line.
 	gf := g.newFlow(f, nil, nil)
@@ -165,6 +160,22 @@ func (g *Guard) Admit(f *netstack.Flow) netstack.Admission {
 	return netstack.AdmitReset
 }
 
+// reserve takes one of MaxFlows for an admitted flow; Serve or Abandon
+// gives it back. Counting at the SYN, not in Serve, holds the limit
+// during a burst of SYNs whose upstream handshakes are still in progress.
+func (g *Guard) reserve() netstack.Admission {
+	if g.active.Add(1) > int64(g.Limits.withDefaults().MaxFlows) {
+		g.active.Add(-1)
+		g.Metrics.LimitHit("max_flows")
+		return netstack.AdmitReset
+	}
+	return netstack.AdmitAccept
+}
+
+// Abandon implements netstack.Abandoner: an admitted flow that never
+// reached Serve gives its reservation back.
+func (g *Guard) Abandon(*netstack.Flow) { g.active.Add(-1) }
+
 func (g *Guard) lookupGeo(f *rules.Facts) {
 	if g.Geo == nil {
 		return
@@ -175,8 +186,7 @@ func (g *Guard) lookupGeo(f *rules.Facts) {
 
 // Serve implements netstack.Handler.
 func (g *Guard) Serve(f *netstack.Flow, client, server netstack.Conn) {
-	g.active.Add(1)
-	defer g.active.Add(-1)
+	defer g.active.Add(-1) // reserved by Admit
 	gf := g.newFlow(f, client, server)
 	facts := gf.facts
 	g.lookupGeo(&facts)
