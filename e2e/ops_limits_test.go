@@ -72,6 +72,18 @@ func TestOpsLimits(t *testing.T) {
 		checkHalfClientHello(t, e)
 		up(t, "after stalled ClientHellos")
 	})
+	// The flood needs max_flows above max_half_open: with max_flows 20,
+	// the flows limit (reserved at the SYN) answers most SYNs with a reset
+	// before the handshake limit is reached.
+	if err := nw.Terminate(10 * time.Second); err != nil {
+		t.Fatalf("netward on SIGTERM: %v", err)
+	}
+	flood := filepath.Join(e.lab.Dir, "netward-flood.yaml")
+	conf = fmt.Sprintf("limits:\n  max_flows: 100000\n  max_half_open: %d\n  connect_timeout: %s\n", opsMaxHalfOpen, opsConnectTimeout)
+	if err := os.WriteFile(flood, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nw = e.start(t, "--config", flood)
 	t.Run("SYNFlood", func(t *testing.T) {
 		checkSYNFlood(t, e)
 		up(t, "after the SYN flood")
@@ -152,6 +164,21 @@ func checkMaxFlows(t *testing.T, e *opsEnv, n int, burst bool) {
 	}
 	if f := opslab.Delta(before, after, "netward_flows_total")[""]; f != float64(len(open)) {
 		t.Errorf("netward_flows_total +%g, want +%d (the served flows; refused SYNs are not flows)", f, len(open))
+	}
+	for _, c := range open {
+		c.Close()
+	}
+	// The closed flows leave, so the next subtest starts with room.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		a := e.scrape(t).Value("netward_flows_active")
+		if a == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("netward_flows_active %g 10 s after every connection closed", a)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

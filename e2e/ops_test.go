@@ -34,10 +34,18 @@ const (
 	opsMetricsAddr   = "127.0.0.1:9740"
 )
 
-// opsRules: allow by default; deny one Host and one SNI; alert (allow and
-// log) another Host.
+// opsRules: allow by default; refuse two ports at the SYN; deny one Host
+// and one SNI; alert (allow and log) another Host. The port rules come
+// first: a rule on addresses and ports alone decides at the SYN only when
+// no rule before it needs the flow's content.
 const opsRules = `default: allow
 rules:
+  - name: deny-port-8081
+    action: deny
+    dst_port: [8081]
+  - name: drop-port-8082
+    action: drop
+    dst_port: [8082]
   - name: deny-blocked-host
     action: deny
     host: [blocked.example]
@@ -488,6 +496,59 @@ func TestOps(t *testing.T) {
 		tlsCase(t, "blocked.example", opsWantFlow{app: "tls", verdict: "deny", rule: "deny-blocked-sni", sni: "blocked.example", tlsVersion: "TLS 1.3",
 			alert: "blocked", signature: "deny-blocked-sni", state: "new", reason: "forced"}, false)
 	})
+
+	// earlyCase: a rule on the port alone refuses at the SYN (deny: RST,
+	// drop: silence); no upstream connection is made. The flow is still
+	// logged (flow and alert events) and its verdict counted, but not in
+	// netward_flows_total, which counts flows with both legs up.
+	earlyCase := func(t *testing.T, port uint16, action, rule string) {
+		srv, err := opslab.Serve(opslab.NS{Name: e.lab.App.Name}, fmt.Sprintf(":%d", port), opslab.ServerOptions{Record: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+		before := e.scrape(t)
+		dst := e.appAddr(false, port)
+		var r opsCurlResult
+		// The refused SYN crosses the TUN (and, for deny, its RST back).
+		tunBefore := e.tunStats(t)
+		// 0.5 s: before the client's first SYN retransmission (1 s).
+		r = e.curl(t, "--connect-timeout", "0.5", "--local-port", "40000-40100", fmt.Sprintf("http://%s/", dst))
+		tun := e.tunStats(t).Sub(tunBefore)
+		wantExit := map[string]int{"deny": 7, "drop": 28}[action] // refused / timed out
+		if r.Exit != wantExit || r.Code != "000" {
+			t.Fatalf("curl to a port the rules %s: exit %d status %s (%s), want exit %d", action, r.Exit, r.Code, r.Stderr, wantExit)
+		}
+		if tun.TxPackets == 0 {
+			t.Errorf("the SYN never reached netward's TUN: %v", tun)
+		}
+		if c := srv.Counts().Accepted; c != 0 {
+			t.Errorf("the application accepted %d connections on a port refused at the SYN", c)
+		}
+		// curl reports no local port for a connection that never came up:
+		// find the flow by its destination.
+		evs, err := opsReadEVE(e.nw.EventLog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var src netip.AddrPort
+		for _, ev := range evs {
+			if ev.EventType == "flow" && ev.dst() == dst {
+				src = ev.src()
+			}
+		}
+		if !src.IsValid() || src.Addr() != client || src.Port() < 40000 || src.Port() > 40100 {
+			t.Fatalf("no flow event from %s (ports 40000-40100) to %s (found %v)", client, dst, src)
+		}
+		opsCheckFlowEvents(t, e.nw.EventLog, opsWantFlow{src: src, dst: dst, app: "", verdict: action, rule: rule,
+			alert: "blocked", signature: rule, state: "new", reason: "forced"})
+		after := e.scrape(t)
+		opsCheckDeltas(t, before, after, map[string]map[string]float64{
+			"netward_verdicts_total": {"action=" + action + ",rule=" + rule: 1},
+		})
+	}
+	t.Run("EarlyDeny", func(t *testing.T) { earlyCase(t, 8081, "deny", "deny-port-8081") })
+	t.Run("EarlyDrop", func(t *testing.T) { earlyCase(t, 8082, "drop", "drop-port-8082") })
 
 	t.Run("Status", func(t *testing.T) { opsCheckStatus(t, e, client) })
 }
