@@ -549,6 +549,39 @@ func TestOps(t *testing.T) {
 	}
 	t.Run("EarlyDeny", func(t *testing.T) { earlyCase(t, 8081, "deny", "deny-port-8081") })
 	t.Run("EarlyDrop", func(t *testing.T) { earlyCase(t, 8082, "drop", "drop-port-8082") })
+	t.Run("EarlyDropRetransmittedSYN", func(t *testing.T) {
+		// A dropped client retransmits its SYN (after 1 s, 3 s, …) on the
+		// same 5-tuple: that is one connection attempt, one EVE flow (as
+		// Suricata keys flows by 5-tuple), one verdict.
+		before := e.scrape(t)
+		dst := e.appAddr(false, 8082)
+		r := e.curl(t, "--connect-timeout", "3.5", "--local-port", "40200-40300", fmt.Sprintf("http://%s/", dst))
+		if r.Exit != 28 {
+			t.Fatalf("curl to a dropped port: exit %d (%s), want 28 (timeout)", r.Exit, r.Stderr)
+		}
+		evs, err := opsReadEVE(e.nw.EventLog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := map[netip.AddrPort][]uint64{}
+		for _, ev := range evs {
+			if ev.EventType == "flow" && ev.dst() == dst && ev.SrcPort >= 40200 && ev.SrcPort <= 40300 {
+				ids[ev.src()] = append(ids[ev.src()], ev.FlowID)
+			}
+		}
+		if len(ids) != 1 {
+			t.Fatalf("flow events from %d client ports, want 1: %v", len(ids), ids)
+		}
+		for src, f := range ids {
+			if len(f) != 1 {
+				t.Errorf("one connection attempt from %s (SYN and its retransmissions) became %d flows: flow_ids %v", src, len(f), f)
+			}
+		}
+		got := opslab.Delta(before, e.scrape(t), "netward_verdicts_total")
+		if got["action=drop,rule=drop-port-8082"] != 1 {
+			t.Errorf("netward_verdicts_total changed by %v for one dropped connection attempt, want {action=drop,rule=drop-port-8082}=1", opsSortedMap(got))
+		}
+	})
 
 	t.Run("Status", func(t *testing.T) { opsCheckStatus(t, e, client) })
 }
