@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -261,7 +262,7 @@ func TestNetwardBadStart(t *testing.T) {
 			start := time.Now()
 			out, err := l.Appliance.Run(runCtx, args...)
 			var re *lab.RunError
-			if err == nil || !asRunError(err, &re) || re.ExitCode() <= 0 {
+			if !errors.As(err, &re) || re.ExitCode() <= 0 {
 				t.Fatalf("netward run exited %v (want non-zero) after %v; output:\n%s", err, time.Since(start), out)
 			}
 			msg := re.Stderr + re.Stdout
@@ -283,12 +284,4 @@ func TestNetwardBadStart(t *testing.T) {
 			}
 		})
 	}
-}
-
-func asRunError(err error, re **lab.RunError) bool {
-	e, ok := err.(*lab.RunError)
-	if ok {
-		*re = e
-	}
-	return ok
 }
