@@ -107,6 +107,15 @@ func BenchmarkScaleAddressRules(b *testing.B) {
 		miss := &Facts{Dst: netip.MustParseAddrPort("192.0.2.1:443")}
 		b.Run(fmt.Sprintf("rules=%d/last", n), func(b *testing.B) { benchDecide(b, s, last, fmt.Sprintf("drop by r%d", n-1)) })
 		b.Run(fmt.Sprintf("rules=%d/miss", n), func(b *testing.B) { benchDecide(b, s, miss, "allow by default") })
+		b.Run(fmt.Sprintf("rules=%d/early", n), func(b *testing.B) {
+			if v, ok := s.Early(last); !ok || v.Rule != fmt.Sprintf("r%d", n-1) {
+				b.Fatalf("Early = %v, %v", v, ok)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				s.Early(last)
+			}
+		})
 	}
 }
 
@@ -129,5 +138,25 @@ func BenchmarkLoad10kList(b *testing.B) {
 		if _, err := Parse("rules.yaml", src, Options{ReadFile: func(string) ([]byte, error) { return data, nil }}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// Load time of big rule files (what a reload costs).
+func BenchmarkLoadRules(b *testing.B) {
+	for _, n := range []int{1000, 5000, 100000} {
+		var src strings.Builder
+		src.WriteString("default: allow\nrules:\n")
+		for i := 0; i < n; i++ {
+			fmt.Fprintf(&src, "  - {name: r%d, action: deny, sni: .site%d.example, dst_port: 443}\n", i, i)
+		}
+		data := []byte(src.String())
+		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Parse("rules.yaml", data, Options{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -59,31 +59,42 @@ func (d *domainSet) match(name []byte) bool {
 // coversPattern reports whether every name p matches is matched by d (used
 // to find shadowed rules).
 func (d *domainSet) coversPattern(p domainPattern) bool {
-	name := []byte(p.name)
 	switch p.kind {
 	case domExact:
-		return d.match(name)
+		return d.matchString(p.name)
 	case domApex:
-		// The apex and all names below it: an apex pattern at or above
-		// it, a wildcard strictly above it, or exact+wildcard on it.
-		if d.coversAllBelow(name) {
-			return d.match(name)
-		}
-		return false
+		// The apex and all names below it.
+		return d.coversAllBelow(p.name) && d.matchString(p.name)
 	case domSub:
-		return d.coversAllBelow(name)
+		return d.coversAllBelow(p.name)
 	}
 	return false
 }
 
-// coversAllBelow reports whether every name strictly below name matches.
-func (d *domainSet) coversAllBelow(name []byte) bool {
-	if f := d.m[string(name)]; f&(domApex|domSub) != 0 {
+// matchString is match for a string name.
+func (d *domainSet) matchString(name string) bool {
+	if f := d.m[name]; f&(domExact|domApex) != 0 {
 		return true
 	}
 	for i := 0; i < len(name); i++ {
 		if name[i] == '.' {
-			if f := d.m[string(name[i+1:])]; f&(domApex|domSub) != 0 {
+			if f := d.m[name[i+1:]]; f&(domApex|domSub) != 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// coversAllBelow reports whether every name strictly below name matches:
+// an apex or wildcard pattern on name or on a suffix of it.
+func (d *domainSet) coversAllBelow(name string) bool {
+	if f := d.m[name]; f&(domApex|domSub) != 0 {
+		return true
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] == '.' {
+			if f := d.m[name[i+1:]]; f&(domApex|domSub) != 0 {
 				return true
 			}
 		}

@@ -369,7 +369,6 @@ func (l *loader) mapping(n *yaml.Node, known []string, what string) map[string]*
 		l.errorf(n, "want a mapping (key: value)")
 		return out
 	}
-	keyPos := make(map[string]*yaml.Node)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if l.alias(k) {
@@ -387,11 +386,10 @@ func (l *loader) mapping(n *yaml.Node, known []string, what string) map[string]*
 			l.errorf(k, "unknown %s %q%s", what, k.Value, suggest(k.Value, known))
 			continue
 		}
-		if first, dup := keyPos[k.Value]; dup {
-			l.errorf(k, "duplicate key %q (first at line %d)", k.Value, first.Line)
+		if _, dup := out[k.Value]; dup {
+			l.errorf(k, "duplicate key %q (first at line %d)", k.Value, l.keyNode(n, k.Value).Line)
 			continue
 		}
-		keyPos[k.Value] = k
 		out[k.Value] = v
 	}
 	return out

@@ -8,7 +8,7 @@ import (
 // maxPairwiseShadow bounds the rule count for the full pairwise shadow
 // check (quadratic). Above it only rules after a catch-all and rules with
 // exactly the same conditions as an earlier one are found.
-const maxPairwiseShadow = 5000
+const maxPairwiseShadow = 2000
 
 // findShadowed warns about rules that can never match because an earlier
 // deciding rule matches every flow they match.
@@ -16,6 +16,13 @@ func (l *loader) findShadowed() {
 	rs := l.set.rules
 	catchAll := -1
 	seen := make(map[string]int) // canonical conditions → first deciding rule
+	var sigs []uint32
+	if len(rs) <= maxPairwiseShadow {
+		sigs = make([]uint32, len(rs))
+		for i := range rs {
+			sigs[i] = signature(&rs[i])
+		}
+	}
 	for j := range rs {
 		rj := &rs[j]
 		by := -1
@@ -23,8 +30,11 @@ func (l *loader) findShadowed() {
 		case catchAll >= 0:
 			by = catchAll
 		case len(rs) <= maxPairwiseShadow:
+			sj := signature(rj)
 			for i := 0; i < j; i++ {
-				if rs[i].action != ActionAlert && covers(&rs[i], rj) {
+				// a can cover b only if b has a condition on every fact a
+				// has one on (same negation): a cheap test first.
+				if rs[i].action != ActionAlert && sigs[i]&^sj == 0 && covers(&rs[i], rj) {
 					by = i
 					break
 				}
@@ -54,6 +64,19 @@ func (l *loader) findShadowed() {
 			}
 		}
 	}
+}
+
+// signature has a bit per (condition kind, negated) the rule has.
+func signature(r *rule) uint32 {
+	var m uint32
+	for _, c := range r.conds {
+		b := uint(c.kind)
+		if c.neg {
+			b += uint(numCondKinds)
+		}
+		m |= 1 << b
+	}
+	return m
 }
 
 // canonical is a rule's conditions as text, equal for equal condition sets
@@ -141,7 +164,7 @@ func subset(x, y *cond) bool {
 			return true
 		}
 		for name, f := range x.domains.m {
-			for _, k := range []domainFlags{domExact, domApex, domSub} {
+			for k := domExact; k <= domSub; k <<= 1 {
 				if f&k != 0 && !y.domains.coversPattern(domainPattern{name: name, kind: k}) {
 					return false
 				}
