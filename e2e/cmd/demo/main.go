@@ -131,7 +131,12 @@ func (d *demo) main() error {
 }
 
 func (d *demo) section(title string) {
-	fmt.Fprintf(d.out, "\n\033[1m== %s\033[0m\n", title)
+	if fi, err := os.Stdout.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		title = "\033[1m== " + title + "\033[0m" // bold on a terminal
+	} else {
+		title = "== " + title
+	}
+	fmt.Fprintf(d.out, "\n%s\n", title)
 }
 
 // sh runs a command in ns, printing it and its output.
@@ -279,19 +284,30 @@ func (d *demo) appView() error {
 }
 
 func (d *demo) flowLog() error {
-	ctx, cancel := context.WithTimeout(d.ctx, 5*time.Second)
-	defer cancel()
-	flows, err := d.nw.WaitFlows(ctx, 6, nil)
-	if err != nil {
-		return err
+	// Flow lines are written when a flow ends: wait until no new one has
+	// come for half a second.
+	var flows []lab.FlowLog
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		n := len(flows)
+		time.Sleep(500 * time.Millisecond)
+		if flows = d.nw.Flows(); len(flows) == n && n > 0 {
+			break
+		}
 	}
-	fmt.Fprintf(d.out, "  %-4s %-24s %-22s %10s %10s  %s\n", "flow", "client", "server", "bytes up", "bytes down", "end")
+	if len(flows) == 0 {
+		return errors.New("netward logged no flow")
+	}
+	idw := len("flow")
+	for _, f := range flows {
+		idw = max(idw, len(fmt.Sprint(f.ID)))
+	}
+	fmt.Fprintf(d.out, "  %-*s %-24s %-22s %10s %10s  %s\n", idw, "flow", "client", "server", "bytes up", "bytes down", "end")
 	for _, f := range flows {
 		end := f.End
 		if f.Error != "" {
 			end += " (" + f.Error + ")"
 		}
-		fmt.Fprintf(d.out, "  %-4d %-24s %-22s %10d %10d  %s\n", f.ID, f.Src, f.Dst, f.BytesUp, f.BytesDown, end)
+		fmt.Fprintf(d.out, "  %-*d %-24s %-22s %10d %10d  %s\n", idw, f.ID, f.Src, f.Dst, f.BytesUp, f.BytesDown, end)
 	}
 	fmt.Fprintln(d.out, "  (src is the client's own address and port; iperf3 ends its data stream with a reset)")
 	return nil
