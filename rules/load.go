@@ -582,7 +582,7 @@ func (l *loader) listFile(n *yaml.Node) []item {
 	return out
 }
 
-var ruleNameMax = 128
+const ruleNameMax = 128
 
 func (l *loader) loadRules(n *yaml.Node) {
 	if l.alias(n) {
