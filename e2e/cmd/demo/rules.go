@@ -49,15 +49,14 @@ const ruleTLSPort = 8443
 
 // ruleDemo is the state the rule steps share.
 type ruleDemo struct {
-	dir                    string // in the lab's Dir
-	rules, country, asn    string // files
-	eve                    string // netward's EVE log
-	deniedSrc, allowedSrc  netip.Addr
-	tls                    *lab.Proc
-	nw                     *lab.Netward
-	before                 lab.Snapshot
-	judged                 []ruleJudged // what each client step saw netward decide
-	explainSrc, explainDst netip.AddrPort
+	dir                   string // in the lab's Dir
+	rules, country, asn   string // files
+	eve                   string // netward's EVE log
+	deniedSrc, allowedSrc netip.Addr
+	tls                   *lab.Proc
+	nw                    *lab.Netward
+	before                lab.Snapshot
+	judged                []ruleJudged // what each client step saw netward decide
 }
 
 // ruleJudged is one client connection and netward's verdict on it.
@@ -301,23 +300,23 @@ func (r *ruleDemo) curl(d *demo, c curlCase) error {
 	switch {
 	case res.exit != c.exit || status != c.status:
 		return fmt.Errorf("curl exit %d, HTTP %d, want exit %d, HTTP %d; stderr %q, body %q",
-			res.exit, status, c.exit, c.status, strings.TrimSpace(res.stderr), body)
+			res.exit, status, c.exit, c.status, clip(res.stderr), clip(body))
 	case c.status == 0:
 		line := firstLine(res.stderr, c.want)
 		if line == "" {
-			return fmt.Errorf("curl exit %d without %q in its error: %q", res.exit, c.want, res.stderr)
+			return fmt.Errorf("curl exit %d without %q in its error: %q", res.exit, c.want, clip(res.stderr))
 		}
 		got = fmt.Sprintf("exit %d: %s", res.exit, line)
 	case c.status == 403:
 		line := firstLine(body, c.want)
 		if line == "" || strings.Contains(body, "remote=") {
-			return fmt.Errorf("HTTP 403 without %q, or with the application's answer: %q", c.want, body)
+			return fmt.Errorf("HTTP 403 without %q, or with the application's answer: %q", c.want, clip(body))
 		}
 		got = "403, the page says: " + stripTags(line)
 	default:
 		line := firstLine(body, c.want)
 		if line == "" {
-			return fmt.Errorf("HTTP %d without %q: %q", status, c.want, body)
+			return fmt.Errorf("HTTP %d without %q: %q", status, c.want, clip(body))
 		}
 		if c.note != "" {
 			line = c.note
@@ -438,13 +437,13 @@ func (r *ruleDemo) tlsClients(d *demo) error {
 		if c.denied {
 			line := firstLine(res.stderr, "alert access denied")
 			if res.exit == 0 || line == "" {
-				return fmt.Errorf("openssl exit %d, want a failure with \"alert access denied\"; stderr %q", res.exit, res.stderr)
+				return fmt.Errorf("openssl exit %d, want a failure with \"alert access denied\"; stderr %q", res.exit, clip(res.stderr))
 			}
 			fmt.Fprintf(d.out, "      → exit %d: %s\n", res.exit, line)
 		} else {
 			line := firstLine(res.stderr, "CONNECTION ESTABLISHED")
 			if res.exit != 0 || line == "" {
-				return fmt.Errorf("openssl exit %d, want the handshake done; stderr %q", res.exit, res.stderr)
+				return fmt.Errorf("openssl exit %d, want the handshake done; stderr %q", res.exit, clip(res.stderr))
 			}
 			fmt.Fprintf(d.out, "      → exit 0: %s %s\n", line, firstLine(res.stderr, "Protocol version"))
 		}
@@ -754,3 +753,12 @@ func firstLine(s, sub string) string {
 var htmlTag = regexp.MustCompile(`<[^>]*>`)
 
 func stripTags(s string) string { return strings.TrimSpace(htmlTag.ReplaceAllString(s, "")) }
+
+// clip shortens client output quoted in an error.
+func clip(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) > 300 {
+		return s[:300] + "…"
+	}
+	return s
+}
