@@ -171,8 +171,10 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		errs = append(errs, err)
 	}
 	s := st.Stats()
-	log.Info("netward stopped", "flows", s.FlowsServed.Load(), "refused", s.FlowsRefused.Load(),
-		"unreachable", s.FlowsUnreachable.Load(), "syn_drops_in_flight", st.SynDropsInFlight(),
+	log.Info("netward stopped", "flows_served", s.FlowsServed.Load(),
+		"refused_at_syn", s.FlowsReset.Load()+s.FlowsDropped.Load(),
+		"upstream_refused", s.FlowsRefused.Load(), "upstream_unreachable", s.FlowsUnreachable.Load(),
+		"syn_drops_in_flight", st.SynDropsInFlight(),
 		"rx_packets", s.RxPackets.Load(), "tx_packets", s.TxPackets.Load())
 	return errors.Join(errs...)
 }
