@@ -30,12 +30,18 @@ const (
 // name itself is looked up for exact and apex patterns, then each suffix
 // after a dot for apex and wildcard patterns.
 type domainSet struct {
-	m map[string]domainFlags
+	m        map[string]domainFlags
+	patterns []domainPattern // as added, for shadow checks (ranging over m is slow)
 }
 
 func newDomainSet() *domainSet { return &domainSet{m: make(map[string]domainFlags)} }
 
-func (d *domainSet) add(p domainPattern) { d.m[p.name] |= p.kind }
+func (d *domainSet) add(p domainPattern) {
+	if d.m[p.name]&p.kind == 0 {
+		d.patterns = append(d.patterns, p)
+	}
+	d.m[p.name] |= p.kind
+}
 
 func (d *domainSet) len() int { return len(d.m) }
 

@@ -163,11 +163,9 @@ func subset(x, y *cond) bool {
 		if x.domains == y.domains {
 			return true
 		}
-		for name, f := range x.domains.m {
-			for k := domExact; k <= domSub; k <<= 1 {
-				if f&k != 0 && !y.domains.coversPattern(domainPattern{name: name, kind: k}) {
-					return false
-				}
+		for _, p := range x.domains.patterns {
+			if !y.domains.coversPattern(p) {
+				return false
 			}
 		}
 		return true
