@@ -76,6 +76,9 @@ type Options struct {
 	UpstreamKernel bool
 	// UpstreamMark is the SO_MARK of kernel upstream sockets; 0 for none.
 	UpstreamMark uint32
+	// wrapKernelDial, if set, wraps dialKernel (tests: create the socket
+	// in another network namespace).
+	wrapKernelDial func(func(context.Context, *Flow) (Conn, error)) func(context.Context, *Flow) (Conn, error)
 	// SACK enables selective acknowledgements in gVisor's TCP. Off by
 	// default: with it on, gVisor made thousands of spurious
 	// retransmissions per 10 s on the lab and ran slower
@@ -166,6 +169,9 @@ func New(o Options) (*Stack, error) {
 	}
 	s.link = link
 	s.kernelDial = s.dialKernel
+	if o.wrapKernelDial != nil {
+		s.kernelDial = o.wrapKernelDial(s.dialKernel)
+	}
 	s.doneCtx, s.cancel = context.WithCancel(context.Background())
 
 	st := stack.New(stack.Options{
@@ -195,6 +201,10 @@ func New(o Options) (*Stack, error) {
 			return fail(fmt.Errorf("netstack: set TCP option %T: %s", opt, terr))
 		}
 	}
+	// The forwarder is in place before the NIC exists: the NIC's readers
+	// start delivering packets as soon as it is created.
+	fwd := tcp.NewForwarder(st, 0, o.MaxInFlight, s.handleSYN)
+	st.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
 	if terr := st.CreateNICWithOptions(nicID, link, stack.NICOptions{Name: "tun"}); terr != nil {
 		return fail(fmt.Errorf("netstack: create NIC: %s", terr))
 	}
@@ -211,8 +221,6 @@ func New(o Options) (*Stack, error) {
 		{Destination: header.IPv4EmptySubnet, NIC: nicID},
 		{Destination: header.IPv6EmptySubnet, NIC: nicID},
 	})
-	fwd := tcp.NewForwarder(st, 0, o.MaxInFlight, s.handleSYN)
-	st.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
 	return s, nil
 }
 

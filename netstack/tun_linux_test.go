@@ -171,38 +171,40 @@ func (l *nsLab) startNetward(offload, upstreamKernel bool) (*Stack, *TUN) {
 	if tun.VnetHdr != offload {
 		l.t.Fatalf("TUN VnetHdr = %v, want %v", tun.VnetHdr, offload)
 	}
+	// netward runs inside the appliance namespace; this test does not, so
+	// kernel upstream sockets are made there explicitly.
+	inAppliance := func(dial func(context.Context, *Flow) (Conn, error)) func(context.Context, *Flow) (Conn, error) {
+		return func(ctx context.Context, f *Flow) (Conn, error) {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			orig, err := netns.Get()
+			if err != nil {
+				return nil, err
+			}
+			defer orig.Close()
+			h, err := netns.GetFromName(l.a)
+			if err != nil {
+				return nil, err
+			}
+			defer h.Close()
+			if err := netns.Set(h); err != nil {
+				return nil, err
+			}
+			defer func() {
+				if err := netns.Set(orig); err != nil {
+					panic("cannot return to the original network namespace: " + err.Error())
+				}
+			}()
+			return dial(ctx, f)
+		}
+	}
 	st, err := New(Options{Files: tun.Files, MTU: tun.MTU, VnetHdr: tun.VnetHdr, Handler: &spliceHandler{},
-		UpstreamKernel: upstreamKernel, UpstreamMark: 0x4e59})
+		UpstreamKernel: upstreamKernel, UpstreamMark: 0x4e59, wrapKernelDial: inAppliance})
 	if err != nil {
 		tun.Close()
 		l.t.Fatalf("New: %v", err)
 	}
 	l.t.Cleanup(func() { st.Close() })
-	// netward runs inside the appliance namespace; this test does not, so
-	// kernel upstream sockets are made there explicitly.
-	st.kernelDial = func(ctx context.Context, f *Flow) (Conn, error) {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			return nil, err
-		}
-		defer orig.Close()
-		h, err := netns.GetFromName(l.a)
-		if err != nil {
-			return nil, err
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			return nil, err
-		}
-		defer func() {
-			if err := netns.Set(orig); err != nil {
-				panic("cannot return to the original network namespace: " + err.Error())
-			}
-		}()
-		return st.dialKernel(ctx, f)
-	}
 	l.steer(upstreamKernel)
 	return st, tun
 }
