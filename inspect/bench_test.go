@@ -1,6 +1,8 @@
 package inspect
 
 import (
+	"crypto/md5"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"strings"
@@ -160,5 +162,26 @@ func BenchmarkHTTPParserPipelined(b *testing.B) {
 		if reqs != 10 {
 			b.Fatal(reqs)
 		}
+	}
+}
+
+// BenchmarkFingerprintHashes is the floor under the fingerprints of the
+// Chromium hello: only the MD5 (JA3) and the two SHA-256 (JA4) over the
+// strings the parser builds, without building them.
+func BenchmarkFingerprintHashes(b *testing.B) {
+	var p TLSParser
+	if _, st, err := p.Feed(mustRead(b, "testdata/tls/chromium.bin")); st != Done || err != nil {
+		b.Fatal(st, err)
+	}
+	h := p.Hello()
+	ja3 := []byte(h.JA3)
+	ciphers := appendHexList(nil, h.CipherSuites)
+	exts := appendHexList(nil, h.Extensions)
+	exts = append(append(exts, '_'), appendHexList(nil, h.SignatureAlgorithms)...)
+	b.ReportAllocs()
+	for b.Loop() {
+		md5.Sum(ja3)
+		sha256.Sum256(ciphers)
+		sha256.Sum256(exts)
 	}
 }

@@ -175,15 +175,18 @@ func (p *HTTPParser) Proto() Proto { return ProtoHTTP1 }
 // Reset prepares the parser for a new connection, keeping its buffers and
 // intern table.
 func (p *HTTPParser) Reset() {
-	*p = HTTPParser{
-		opts:    p.opts.withDefaults(),
-		scratch: p.scratch[:0],
-		intern:  p.intern,
-	}
+	// Field by field: the request and intern table are reused as they are
+	// (finishHead overwrites the request).
+	p.opts = p.opts.withDefaults()
+	p.state, p.err, p.remaining = httpHead, nil, 0
+	p.head = headState{}
+	p.lineScanned, p.trailers, p.trailerSize = 0, 0, 0
+	p.requests, p.h2cAsked = 0, false
 }
 
 // Request returns the request whose head ended at the last Done. It is
-// overwritten by the next Done; its strings may be kept.
+// overwritten by the next Done; its strings may be kept. Before the first
+// Done after a Reset its content is meaningless.
 func (p *HTTPParser) Request() *Request { return &p.req }
 
 func (p *HTTPParser) fail(err error) (int, Status, error) {
