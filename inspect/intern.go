@@ -29,6 +29,19 @@ func (t *internTable) str(b []byte) string {
 	if len(b) == 0 {
 		return ""
 	}
+	// The commonest values first, without hashing.
+	switch string(b) {
+	case "h2":
+		return "h2"
+	case "http/1.1":
+		return "http/1.1"
+	case "GET":
+		return "GET"
+	case "POST":
+		return "POST"
+	case "/":
+		return "/"
+	}
 	// Map lookups keyed by string(b) do not allocate (the compiler uses b's
 	// bytes in place).
 	if s, ok := wellKnown[string(b)]; ok {
