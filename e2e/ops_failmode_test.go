@@ -68,10 +68,19 @@ func TestOpsFailMode(t *testing.T) {
 			}
 		})
 	}
-	// Four netward processes, each started within about a second of the
-	// last, appended to one event log: a SIEM joins events by flow_id, so
-	// a flow_id must never name two flows.
+	// Seven netward processes, each started within about a second of the
+	// last, append to one event log: a SIEM joins events by flow_id, so a
+	// flow_id must never name two flows.
 	t.Run("FlowIDsUniqueAcrossRestarts", func(t *testing.T) {
+		// Three more quick restarts (as systemd's Restart= would do), a
+		// flow each.
+		for i := range 3 {
+			nw := e.start(t)
+			e.inspected(t, nw, fmt.Sprintf("quick restart %d", i+1))
+			if err := nw.Terminate(10 * time.Second); err != nil {
+				t.Fatalf("netward on SIGTERM: %v", err)
+			}
+		}
 		evs, err := opsReadEVE(filepath.Join(e.lab.Dir, "eve.json"))
 		if err != nil {
 			t.Fatal(err)
@@ -89,8 +98,8 @@ func TestOpsFailMode(t *testing.T) {
 				t.Errorf("flow_id %d names %d flows of different netward runs: %v", id, len(f), f)
 			}
 		}
-		if n < 4 {
-			t.Errorf("%d flow events in the log, want ≥ 4 (one per netward run)", n)
+		if n < 7 {
+			t.Errorf("%d flow events in the log, want ≥ 7 (one per netward run)", n)
 		}
 	})
 }
