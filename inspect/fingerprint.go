@@ -3,6 +3,7 @@ package inspect
 import (
 	"crypto/md5"
 	"crypto/sha256"
+	"slices"
 )
 
 const hexDigits = "0123456789abcdef"
@@ -132,20 +133,24 @@ func appendUint16(b []byte, v uint16) []byte {
 }
 
 // appendHexList appends the non-GREASE values as 4-digit lower-case hex,
-// comma-separated.
+// comma-separated. It sizes b once and writes by index: this runs for every
+// cipher and extension of every hello.
 func appendHexList(b []byte, list []uint16) []byte {
-	first := true
+	start := len(b)
+	b = slices.Grow(b, 5*len(list))[:start+5*len(list)]
+	i := start
 	for _, v := range list {
 		if IsGREASE(v) {
 			continue
 		}
-		if !first {
-			b = append(b, ',')
-		}
-		first = false
-		b = append(b, hexDigits[v>>12], hexDigits[v>>8&0xf], hexDigits[v>>4&0xf], hexDigits[v&0xf])
+		w := b[i : i+5 : i+5]
+		w[0], w[1], w[2], w[3], w[4] = hexDigits[v>>12], hexDigits[v>>8&0xf], hexDigits[v>>4&0xf], hexDigits[v&0xf], ','
+		i += 5
 	}
-	return b
+	if i > start {
+		i-- // no comma after the last value
+	}
+	return b[:i]
 }
 
 func appendTruncatedSHA256(dst, data []byte, empty bool) []byte {

@@ -62,3 +62,20 @@ func TestSortUint16s(t *testing.T) {
 		}
 	}
 }
+
+func TestAppendHexList(t *testing.T) {
+	for _, tt := range []struct {
+		in   []uint16
+		want string
+	}{
+		{nil, "x"},
+		{[]uint16{0x0a0a}, "x"},
+		{[]uint16{0x1301}, "x1301"},
+		{[]uint16{0x1301, 0x2a2a, 0x00ff, 0xfe0d}, "x1301,00ff,fe0d"},
+		{[]uint16{0xfafa, 0x0035}, "x0035"},
+	} {
+		if got := string(appendHexList([]byte("x"), tt.in)); got != tt.want {
+			t.Errorf("%x: %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
