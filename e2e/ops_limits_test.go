@@ -271,8 +271,9 @@ func checkHalfClientHello(t *testing.T, e *opsEnv) {
 		} else if rec.Recv != 0 {
 			t.Errorf("stalled client %s: the server got %d bytes of the held ClientHello", r.src, rec.Recv)
 		}
+		// The flow's bytes are the client's: 100 sent, the alert received.
 		opsCheckFlowEvents(t, e.nw.EventLog, opsWantFlow{src: r.src, dst: dst, app: "tls", verdict: "deny", rule: "(on_invalid)",
-			alert: "blocked", signature: "(on_invalid)", state: "new", reason: "forced"})
+			alert: "blocked", signature: "(on_invalid)", toServer: 100, toClient: uint64(len(r.got)), state: "new", reason: "forced"})
 	}
 	after := e.scrape(t)
 	opsCheckDeltas(t, before, after, map[string]map[string]float64{

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -189,10 +190,16 @@ type opsWantFlow struct {
 	host, url     string // http.hostname, http.url ("" = no http event)
 	method        string
 	httpStatus    int
-	toServer      uint64 // flow.bytes_toserver
-	toClient      uint64 // flow.bytes_toclient
-	state         string // flow.state
-	reason        string // flow.reason
+	// flow.bytes_toserver and flow.bytes_toclient: the TCP payload the
+	// client sent and received (Suricata counts the client's side of the
+	// wire; for a relayed flow that is also what the server received and
+	// sent; for a refused one it includes the held request and netward's
+	// answer, as the event README's example shows: 517 and 7 for a denied
+	// ClientHello).
+	toServer, toClient uint64
+	unknownBytes       bool   // the client's byte counts are not known (curl over TLS)
+	state              string // flow.state
+	reason             string // flow.reason
 }
 
 // opsCheckFlowEvents finds the events of the connection from w.src and checks
@@ -237,8 +244,8 @@ func opsCheckFlowEvents(t testing.TB, path string, w opsWantFlow) []opsEvent {
 			errorf("the flow event is not the flow's last event:\n%s", all)
 		}
 		ff := f.Flow
-		if *ff.BytesToServer != w.toServer || *ff.BytesToClient != w.toClient {
-			errorf("flow bytes_toserver %d bytes_toclient %d, want %d and %d (what the peers sent and received)\n%s",
+		if !w.unknownBytes && (*ff.BytesToServer != w.toServer || *ff.BytesToClient != w.toClient) {
+			errorf("flow bytes_toserver %d bytes_toclient %d, want %d and %d (what the client sent and received)\n%s",
 				*ff.BytesToServer, *ff.BytesToClient, w.toServer, w.toClient, f.line)
 		}
 		if ff.State != w.state || ff.Reason != w.reason {
@@ -399,28 +406,23 @@ func TestOps(t *testing.T) {
 		if err != nil {
 			t.Fatalf("the application never saw the client's own address %s (relayed from another address?): %v", r.Local, err)
 		}
+		w.toServer, w.toClient = uint64(r.Sent), uint64(r.Recv)
+		relayed := map[string]float64{} // netward_bytes_total: bytes relayed between the legs
 		if w.verdict == "allow" {
 			if rec.Recv != r.Sent || rec.Sent != r.Recv {
 				t.Fatalf("curl sent %d and got %d bytes; the server got %d and sent %d", r.Sent, r.Recv, rec.Recv, rec.Sent)
 			}
-			w.toServer, w.toClient = uint64(r.Sent), uint64(r.Recv)
+			relayed["direction=toserver"], relayed["direction=toclient"] = float64(r.Sent), float64(r.Recv)
 		} else if rec.Recv != 0 || rec.Sent != 0 {
 			t.Errorf("denied request: the server got %d bytes and sent %d; want nothing", rec.Recv, rec.Sent)
 		}
 		opsCheckFlowEvents(t, e.nw.EventLog, w)
 		after := e.scrape(t)
-		want := map[string]map[string]float64{
+		opsCheckDeltas(t, before, after, map[string]map[string]float64{
 			"netward_flows_total":    {"": 1},
 			"netward_verdicts_total": {"action=" + w.verdict + ",rule=" + w.rule: 1},
-			"netward_bytes_total":    {},
-		}
-		if w.toServer > 0 {
-			want["netward_bytes_total"]["direction=toserver"] = float64(w.toServer)
-		}
-		if w.toClient > 0 {
-			want["netward_bytes_total"]["direction=toclient"] = float64(w.toClient)
-		}
-		opsCheckDeltas(t, before, after, want)
+			"netward_bytes_total":    relayed,
+		})
 		if a := after.Value("netward_flows_active"); a != 0 {
 			t.Errorf("netward_flows_active %g after the flow ended, want 0", a)
 		}
@@ -471,9 +473,14 @@ func TestOps(t *testing.T) {
 			if rec.SNI != name || rec.Recv == 0 || rec.Sent < 7000 || rec.Err != "" {
 				t.Fatalf("server record %+v: want SNI %s, the request and 7000+ bytes sent", rec, name)
 			}
+			// Relayed whole: what the server got and sent is what curl
+			// sent and got.
 			w.toServer, w.toClient = uint64(rec.Recv), uint64(rec.Sent)
-		} else if rec.Recv != 0 || rec.Sent != 0 {
-			t.Errorf("denied ClientHello: the server got %d bytes and sent %d; want nothing", rec.Recv, rec.Sent)
+		} else {
+			if rec.Recv != 0 || rec.Sent != 0 {
+				t.Errorf("denied ClientHello: the server got %d bytes and sent %d; want nothing", rec.Recv, rec.Sent)
+			}
+			w.unknownBytes = true // see TLSDeniedClientBytes
 		}
 		opsCheckFlowEvents(t, e.nw.EventLog, w)
 		after := e.scrape(t)
@@ -482,7 +489,7 @@ func TestOps(t *testing.T) {
 			"netward_verdicts_total": {"action=" + w.verdict + ",rule=" + w.rule: 1},
 			"netward_bytes_total":    {},
 		}
-		if w.toServer > 0 {
+		if wantOK {
 			want["netward_bytes_total"]["direction=toserver"] = float64(w.toServer)
 			want["netward_bytes_total"]["direction=toclient"] = float64(w.toClient)
 		}
@@ -495,6 +502,34 @@ func TestOps(t *testing.T) {
 	t.Run("TLSDenied", func(t *testing.T) {
 		tlsCase(t, "blocked.example", opsWantFlow{app: "tls", verdict: "deny", rule: "deny-blocked-sni", sni: "blocked.example", tlsVersion: "TLS 1.3",
 			alert: "blocked", signature: "deny-blocked-sni", state: "new", reason: "forced"}, false)
+	})
+
+	t.Run("TLSDeniedClientBytes", func(t *testing.T) {
+		// curl does not say how many bytes its TLS layer wrote: a Go
+		// client on a counting connection does.
+		d := &opslab.Dialer{NS: opslab.NS{Name: e.lab.Client.Name}}
+		d.Timeout = 5 * time.Second
+		dst := e.appAddr(false, opsTLSPort)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		raw, err := d.DialContext(ctx, "tcp", dst.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		raw.SetDeadline(time.Now().Add(10 * time.Second))
+		cc := &opsCountingConn{Conn: raw}
+		herr := tls.Client(cc, &tls.Config{ServerName: "blocked.example", RootCAs: e.cert.ClientPool()}).HandshakeContext(ctx)
+		if herr == nil || !strings.Contains(herr.Error(), "access denied") {
+			t.Fatalf("TLS to blocked.example: %v, want an access_denied alert", herr)
+		}
+		io.Copy(io.Discard, cc) // up to netward's FIN (or reset)
+		raw.Close()
+		src := netip.MustParseAddrPort(raw.LocalAddr().String())
+		t.Logf("the client sent %d bytes (its ClientHello) and got %d (the alert)", cc.sent, cc.recv)
+		opsCheckFlowEvents(t, e.nw.EventLog, opsWantFlow{src: src, dst: dst, app: "tls", verdict: "deny", rule: "deny-blocked-sni",
+			alert: "blocked", signature: "deny-blocked-sni", sni: "blocked.example", tlsVersion: "TLS 1.3",
+			toServer: uint64(cc.sent), toClient: uint64(cc.recv), state: "new", reason: "forced"})
 	})
 
 	// earlyCase: a rule on the port alone refuses at the SYN (deny: RST,
@@ -584,6 +619,24 @@ func TestOps(t *testing.T) {
 	})
 
 	t.Run("Status", func(t *testing.T) { opsCheckStatus(t, e, client) })
+}
+
+// opsCountingConn counts the payload bytes a client wrote and read.
+type opsCountingConn struct {
+	net.Conn
+	sent, recv int64
+}
+
+func (c *opsCountingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.recv += int64(n)
+	return n, err
+}
+
+func (c *opsCountingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.sent += int64(n)
+	return n, err
 }
 
 // opsHeldFlow is a connection the test keeps open while it asks netward.
