@@ -77,6 +77,10 @@ type linkEndpoint struct {
 	wg         sync.WaitGroup
 
 	scratch sync.Pool // *writeScratch
+
+	failOnce sync.Once
+	failed   chan struct{} // closed when a reader fails; failErr says why
+	failErr  error
 }
 
 // writeScratch is the per-writev state. It is pooled rather than kept per
@@ -101,6 +105,7 @@ func newLinkEndpoint(o endpointOptions) (*linkEndpoint, error) {
 		return nil, errors.New("netstack: link endpoint needs Stats")
 	}
 	e := &linkEndpoint{
+		failed:  make(chan struct{}),
 		files:   o.Files,
 		vnetHdr: o.VnetHdr,
 		stats:   o.Stats,
@@ -225,6 +230,7 @@ func (e *linkEndpoint) readLoop(q int) {
 	rc, err := e.files[q].SyscallConn()
 	if err != nil {
 		e.stats.ReadErrors.Add(1)
+		e.fail(fmt.Errorf("netstack: queue %d: %w", q, err))
 		return
 	}
 	buf := make([]byte, maxPacketSize)
@@ -261,9 +267,19 @@ func (e *linkEndpoint) readLoop(q int) {
 			}
 			// EBADFD: the device went away (deleted under us).
 			e.stats.ReadErrors.Add(1)
+			e.fail(fmt.Errorf("netstack: read queue %d: %w", q, rerr))
 			return
 		}
 	}
+}
+
+// fail records the first reader failure and closes failed: the datapath
+// is gone (the TUN was deleted, for example) and the process should stop.
+func (e *linkEndpoint) fail(err error) {
+	e.failOnce.Do(func() {
+		e.failErr = err
+		close(e.failed)
+	})
 }
 
 func (e *linkEndpoint) isClosed() bool {

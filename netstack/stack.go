@@ -226,6 +226,20 @@ func New(o Options) (*Stack, error) {
 
 func ptr[T any](v T) *T { return &v }
 
+// Failed is closed when the datapath stops on its own: a TUN queue can no
+// longer be read (the device was deleted, for example). Err says why.
+func (s *Stack) Failed() <-chan struct{} { return s.link.failed }
+
+// Err returns why Failed was closed, or nil.
+func (s *Stack) Err() error {
+	select {
+	case <-s.link.failed:
+		return s.link.failErr
+	default:
+		return nil
+	}
+}
+
 // Stats returns the live counters.
 func (s *Stack) Stats() *Stats { return &s.stats }
 

@@ -314,3 +314,22 @@ func TestTUNEndToEnd(t *testing.T) {
 		})
 	}
 }
+
+func TestTUNDeletedFailsStack(t *testing.T) {
+	l := newNSLab(t)
+	st, _ := l.startNetward(true, false)
+	select {
+	case <-st.Failed():
+		t.Fatalf("Failed before the TUN was deleted: %v", st.Err())
+	default:
+	}
+	run(t, "ip", "-n", l.a, "link", "del", l.tun)
+	select {
+	case <-st.Failed():
+		if st.Err() == nil {
+			t.Errorf("Failed closed but Err is nil")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Failed not closed 5 s after the TUN was deleted")
+	}
+}

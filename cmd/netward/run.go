@@ -154,11 +154,19 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		"mtu", tun.MTU, "upstream_kernel", dp.upstreamKernel, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	<-ctx.Done()
+	var failed error
+	select {
+	case <-ctx.Done():
+	case <-st.Failed():
+		// The TUN went away under netward: nothing is relayed any more.
+		// Tear down like on a signal and exit non-zero.
+		failed = st.Err()
+		log.Error("datapath failed", "error", failed)
+	}
 	stop()
 	log.Info("netward stopping", "active_flows", st.Stats().FlowsActive.Load())
 
-	var errs []error
+	errs := []error{failed} // nil unless the datapath failed
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	if err := st.Shutdown(sctx); err != nil {
 		errs = append(errs, err)
