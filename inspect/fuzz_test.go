@@ -168,7 +168,7 @@ func checkRequest(t *testing.T, r *Request, in []byte) {
 	if r.Host != strings.ToLower(r.Host) || strings.HasSuffix(r.Host, ".") || strings.ContainsAny(r.Host, "[]%,@/ ") {
 		t.Fatalf("Host %q not normalised", r.Host)
 	}
-	if r.Version != "HTTP/1.1" && r.Version != "HTTP/1.0" {
+	if len(r.Version) != 8 || !strings.HasPrefix(r.Version, "HTTP/1.") || r.Version[7] < '0' || r.Version[7] > '9' {
 		t.Fatalf("version %q", r.Version)
 	}
 	if r.Method == "" || r.Target == "" || !bytes.Contains(in, []byte(r.Method+" "+r.Target+" "+r.Version+"\r\n")) {

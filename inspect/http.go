@@ -56,7 +56,9 @@ type Request struct {
 	// "http://host/a?b", "/" for "http://host", "*" for "*", "" for
 	// CONNECT.
 	Path string
-	// Version is "HTTP/1.1" or "HTTP/1.0" ("HTTP/2.0" for the preface).
+	// Version is the version as sent: "HTTP/1.1", "HTTP/1.0", a higher
+	// HTTP/1 minor version (read as 1.1, RFC 9110 §2.5), or "HTTP/2.0" for
+	// the preface.
 	Version string
 	// Host is the authority's host, normalised: ASCII lower case, port
 	// removed, one trailing dot removed, IPv6 brackets removed. It comes

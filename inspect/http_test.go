@@ -147,6 +147,13 @@ func httpCases() []httpCase {
 					t.Errorf("%+v", q)
 				}
 			}},
+		{name: "HTTP/1.2 is read as 1.1", in: "XGET /admin HTTP/1.2\r\nHost: a.example\r\n\r\n", reqs: []wantReq{{"XGET", "/admin", "a.example"}},
+			check: func(t *testing.T, r httpResult) {
+				if r.events[0].req.Version != "HTTP/1.2" {
+					t.Errorf("version %q", r.events[0].req.Version)
+				}
+			}},
+		{name: "HTTP/1.9 without Host", in: "GET / HTTP/1.9\r\n\r\n", err: errHTTPNoHost},
 		{name: "lower-case method is a token", in: "get / HTTP/1.1\r\nHost: a.example\r\n\r\n", reqs: []wantReq{{"get", "/", "a.example"}}},
 		{name: "obs-text in value", in: "GET / HTTP/1.1\r\nHost: a.example\r\nX: caf\xc3\xa9\r\n\r\n", reqs: []wantReq{get("a.example", "/")}},
 
@@ -194,7 +201,8 @@ func httpCases() []httpCase {
 		{name: "bad method", in: "G@T / HTTP/1.1\r\nHost: a\r\n\r\n", err: errHTTPMethod},
 		{name: "double space", in: "GET  / HTTP/1.1\r\nHost: a\r\n\r\n", err: errHTTPTarget},
 		{name: "no version", in: "GET /\r\nHost: a\r\n\r\n", err: errHTTPRequestLine},
-		{name: "HTTP/1.2", in: "GET / HTTP/1.2\r\nHost: a\r\n\r\n", err: errHTTPVersion},
+		{name: "HTTP/1.10", in: "GET / HTTP/1.10\r\nHost: a\r\n\r\n", err: errHTTPVersion},
+		{name: "HTTP/3.0", in: "GET / HTTP/3.0\r\nHost: a\r\n\r\n", err: errHTTPVersion},
 		{name: "HTTP/2.0", in: "GET / HTTP/2.0\r\nHost: a\r\n\r\n", err: errHTTPVersion},
 		{name: "lower-case version", in: "GET / http/1.1\r\nHost: a\r\n\r\n", err: errHTTPVersion},
 		{name: "target without slash", in: "GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", err: errHTTPTarget},

@@ -176,7 +176,13 @@ func (p *HTTPParser) requestLine(line []byte, base int) error {
 		}
 		h.preface = true
 	default:
-		return errHTTPVersion
+		// RFC 9110 §2.5: a higher minor version is processed as the
+		// highest one the recipient implements, so servers take
+		// HTTP/1.2 as HTTP/1.1; so does the parser.
+		if len(ver) != 8 || string(ver[:7]) != "HTTP/1." || ver[7] < '2' || ver[7] > '9' {
+			return errHTTPVersion
+		}
+		h.minor = ver[7]
 	}
 	return nil
 }
@@ -348,7 +354,7 @@ func checkFieldLine(line []byte) error {
 // skipping. end is the head's size.
 func (p *HTTPParser) finishHead(hs []byte, end int) error {
 	h := &p.head
-	http11 := h.minor == '1'
+	http11 := h.minor != '0' // 1.1 and higher minor versions
 	if http11 && h.hostCount == 0 {
 		return errHTTPNoHost // RFC 9112 §3.2
 	}
@@ -432,10 +438,13 @@ func (p *HTTPParser) finishHead(hs []byte, end int) error {
 			r.Path = r.Target[pathStart:pathEnd] // shares Target's bytes
 		}
 	}
-	if http11 {
-		r.Version = "HTTP/1.1"
-	} else {
+	switch h.minor {
+	case '0':
 		r.Version = "HTTP/1.0"
+	case '1':
+		r.Version = "HTTP/1.1"
+	default:
+		r.Version = p.intern.str([]byte{'H', 'T', 'T', 'P', '/', '1', '.', h.minor})
 	}
 	r.UserAgent = p.intern.strUnique(h.userAgent.of(hs))
 	r.Referer = p.intern.strUnique(h.referer.of(hs))
