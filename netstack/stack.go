@@ -149,10 +149,12 @@ func New(o Options) (*Stack, error) {
 		upstreamMark:   o.UpstreamMark,
 		flows:          make(map[*liveFlow]struct{}),
 	}
-	// Flow IDs are EVE flow_ids: start from the clock (seconds << 20) so
-	// they do not repeat across restarts in a SIEM, and stay below 2^53 so
-	// JSON consumers that read numbers as doubles keep them exact.
-	s.nextID.Store(uint64(time.Now().Unix()) << 20)
+	// Flow IDs are EVE flow_ids: start from the clock (milliseconds << 10)
+	// so they do not repeat across restarts in a SIEM — a later run starts
+	// above an earlier one's IDs unless that one averaged over a million
+	// flows a second — and stay below 2^53, so JSON consumers that read
+	// numbers as doubles keep them exact.
+	s.nextID.Store(uint64(time.Now().UnixMilli()) << 10)
 	var gso uint32
 	if o.VnetHdr {
 		gso = maxGSOSize

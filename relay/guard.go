@@ -3,9 +3,11 @@ package relay
 import (
 	"context"
 	"errors"
+	"hash/maphash"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -45,7 +47,8 @@ type Guard struct {
 	// Limits bound what a flow may hold; zero fields take DefaultLimits.
 	Limits Limits
 
-	active atomic.Int64
+	active  atomic.Int64
+	dropped recentDrops
 }
 
 // Limits bound the resources of the flows a Guard serves.
@@ -148,6 +151,11 @@ func (g *Guard) Admit(f *netstack.Flow) netstack.Admission {
 	if !ok || v.Action == rules.ActionAllow {
 		return g.reserve() // judged (again) in Serve, where it is counted
 	}
+	if v.Action == rules.ActionDrop && g.dropped.seen(f.Client, f.Server, f.Start) {
+		// A retransmission of a SYN already dropped: the same connection
+		// attempt, already counted and logged (EVE keys flows by tuple).
+		return netstack.AdmitDrop
+	}
 	// Refused at the SYN: count it, tell the SIEM, log the line.
 	gf := g.newFlow(f, nil, nil)
 	gf.setFacts(facts)
@@ -158,6 +166,35 @@ func (g *Guard) Admit(f *netstack.Flow) netstack.Admission {
 		return netstack.AdmitDrop
 	}
 	return netstack.AdmitReset
+}
+
+// recentDrops remembers the tuples of recently dropped SYNs, so a client's
+// retransmissions of one connection attempt are one flow, not one per
+// SYN. It is a fixed-size, lossy table (a slot per tuple hash): bounded
+// memory under a SYN flood, at worst a retransmission logged twice.
+type recentDrops struct {
+	seed  maphash.Seed
+	once  sync.Once
+	slots [4096]struct{ key, until atomic.Int64 }
+}
+
+// dropMemory covers a client's SYN retransmissions (1, 3, 7, 15, 31 s
+// after the first on Linux) for a typical connect timeout.
+const dropMemory = 75 * time.Second
+
+// seen reports whether the tuple was dropped within dropMemory, and
+// records it.
+func (r *recentDrops) seen(client, server netip.AddrPort, now time.Time) bool {
+	r.once.Do(func() { r.seed = maphash.MakeSeed() })
+	h := int64(maphash.Comparable(r.seed, [2]netip.AddrPort{client, server}))
+	slot := &r.slots[uint64(h)%uint64(len(r.slots))]
+	t := now.UnixNano()
+	if slot.key.Load() == h && slot.until.Load() > t {
+		return true
+	}
+	slot.key.Store(h)
+	slot.until.Store(t + int64(dropMemory))
+	return false
 }
 
 // reserve takes one of MaxFlows for an admitted flow; Serve or Abandon
@@ -256,6 +293,14 @@ type guardFlow struct {
 	// down copy forwards what the server still sends but never closes or
 	// aborts the client's leg.
 	refusing atomic.Bool
+
+	// in is the client's input while the up side inspects it; heldIn
+	// counts client bytes netward took but never forwarded (a refused
+	// message), ownOut the bytes netward itself sent the client (403,
+	// alert). Both belong to the up side; end reads them after it
+	// returned. The flow event counts them as the client's bytes.
+	in             *clientInput
+	heldIn, ownOut int64
 
 	mu       sync.Mutex
 	first    *halfError // the error that ended the flow
@@ -446,6 +491,7 @@ func (gf *guardFlow) serveUp() *halfError {
 	bp := getInspectBuf(gf.lim.InspectBytes)
 	defer inspectBufPool.Put(bp)
 	in := &clientInput{gf: gf, buf: (*bp)[:0:gf.lim.InspectBytes]}
+	gf.in = in
 
 	gf.client.SetReadDeadline(time.Now().Add(gf.lim.InspectTimeout))
 	proto, err := in.detect()
@@ -591,8 +637,7 @@ func (gf *guardFlow) serveTLS(in *clientInput) *halfError {
 		fed += n
 		if err != nil {
 			gf.g.Metrics.InspectError("tls")
-			gf.invalid("tls", err.Error(), refuseTLSAlert)
-			return nil
+			return gf.invalid("tls", err.Error(), refuseTLSAlert)
 		}
 		if st == inspect.Done {
 			break
@@ -606,8 +651,7 @@ func (gf *guardFlow) serveTLS(in *clientInput) *halfError {
 				reason = "ClientHello larger than limits.inspect_bytes"
 			}
 			gf.g.Metrics.InspectError("tls")
-			gf.invalid("tls", reason, refuseTLSAlert)
-			return nil
+			return gf.invalid("tls", reason, refuseTLSAlert)
 		}
 		if err := in.read(); err != nil {
 			return err
@@ -649,8 +693,7 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 					return gf.forwardRest(in)
 				}
 				gf.g.Metrics.InspectError("http")
-				gf.invalid("http", "non-HTTP bytes after a refused Upgrade or CONNECT", refuseHTTP403)
-				return nil
+				return gf.invalid("http", "non-HTTP bytes after a refused Upgrade or CONNECT", refuseHTTP403)
 			}
 		}
 		n, st, err := p.Feed(in.buf)
@@ -662,8 +705,7 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 			}
 
 			gf.g.Metrics.InspectError("http")
-			gf.invalid("http", err.Error(), refuseHTTP403)
-			return nil
+			return gf.invalid("http", err.Error(), refuseHTTP403)
 		}
 		if st == inspect.Done {
 			req := p.Request()
@@ -721,8 +763,7 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 				reason = "request head not complete within limits.inspect_timeout"
 			}
 			gf.g.Metrics.InspectError("http")
-			gf.invalid("http", reason, refuseHTTP403)
-			return nil
+			return gf.invalid("http", reason, refuseHTTP403)
 		}
 		if err := in.read(); err != nil {
 			return err
@@ -747,19 +788,20 @@ func (gf *guardFlow) decide() rules.Verdict {
 }
 
 // invalid records the on_invalid verdict for bytes that did not parse and
-// refuses or forwards accordingly.
-func (gf *guardFlow) invalid(kind, reason string, how refusal) {
+// refuses the flow, or, if on_invalid allows, relays it from here on
+// without inspection, as asked.
+func (gf *guardFlow) invalid(kind, reason string, how refusal) *halfError {
 	v := gf.g.invalid()
 	if gf.g.Log != nil {
 		gf.g.Log.Debug("invalid client bytes", "flow_id", gf.f.ID, "kind", kind, "reason", reason, "action", v.Action.String())
 	}
 	gf.record(v)
 	if v.Action == rules.ActionAllow || v.Action == rules.ActionAlert {
-		// on_invalid: allow forwards the bytes unjudged, as asked.
 		gf.client.SetReadDeadline(time.Time{})
-		return
+		return gf.forwardRest(gf.in)
 	}
 	gf.refuse(v, how)
+	return nil
 }
 
 // record counts a verdict, remembers it for the flow event, and logs the
@@ -815,6 +857,10 @@ const (
 func (gf *guardFlow) refuse(v rules.Verdict, how refusal) {
 	gf.refused = true
 	gf.refusing.Store(true)
+	if gf.in != nil {
+		gf.heldIn += int64(len(gf.in.buf))
+		gf.in.buf = gf.in.buf[:0]
+	}
 	gf.client.SetReadDeadline(time.Time{})
 	if how == refuseHTTP403 && gf.requests > 1 && v.Action == rules.ActionDeny {
 		// Let the server finish what it owes for the requests it got: a
@@ -832,15 +878,17 @@ func (gf *guardFlow) refuse(v rules.Verdict, how refusal) {
 		// Nothing goes back: hold the client's leg unanswered until it
 		// gives up or DropHold passes.
 		gf.client.SetReadDeadline(time.Now().Add(gf.lim.DropHold))
-		discard(gf.client)
+		gf.heldIn += discard(gf.client)
 		abortConn(gf.client)
 		return
 	}
 	switch how {
 	case refuseTLSAlert:
-		gf.client.Write(policy.TLSAlert(policy.AlertAccessDenied))
+		n, _ := gf.client.Write(policy.TLSAlert(policy.AlertAccessDenied))
+		gf.ownOut += int64(n)
 	case refuseHTTP403:
-		gf.client.Write(gf.denyResponse(v))
+		n, _ := gf.client.Write(gf.denyResponse(v))
+		gf.ownOut += int64(n)
 	default:
 		abortConn(gf.client)
 		return
@@ -850,16 +898,20 @@ func (gf *guardFlow) refuse(v rules.Verdict, how refusal) {
 	// could overtake the answer.
 	gf.client.CloseWrite()
 	gf.client.SetReadDeadline(time.Now().Add(2 * time.Second))
-	discard(gf.client)
+	gf.heldIn += discard(gf.client)
 }
 
-// discard reads from c until EOF, an error or its deadline.
-func discard(c net.Conn) {
+// discard reads from c until EOF, an error or its deadline, and returns
+// how many bytes it dropped.
+func discard(c net.Conn) int64 {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
+	var total int64
 	for {
-		if _, err := c.Read(*bp); err != nil {
-			return
+		n, err := c.Read(*bp)
+		total += int64(n)
+		if err != nil {
+			return total
 		}
 	}
 }
@@ -870,6 +922,10 @@ func (gf *guardFlow) end(res Result) {
 	if gf.af == nil {
 		toServer, toClient = uint64(res.Up), uint64(res.Down)
 	}
+	// The flow's bytes as the client saw them: what it sent, forwarded or
+	// not, and what it got, from the server or from netward.
+	toServer += uint64(gf.heldIn)
+	toClient += uint64(gf.ownOut)
 	if ev := gf.g.Events; ev != nil {
 		e := event.Flow{Header: gf.hdr, Start: gf.f.Start, End: time.Now(),
 			BytesToServer: toServer, BytesToClient: toClient, Alerted: gf.alerted,

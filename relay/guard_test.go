@@ -419,3 +419,45 @@ func TestGuardUpgrade(t *testing.T) {
 		})
 	}
 }
+
+func TestGuardRetransmittedSYNIsOneDrop(t *testing.T) {
+	g := newGuard(t)
+	now := time.Now()
+	mk := func(port uint16, at time.Time) *netstack.Flow {
+		return &netstack.Flow{Client: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.66"), port),
+			Server: netip.MustParseAddrPort("192.0.2.20:80"), Start: at}
+	}
+	for i, at := range []time.Duration{0, time.Second, 3 * time.Second} {
+		if got := g.Admit(mk(40000, now.Add(at))); got != netstack.AdmitDrop {
+			t.Fatalf("SYN %d: %v, want drop", i, got)
+		}
+	}
+	if !g.dropped.seen(mk(40000, now).Client, mk(40000, now).Server, now.Add(4*time.Second)) {
+		t.Error("retransmission within the window not recognised")
+	}
+	if g.dropped.seen(mk(40001, now).Client, mk(40001, now).Server, now) {
+		t.Error("another client port taken for a retransmission")
+	}
+	if g.dropped.seen(mk(40000, now).Client, mk(40000, now).Server, now.Add(dropMemory+5*time.Second)) {
+		t.Error("tuple remembered past dropMemory")
+	}
+}
+
+func TestGuardOnInvalidAllowForwards(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(path, []byte("default: allow\non_invalid: allow\nrules: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	eng, err := policy.New(policy.Options{Path: path, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientApp, serverApp, _ := guardPair(t, &Guard{Policy: eng})
+	const req = "POST / HTTP/1.1\r\nHost: app.example\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+	io.WriteString(clientApp, req)
+	got := make([]byte, len(req))
+	serverApp.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.ReadFull(serverApp, got); err != nil || string(got) != req {
+		t.Fatalf("server got %q, %v; on_invalid: allow must forward the bytes", got, err)
+	}
+}
