@@ -924,6 +924,7 @@ func (gf *guardFlow) end(res Result) {
 	}
 	// The flow's bytes as the client saw them: what it sent, forwarded or
 	// not, and what it got, from the server or from netward.
+	relayed := toServer+toClient > 0
 	toServer += uint64(gf.heldIn)
 	toClient += uint64(gf.ownOut)
 	if ev := gf.g.Events; ev != nil {
@@ -933,7 +934,7 @@ func (gf *guardFlow) end(res Result) {
 		switch {
 		case gf.refused:
 			e.State, e.Reason = event.StateNew, event.ReasonForced
-			if toServer+toClient > 0 {
+			if relayed { // refused after data went both ways (a later request)
 				e.State = event.StateEstablished
 			}
 		case res.End != EndClosed:
