@@ -339,7 +339,8 @@ func TestPeerFinished(t *testing.T) {
 		pf := s.(interface{ PeerFinished() bool })
 		var seen []bool
 		buf := make([]byte, 2)
-		io.ReadFull(s, buf) // "hi"; the server has not closed yet
+		s.SetDeadline(time.Now().Add(10 * time.Second)) // never hang the test binary
+		io.ReadFull(s, buf)                             // "hi"; the server has not closed yet
 		seen = append(seen, pf.PeerFinished())
 		s.Write([]byte("go")) // tell the server to close
 		deadline := time.Now().Add(5 * time.Second)
@@ -369,6 +370,7 @@ func TestPeerFinished(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	c.SetDeadline(time.Now().Add(15 * time.Second))
 	io.ReadFull(c, make([]byte, 2))
 	select {
 	case seen := <-got:
