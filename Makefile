@@ -10,6 +10,8 @@
 #   make fuzz        every fuzz target, FUZZTIME each (default 1m)
 #   make lint        gofmt + go vet
 #   make clean-lab   remove labs left behind by killed runs (root)
+#   make install     bin/netward, the systemd unit, config and logrotate files
+#                    under DESTDIR/PREFIX (root)
 
 export PATH := /usr/local/go/bin:$(PATH)
 GO           ?= go
@@ -18,7 +20,10 @@ TEST_TIMEOUT ?= 20m
 # BENCH_FLAGS are passed to the bench program, e.g. BENCH_FLAGS=-short.
 BENCH_FLAGS  ?=
 
-.PHONY: all build test demo bench fuzz lint clean-lab clean soak
+PREFIX       ?= /usr/local
+DESTDIR      ?=
+
+.PHONY: install all build test demo bench fuzz lint clean-lab clean soak
 
 all: build
 
@@ -51,6 +56,20 @@ lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$bad" ]; then echo "gofmt -l reports:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
+
+# install puts netward where dist/netward.service expects it and never
+# overwrites a config an operator has edited.
+install: build
+	install -D -m 0755 bin/netward $(DESTDIR)$(PREFIX)/bin/netward
+	install -D -m 0644 dist/netward.service $(DESTDIR)/etc/systemd/system/netward.service
+	install -D -m 0644 dist/logrotate.d/netward $(DESTDIR)/etc/logrotate.d/netward
+	install -d -m 0750 $(DESTDIR)/etc/netward $(DESTDIR)/var/log/netward
+	test -e $(DESTDIR)/etc/netward/netward.yaml || install -m 0640 examples/netward.yaml $(DESTDIR)/etc/netward/netward.yaml
+	test -e $(DESTDIR)/etc/netward/rules.yaml || { \
+	  install -m 0640 examples/rules/rules.yaml examples/rules/deny.html $(DESTDIR)/etc/netward/ && \
+	  install -D -m 0640 -t $(DESTDIR)/etc/netward/lists examples/rules/lists/*; }
+	$(DESTDIR)$(PREFIX)/bin/netward check $(DESTDIR)/etc/netward/rules.yaml
+	@echo "installed; then: systemctl daemon-reload && systemctl enable --now netward"
 
 clean-lab:
 	$(GO) run ./e2e/cmd/lab clean
