@@ -242,19 +242,8 @@ func (g *Guard) Serve(f *netstack.Flow, client, server netstack.Conn) {
 	client.Close()
 	server.Close()
 
-	res := Result{Up: gf.upBytes.Load(), Down: gf.downBytes.Load(), End: EndClosed}
-	if first := gf.firstErr(); first != nil {
-		res.Err = first
-		clientSide := first.read == first.up
-		switch {
-		case !isReset(first.err):
-			res.End = EndError
-		case clientSide:
-			res.End = EndClientReset
-		default:
-			res.End = EndServerReset
-		}
-	}
+	res := Result{Up: gf.upBytes.Load(), Down: gf.downBytes.Load()}
+	res.End, res.Err = endOf(gf.firstErr())
 	gf.end(res)
 }
 

@@ -1,6 +1,6 @@
-// Package relay serves netward's flows: it splices the client's and the
-// server's legs with half-close. The plain Handler (accept all, splice) is
-// in plain.go; inspection and policy build on Splice.
+// Package relay serves netward's flows: Guard (guard.go) holds, inspects,
+// judges and enforces; this file has the copy loop, half-close and reset
+// handling it splices the client's and the server's legs with.
 package relay
 
 import (
@@ -26,7 +26,7 @@ const BufferSize = 32 << 10
 // putting a slice header into a sync.Pool would cost.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, BufferSize); return &b }}
 
-// End is how a spliced flow ended.
+// End is how a flow ended.
 type End uint8
 
 const (
@@ -55,7 +55,7 @@ func (e End) String() string {
 	return "end(" + strconv.Itoa(int(e)) + ")"
 }
 
-// Result is what Splice moved and how it ended.
+// Result is what a flow moved and how it ended.
 type Result struct {
 	Up   int64 // bytes client → server, held bytes included
 	Down int64 // bytes server → client
@@ -63,65 +63,23 @@ type Result struct {
 	Err  error // the first error that ended the flow; nil for EndClosed
 }
 
-// Splice copies bytes both ways until both directions have ended, then
-// closes both conns. held are client bytes already read (by an inspector)
-// that go to the server first.
-//
-// Half-close: EOF from one side becomes CloseWrite (FIN) toward the other,
-// and the opposite direction carries on. A reset or error in either
-// direction aborts both legs with an RST, as a reset end to end would.
-func Splice(client, server netstack.Conn, held []byte) Result {
-	var (
-		res   Result
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first *halfError // the error that ended the flow; later ones follow from it
-	)
-	fail := func(err *halfError) {
-		mu.Lock()
-		if first == nil {
-			first = err
-			// Abort both legs: a reset or failure on one side becomes an
-			// RST on the other, and the opposite copy stops at once.
-			abortConn(client)
-			abortConn(server)
-		}
-		mu.Unlock()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		var err *halfError
-		res.Down, err = copyHalf(client, server, nil, false, nil)
-		if err != nil {
-			fail(err)
-		}
-	}()
-	up, err := copyHalf(server, client, held, true, nil)
-	if err != nil {
-		fail(err)
-	}
-	wg.Wait()
-	res.Up = up
-	client.Close()
-	server.Close()
+// endOf is how a flow ended, given the error that ended it (nil: both
+// directions finished with a FIN).
+func endOf(first *halfError) (End, error) {
 	if first == nil {
-		res.End = EndClosed
-		return res
+		return EndClosed, nil
 	}
-	res.Err = first
 	// Which leg failed: the read side of a copy is its source, the write
 	// side its destination.
 	clientSide := first.read == first.up
 	switch {
 	case !isReset(first.err):
-		res.End = EndError
+		return EndError, first
 	case clientSide:
-		res.End = EndClientReset
+		return EndClientReset, first
 	default:
-		res.End = EndServerReset
+		return EndServerReset, first
 	}
-	return res
 }
 
 // halfError is the error that ended one direction of a flow.
