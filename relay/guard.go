@@ -471,6 +471,11 @@ func getInspectBuf(size int) *[]byte {
 var (
 	tlsParsers  = sync.Pool{New: func() any { return inspect.NewTLSParser(inspect.TLSOptions{}) }}
 	httpParsers = sync.Pool{New: func() any { return inspect.NewHTTPParser(inspect.HTTPOptions{}) }}
+	// JA3/JA4 hashing is two thirds of a ClientHello's parse time and only
+	// the event log reads the fingerprints (no rule matches them).
+	tlsParsersNoFP = sync.Pool{New: func() any {
+		return inspect.NewTLSParser(inspect.TLSOptions{NoFingerprints: true})
+	}}
 )
 
 // serveUp relays client → server: first the held bytes of the first
@@ -617,9 +622,13 @@ func (gf *guardFlow) countUp(n int) {
 // serveTLS holds the client's bytes until the ClientHello is complete and
 // judged.
 func (gf *guardFlow) serveTLS(in *clientInput) *halfError {
-	p := tlsParsers.Get().(*inspect.TLSParser)
+	pool := &tlsParsers
+	if gf.g.Events == nil {
+		pool = &tlsParsersNoFP
+	}
+	p := pool.Get().(*inspect.TLSParser)
 	p.Reset()
-	defer tlsParsers.Put(p)
+	defer pool.Put(p)
 	fed := 0
 	for {
 		n, st, err := p.Feed(in.buf[fed:])
