@@ -26,6 +26,15 @@ const BufferSize = 32 << 10
 // putting a slice header into a sync.Pool would cost.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, BufferSize); return &b }}
 
+// spliceBufferSize is copyHalf's buffer: large enough that one read takes
+// a whole 64 KiB GSO super-packet (or two) from a gVisor leg and one write
+// lets gVisor send it on as one 64 KiB GSO packet, instead of two or three
+// smaller ones (TUN writes per GiB: see README). copyHalf holds it only
+// while data flows (WaitReadable), so idle flows do not pay for the size.
+const spliceBufferSize = 128 << 10
+
+var spliceBufPool = sync.Pool{New: func() any { b := make([]byte, spliceBufferSize); return &b }}
+
 // End is how a flow ended.
 type End uint8
 
@@ -132,7 +141,7 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 	var bp *[]byte
 	defer func() {
 		if bp != nil {
-			bufPool.Put(bp)
+			spliceBufPool.Put(bp)
 		}
 	}()
 	for {
@@ -140,7 +149,7 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 			if canWait {
 				waiter.WaitReadable() // errors surface from Read below
 			}
-			bp = bufPool.Get().(*[]byte)
+			bp = spliceBufPool.Get().(*[]byte)
 		}
 		buf := *bp
 		r, rerr := src.Read(buf)
@@ -163,7 +172,7 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 			}
 		}
 		if r < len(buf) {
-			bufPool.Put(bp)
+			spliceBufPool.Put(bp)
 			bp = nil
 		}
 		if rerr == io.EOF {
