@@ -372,10 +372,23 @@ func (gf *guardFlow) setHalfClosed() {
 // copyDown relays server → client for the flow's whole life.
 func (gf *guardFlow) copyDown() {
 	defer close(gf.downDone)
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	// As in copyHalf: a buffer only while the server has something to
+	// read, so an idle flow holds none.
+	waiter, canWait := gf.server.(readWaiter)
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			spliceBufPool.Put(bp)
+		}
+	}()
 	for {
+		if bp == nil {
+			if canWait {
+				waiter.WaitReadable() // errors surface from Read below
+			}
+			bp = spliceBufPool.Get().(*[]byte)
+		}
+		buf := *bp
 		r, rerr := gf.server.Read(buf)
 		if r > 0 {
 			gf.touch()
@@ -394,6 +407,15 @@ func (gf *guardFlow) copyDown() {
 				}
 				return
 			}
+			if rerr == nil && peerFinished(gf.server) {
+				// The server's FIN came with this data: pass it on right
+				// behind it (see copyHalf).
+				rerr = io.EOF
+			}
+		}
+		if r < len(buf) {
+			spliceBufPool.Put(bp)
+			bp = nil
 		}
 		if rerr == io.EOF {
 			gf.setHalfClosed()
@@ -483,8 +505,8 @@ var (
 // up direction, or nil when the client finished (or was refused).
 func (gf *guardFlow) serveUp() *halfError {
 	bp := getInspectBuf(gf.lim.InspectBytes)
-	defer inspectBufPool.Put(bp)
-	in := &clientInput{gf: gf, buf: (*bp)[:0:gf.lim.InspectBytes]}
+	in := &clientInput{gf: gf, bp: bp, buf: (*bp)[:0:gf.lim.InspectBytes]}
+	defer in.release()
 	gf.in = in
 
 	gf.client.SetReadDeadline(time.Now().Add(gf.lim.InspectTimeout))
@@ -512,13 +534,13 @@ func (gf *guardFlow) serveUp() *halfError {
 		}
 		err = gf.forwardRest(in)
 	}
-	*bp = in.buf[:0] // keep a grown buffer
 	return err
 }
 
 // clientInput is the client's bytes not yet forwarded.
 type clientInput struct {
 	gf       *guardFlow
+	bp       *[]byte // buf's pooled backing array; nil once released
 	buf      []byte
 	eof      bool // the client half-closed
 	timedOut bool // the inspect deadline passed
@@ -575,6 +597,15 @@ func (in *clientInput) detect() (inspect.Proto, *halfError) {
 	}
 }
 
+// release gives the buffer back to the pool once nothing more will be
+// inspected, so a flow spliced after its verdict holds no inspect buffer.
+func (in *clientInput) release() {
+	if in.bp != nil {
+		inspectBufPool.Put(in.bp)
+		in.bp, in.buf = nil, nil
+	}
+}
+
 // consume drops the first n bytes (forwarded) and keeps the rest at the
 // front of the buffer.
 func (in *clientInput) consume(n int) {
@@ -602,7 +633,7 @@ func (gf *guardFlow) forwardRest(in *clientInput) *halfError {
 	if err := gf.forward(in.buf); err != nil {
 		return err
 	}
-	in.buf = in.buf[:0]
+	in.release()
 	if in.eof {
 		if err := gf.server.CloseWrite(); err != nil && !isClosed(err) {
 			return &halfError{up: true, read: false, err: err}
