@@ -12,7 +12,7 @@ import (
 // Scaling benchmarks: evaluation time as the number of domains in a list,
 // CIDRs in a list, or rules grows from 10 to 100,000. Run with
 //
-//	go test ./rules -run XXX -bench Scale -benchmem
+//	go test ./rules -run '^$' -bench Scale -benchmem
 
 var scaleSizes = []int{10, 100, 1000, 10000, 100000}
 
