@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -26,7 +27,12 @@ var builtinChains = map[string][]string{
 // and the jumps to them, the ip rules at cfg.RulePriority with cfg's mark
 // and every ip rule that looks up cfg.Table, every route in cfg.Table, and
 // the TUN device named cfg.TUN if it is still there and no process holds
-// it open. Only cfg's TUN, Mark, Mask, Table and RulePriority are used.
+// it open. The kernel upstream leg's leftovers go too: the ip rules that
+// look up cfg.TransparentTable (or match cfg.TransparentMark at
+// cfg.TransparentRulePriority), the routes in that table, and
+// net.ipv4.tcp_early_demux is set back to the value recorded in the
+// NETWARD_UPSTREAM chain. Only cfg's TUN, Mark, Mask, Table, RulePriority
+// and the Transparent* values are used.
 //
 // It returns what it removed, as the commands that would remove it; an
 // empty list and a nil error when there was nothing. It keeps going past
@@ -95,6 +101,14 @@ func cleanupLeftovers(c *Config, ipts map[bool]*iptables.IPTables, deleteTUN boo
 			errs = append(errs, err)
 		}
 	}
+	// The sysctl's old value is in a chain: read it before the chains go.
+	if ipt := ipts[false]; ipt != nil {
+		r, err := restoreEarlyDemux(ipt)
+		removed = append(removed, r...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, v6 := range []bool{false, true} {
 		ipt := ipts[v6]
 		if ipt == nil {
@@ -109,10 +123,15 @@ func cleanupLeftovers(c *Config, ipts map[bool]*iptables.IPTables, deleteTUN boo
 		}
 	}
 	for _, v6 := range fams {
-		r, err := cleanupRoutes(c, v6)
-		removed = append(removed, r...)
-		if err != nil {
-			errs = append(errs, err)
+		for _, table := range []int{c.Table, c.TransparentTable} {
+			if table == 0 {
+				continue // no kernel upstream table configured
+			}
+			r, err := cleanupRoutes(table, v6)
+			removed = append(removed, r...)
+			if err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	r, err := cleanupTUN(c, deleteTUN)
@@ -123,13 +142,57 @@ func cleanupLeftovers(c *Config, ipts map[bool]*iptables.IPTables, deleteTUN boo
 	return removed, errors.Join(errs...)
 }
 
-// ours says whether an ip rule is netward's: it looks up netward's table,
-// or it matches netward's mark at netward's priority.
+// restoreEarlyDemux sets net.ipv4.tcp_early_demux back to the value the
+// marker rule in the IPv4 UpstreamChain recorded, if that chain is there
+// and the sysctl still has the 0 Install wrote.
+func restoreEarlyDemux(ipt *iptables.IPTables) ([]string, error) {
+	exists, err := ipt.ChainExists("raw", UpstreamChain)
+	if err != nil {
+		return nil, fmt.Errorf("steer: iptables -t raw -S: %w", err)
+	}
+	if !exists {
+		return nil, nil
+	}
+	lines, err := ipt.List("raw", UpstreamChain)
+	if err != nil {
+		return nil, fmt.Errorf("steer: iptables -t raw -S %s: %w", UpstreamChain, err)
+	}
+	for _, line := range lines {
+		args, err := splitRule(line)
+		if err != nil {
+			return nil, err
+		}
+		old, ok := parseEarlyDemuxMarker(args)
+		if !ok {
+			continue
+		}
+		path := filepath.Join(procSys, strings.ReplaceAll(earlyDemuxSysctl, ".", "/"))
+		cur, err := readInt(path)
+		if err != nil {
+			return nil, err
+		}
+		if cur != 0 || old == 0 {
+			return nil, nil // changed since by someone else: theirs now
+		}
+		if err := writeInt(path, old); err != nil {
+			return nil, err
+		}
+		return []string{fmt.Sprintf("sysctl -w %s=%d", earlyDemuxSysctl, old)}, nil
+	}
+	return nil, nil
+}
+
+// ours says whether an ip rule is netward's: it looks up one of netward's
+// tables, or it matches one of netward's marks at that mark's priority.
 func ruleIsOurs(c *Config, r *netlink.Rule) bool {
-	if r.Table == c.Table {
+	if r.Table == c.Table || (c.TransparentTable != 0 && r.Table == c.TransparentTable) {
 		return true
 	}
-	return r.Priority == c.RulePriority && r.Mark == c.Mark && r.Mask != nil && *r.Mask == c.Mask
+	if r.Mask == nil || *r.Mask != c.Mask {
+		return false
+	}
+	return (r.Priority == c.RulePriority && r.Mark == c.Mark) ||
+		(c.TransparentMark != 0 && r.Priority == c.TransparentRulePriority && r.Mark == c.TransparentMark)
 }
 
 func cleanupRules(c *Config, v6 bool) ([]string, error) {
@@ -223,14 +286,14 @@ func cleanupChains(ipt *iptables.IPTables, v6 bool, table string) ([]string, err
 	return removed, errors.Join(errs...)
 }
 
-func cleanupRoutes(c *Config, v6 bool) ([]string, error) {
+func cleanupRoutes(table int, v6 bool) ([]string, error) {
 	family := netlink.FAMILY_V4
 	if v6 {
 		family = netlink.FAMILY_V6
 	}
-	routes, err := netlink.RouteListFiltered(family, &netlink.Route{Table: c.Table}, netlink.RT_FILTER_TABLE)
+	routes, err := netlink.RouteListFiltered(family, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return nil, fmt.Errorf("steer: %s route list table %d: %w", ipCmd(v6), c.Table, err)
+		return nil, fmt.Errorf("steer: %s route list table %d: %w", ipCmd(v6), table, err)
 	}
 	var removed []string
 	var errs []error
@@ -256,6 +319,8 @@ func routeString(r *netlink.Route) string {
 		b.WriteString("blackhole ")
 	case unix.RTN_UNREACHABLE:
 		b.WriteString("unreachable ")
+	case unix.RTN_LOCAL:
+		b.WriteString("local ")
 	}
 	if r.Dst == nil || isDefault(r.Dst) {
 		b.WriteString("default")

@@ -17,6 +17,12 @@ const (
 	DefaultMask         = 0xffff // netward owns the low 16 mark bits only
 	DefaultTable        = 20055
 	DefaultRulePriority = 20055
+
+	// The kernel upstream leg's table and rule priority (see
+	// Config.TransparentMark). Cleanup removes them whether or not the run
+	// that left them used the kernel upstream leg.
+	DefaultTransparentTable        = 20056
+	DefaultTransparentRulePriority = 20054
 )
 
 // DefaultTUNAddr is the link-local /32 Install puts on the TUN. The kernel's
@@ -34,7 +40,16 @@ const (
 	ChainPrefix = "NETWARD"
 	MangleChain = "NETWARD"     // mangle: marks steered packets
 	RawChain    = "NETWARD_RAW" // raw: notrack for both legs
+
+	// Only with the kernel upstream leg (Config.TransparentMark != 0).
+	TransparentChain = "NETWARD_TPROXY"   // mangle PREROUTING: server answers to transparent sockets
+	UpstreamChain    = "NETWARD_UPSTREAM" // raw OUTPUT: notrack for the upstream sockets' packets
 )
+
+// earlyDemuxSysctl is the one global sysctl Install changes, and only for
+// the kernel upstream leg. It covers IPv6 TCP too (ip6_rcv_finish_core
+// reads net.ipv4.tcp_early_demux).
+const earlyDemuxSysctl = "net.ipv4.tcp_early_demux"
 
 // Route metrics in the steering table. The TUN route wins while the TUN
 // exists; the fail-closed route takes over when the TUN (and with it its
@@ -136,6 +151,29 @@ type Config struct {
 	// gives the TUN so that rp_filter loose mode accepts what gVisor sends
 	// (see DefaultTUNAddr). Must be in 169.254.0.0/16.
 	TUNAddr netip.Addr
+
+	// TransparentMark, when not 0, turns on the rules of the kernel
+	// upstream leg (netstack's UpstreamKernel: an IP_TRANSPARENT socket
+	// bound to the client's address): TCP that arrives on any interface but
+	// the TUN for a transparent socket gets TransparentMark (in Mask's
+	// bits) and is accepted in mangle PREROUTING before steering sees it;
+	// an ip rule at TransparentRulePriority sends that mark to
+	// TransparentTable, which holds "local default dev lo", so the answers
+	// are delivered to the socket instead of forwarded to the client.
+	// 0 (the default): no kernel upstream, nothing of this is installed.
+	TransparentMark uint32
+	// TransparentTable is the routing table with the local default route;
+	// TransparentRulePriority the priority of the ip rule that looks it up.
+	// Same ranges as Table and RulePriority, and different from them.
+	TransparentTable        int
+	TransparentRulePriority int
+	// UpstreamMark is the SO_MARK of the upstream sockets (netstack's
+	// UpstreamMark): their packets are NOTRACK'ed in raw OUTPUT, because
+	// steer's raw rules untrack the answers and conntrack would otherwise
+	// keep SYN_SENT entries. Required (inside Mask, different from Mark and
+	// TransparentMark) when TransparentMark is set, 0 otherwise.
+	UpstreamMark uint32
+
 	// Logger gets every kernel object installed or removed at debug level,
 	// leftovers removed at info. nil discards.
 	Logger *slog.Logger
@@ -153,8 +191,15 @@ func DefaultConfig() Config {
 		FailMode:     FailOpen,
 		IPv6:         true,
 		TUNAddr:      DefaultTUNAddr,
+
+		TransparentTable:        DefaultTransparentTable,
+		TransparentRulePriority: DefaultTransparentRulePriority,
 	}
 }
+
+// kernelUpstream reports whether the kernel upstream leg's rules are
+// installed.
+func (c *Config) kernelUpstream() bool { return c.TransparentMark != 0 }
 
 func (c *Config) logger() *slog.Logger {
 	if c.Logger == nil {
@@ -196,6 +241,33 @@ func (c *Config) validate() error {
 	if !c.TUNAddr.Is4() || !linkLocalV4.Contains(c.TUNAddr) {
 		bad("tun address %v is not an IPv4 link-local address (169.254.0.0/16)", c.TUNAddr)
 	}
+	switch {
+	case c.TransparentMark == 0 && c.UpstreamMark != 0:
+		bad("upstream mark %#x without a transparent mark: both or neither", c.UpstreamMark)
+	case c.TransparentMark != 0 && c.UpstreamMark == 0:
+		bad("transparent mark %#x without an upstream mark: both or neither", c.TransparentMark)
+	case c.TransparentMark != 0:
+		for _, m := range []struct {
+			name string
+			v    uint32
+		}{{"transparent mark", c.TransparentMark}, {"upstream mark", c.UpstreamMark}} {
+			if m.v&^c.Mask != 0 {
+				bad("%s %#x has bits outside the mask %#x", m.name, m.v, c.Mask)
+			}
+			if m.v&c.Mask == c.Mark&c.Mask {
+				bad("%s %#x is the steering mark", m.name, m.v)
+			}
+		}
+		if c.TransparentMark&c.Mask == c.UpstreamMark&c.Mask {
+			bad("transparent mark and upstream mark are both %#x", c.UpstreamMark)
+		}
+		if c.TransparentTable == 0 {
+			bad("transparent table must be set with the transparent mark")
+		}
+		if c.TransparentRulePriority == 0 {
+			bad("transparent rule priority must be set with the transparent mark")
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -219,6 +291,21 @@ func (c *Config) validateIDs() []error {
 	}
 	if c.RulePriority < minRulePriority || c.RulePriority > maxRulePriority {
 		bad("rule priority %d is outside %d..%d", c.RulePriority, minRulePriority, maxRulePriority)
+	}
+	// The kernel upstream leg's table and priority: 0 means none.
+	if t := c.TransparentTable; t != 0 {
+		if t < 0 || (t >= 252 && t <= 255) || int64(t) > math.MaxUint32 {
+			bad("transparent table %d is not a free routing table id (1..251, 256..%d)", t, uint32(math.MaxUint32))
+		} else if t == c.Table {
+			bad("transparent table %d is the steering table", t)
+		}
+	}
+	if p := c.TransparentRulePriority; p != 0 {
+		if p < minRulePriority || p > maxRulePriority {
+			bad("transparent rule priority %d is outside %d..%d", p, minRulePriority, maxRulePriority)
+		} else if p == c.RulePriority {
+			bad("transparent rule priority %d is the steering rule's", p)
+		}
 	}
 	return errs
 }

@@ -44,6 +44,20 @@ func TestValidate(t *testing.T) {
 		{"tun addr private", func(c *Config) { c.TUNAddr = netip.MustParseAddr("10.0.0.1") }, "link-local"},
 		{"tun addr v6", func(c *Config) { c.TUNAddr = netip.MustParseAddr("fe80::1") }, "link-local"},
 		{"several", func(c *Config) { c.Mark, c.Table = 0, 0 }, "mark must not be 0"},
+		{"kernel upstream", func(c *Config) { c.TransparentMark, c.UpstreamMark = 0x4e58, 0x4e59 }, ""},
+		{"upstream mark alone", func(c *Config) { c.UpstreamMark = 0x4e59 }, "both or neither"},
+		{"transparent mark alone", func(c *Config) { c.TransparentMark = 0x4e58 }, "both or neither"},
+		{"transparent mark is steering mark", func(c *Config) { c.TransparentMark, c.UpstreamMark = DefaultMark, 0x4e59 }, "transparent mark 0x4e57 is the steering mark"},
+		{"upstream mark is steering mark", func(c *Config) { c.TransparentMark, c.UpstreamMark = 0x4e58, DefaultMark }, "upstream mark 0x4e57 is the steering mark"},
+		{"marks equal", func(c *Config) { c.TransparentMark, c.UpstreamMark = 0x4e58, 0x4e58 }, "both 0x4e58"},
+		{"transparent mark outside mask", func(c *Config) { c.TransparentMark, c.UpstreamMark = 0x14e58, 0x4e59 }, "outside the mask"},
+		{"transparent table is steering table", func(c *Config) { c.TransparentTable = DefaultTable }, "steering table"},
+		{"transparent table main", func(c *Config) { c.TransparentTable = 254 }, "transparent table 254"},
+		{"transparent priority is steering's", func(c *Config) { c.TransparentRulePriority = DefaultRulePriority }, "steering rule's"},
+		{"transparent priority main", func(c *Config) { c.TransparentRulePriority = 32766 }, "transparent rule priority 32766"},
+		{"transparent table unset", func(c *Config) {
+			c.TransparentMark, c.UpstreamMark, c.TransparentTable = 0x4e58, 0x4e59, 0
+		}, "transparent table must be set"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

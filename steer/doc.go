@@ -85,7 +85,60 @@
 //	iptables -t mangle -A NETWARD -i eth1 -p tcp -j MARK --set-xmark 0x4e57/0xffff
 //
 // Nothing is added to the filter or nat tables, to OUTPUT, or to any
-// global sysctl.
+// global sysctl, unless the kernel upstream leg is on (below).
+//
+// # Kernel upstream leg
+//
+// With TransparentMark set (netward run --upstream kernel: TransparentMark
+// 0x4e58, UpstreamMark = --upstream-mark, 0x4e59 by default), the upstream
+// of each flow is a kernel socket with IP_TRANSPARENT bound to the
+// client's address and SO_MARK UpstreamMark, and Install adds, after the
+// steering table's routes of each family:
+//
+//	ip route add local default dev lo table 20056
+//	ip -6 route add local default dev lo table 20056
+//
+// after the steering chains of each family:
+//
+//	iptables -t raw -N NETWARD_UPSTREAM
+//	iptables -t raw -A NETWARD_UPSTREAM -m mark --mark 0x4e59/0xffff -j CT --notrack
+//	iptables -t raw -I OUTPUT 1 -j NETWARD_UPSTREAM
+//	iptables -t mangle -N NETWARD_TPROXY
+//	iptables -t mangle -A NETWARD_TPROXY ! -i netward0 -p tcp -m socket --transparent -j MARK --set-xmark 0x4e58/0xffff
+//	iptables -t mangle -A NETWARD_TPROXY -m mark --mark 0x4e58/0xffff -j ACCEPT
+//	iptables -t mangle -I PREROUTING 1 -p tcp -j NETWARD_TPROXY
+//	ip6tables -t raw -N NETWARD_UPSTREAM
+//	ip6tables -t raw -A NETWARD_UPSTREAM -m mark --mark 0x4e59/0xffff -j CT --notrack
+//	ip6tables -t raw -I OUTPUT 1 -j NETWARD_UPSTREAM
+//	ip6tables -t mangle -N NETWARD_TPROXY
+//	ip6tables -t mangle -A NETWARD_TPROXY ! -i netward0 -p tcp -m socket --transparent -j MARK --set-xmark 0x4e58/0xffff
+//	ip6tables -t mangle -A NETWARD_TPROXY -m mark --mark 0x4e58/0xffff -j ACCEPT
+//	ip6tables -t mangle -I PREROUTING 1 -p tcp -j NETWARD_TPROXY
+//
+// then one global sysctl (unless it is 0 already), with the value to
+// restore recorded first in the kernel itself, and before the steering ip
+// rules:
+//
+//	iptables -t raw -A NETWARD_UPSTREAM -m comment --comment 'netward: net.ipv4.tcp_early_demux was 1'   # the value it had; only if not 0
+//	sysctl -w net.ipv4.tcp_early_demux=0
+//	ip rule add priority 20054 fwmark 0x4e58/0xffff lookup 20056
+//	ip -6 rule add priority 20054 fwmark 0x4e58/0xffff lookup 20056
+//
+// Why: the server's answers are addressed to the client, so without these
+// they would be steered (or forwarded) instead of reaching the socket.
+// NETWARD_TPROXY is jumped to before NETWARD and ACCEPTs them, which ends
+// mangle PREROUTING before they could get the steering mark; the ip rule
+// delivers them locally. The TUN is excluded because gVisor's client leg
+// has the same addresses as the upstream socket. The sockets' own packets
+// are not tracked, because steer's raw rules leave their answers
+// untracked and conntrack would keep SYN_SENT entries. Early demux would
+// tie gVisor's client-leg packets (the socket's own 4-tuple) to the
+// socket, and ip_forward would then drop them; net.ipv4.tcp_early_demux
+// covers IPv6 TCP too. Remove restores it; after a crash, Cleanup restores
+// it from the comment rule (only if it is still 0), before it removes the
+// chains. Cleanup removes table 20056 and its rules whether or not the
+// run that left them used the kernel upstream leg: DefaultConfig names
+// both tables.
 //
 // # Why each piece
 //
@@ -164,7 +217,8 @@
 // Cleanup (netward cleanup) removes, in IPv4 and IPv6: every NETWARD* chain
 // in mangle and raw and the jumps to it from the built-in chains, the ip
 // rules at RulePriority with netward's mark and every ip rule that looks up
-// Table, every route in Table, and the TUN if it is still there and not
+// Table or TransparentTable, every route in those tables, restores
+// tcp_early_demux (see above), and the TUN if it is still there and not
 // held open by a process. It refuses (ErrTUNInUse, nothing removed) while a
 // process holds the TUN open, i.e. while netward runs.
 //

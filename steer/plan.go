@@ -2,17 +2,91 @@ package steer
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
 // chainPlan is one netward chain: its rules in order and the rule in the
-// built-in PREROUTING chain that jumps to it (inserted first, so netward
-// sees packets before anything else in that table).
+// built-in chain hook (PREROUTING, or OUTPUT) that jumps to it (inserted
+// first, so netward sees packets before anything else in that table).
 type chainPlan struct {
 	table string
 	chain string
+	hook  string
 	jump  []string
 	rules [][]string
+}
+
+// chainsPlan is every netward chain for one family, in install order:
+// steering's, then the kernel upstream leg's when it is on.
+func chainsPlan(c *Config, v6 bool) []chainPlan {
+	cps := iptablesPlan(c, v6)
+	if c.kernelUpstream() {
+		cps = append(cps, upstreamPlan(c)...)
+	}
+	return cps
+}
+
+// upstreamPlan returns the chains of the kernel upstream leg (the same in
+// both families):
+//   - raw OUTPUT: the upstream sockets' own packets (SO_MARK UpstreamMark)
+//     are not tracked. Their answers are untracked by the raw PREROUTING
+//     rules like all steered TCP, so tracked SYNs would only leave SYN_SENT
+//     entries behind.
+//   - mangle PREROUTING, inserted after (so in front of) the steering
+//     chain's jump: TCP for a transparent socket gets TransparentMark and
+//     is ACCEPTed, which ends mangle PREROUTING before steering would mark
+//     it; the ip rule for TransparentMark delivers it locally. The TUN is
+//     excluded because gVisor's client leg carries the same addresses as
+//     the upstream socket; -m socket matches the socket's own 4-tuple only,
+//     so the client's packets (reversed tuple) are never caught.
+func upstreamPlan(c *Config) []chainPlan {
+	tmark := fmt.Sprintf("%#x/%#x", c.TransparentMark, c.Mask)
+	return []chainPlan{
+		{
+			table: "raw",
+			chain: UpstreamChain,
+			hook:  "OUTPUT",
+			jump:  []string{"-j", UpstreamChain},
+			rules: [][]string{
+				{"-m", "mark", "--mark", fmt.Sprintf("%#x/%#x", c.UpstreamMark, c.Mask), "-j", "CT", "--notrack"},
+			},
+		},
+		{
+			table: "mangle",
+			chain: TransparentChain,
+			hook:  "PREROUTING",
+			jump:  []string{"-p", "tcp", "-j", TransparentChain},
+			rules: [][]string{
+				{"!", "-i", c.TUN, "-p", "tcp", "-m", "socket", "--transparent", "-j", "MARK", "--set-xmark", tmark},
+				{"-m", "mark", "--mark", tmark, "-j", "ACCEPT"},
+			},
+		},
+	}
+}
+
+// earlyDemuxMarker is the rule Install appends to the IPv4 UpstreamChain
+// before it turns tcp_early_demux off: the value to restore, kept in the
+// kernel, where Cleanup finds it after a crash.
+func earlyDemuxMarker(old int) []string {
+	return []string{"-m", "comment", "--comment", fmt.Sprintf("netward: %s was %d", earlyDemuxSysctl, old)}
+}
+
+// parseEarlyDemuxMarker reads the value earlyDemuxMarker recorded from a
+// rule (split `-S` output).
+func parseEarlyDemuxMarker(args []string) (int, bool) {
+	prefix := "netward: " + earlyDemuxSysctl + " was "
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] != "--comment" || !strings.HasPrefix(args[i+1], prefix) {
+			continue
+		}
+		v, err := strconv.Atoi(strings.TrimPrefix(args[i+1], prefix))
+		if err != nil || v < 0 {
+			return 0, false
+		}
+		return v, true
+	}
+	return 0, false
 }
 
 // iptablesPlan returns netward's chains for one family, in install order:
@@ -63,6 +137,7 @@ func iptablesPlan(c *Config, v6 bool) []chainPlan {
 	raw := chainPlan{
 		table: "raw",
 		chain: RawChain,
+		hook:  "PREROUTING",
 		jump:  []string{"-j", RawChain},
 	}
 	// Everything from the TUN is gVisor's (both legs, same 5-tuple as the
@@ -81,6 +156,7 @@ func iptablesPlan(c *Config, v6 bool) []chainPlan {
 	mangle := chainPlan{
 		table: "mangle",
 		chain: MangleChain,
+		hook:  "PREROUTING",
 		jump:  []string{"-p", "tcp", "-j", MangleChain},
 	}
 	// Packets out of the TUN are never steered again: no loop.
@@ -115,17 +191,25 @@ func Describe(cfg Config) []string {
 		}
 	}
 	for _, v6 := range c.families() {
-		for _, cp := range iptablesPlan(c, v6) {
+		for _, cp := range chainsPlan(c, v6) {
 			cmd := iptablesCmd(v6) + " -t " + cp.table
 			out = append(out, cmd+" -N "+cp.chain)
 			for _, r := range cp.rules {
 				out = append(out, cmd+" -A "+cp.chain+" "+shellJoin(r))
 			}
-			out = append(out, cmd+" -I PREROUTING 1 "+shellJoin(cp.jump))
+			out = append(out, cmd+" -I "+cp.hook+" 1 "+shellJoin(cp.jump))
 		}
 	}
+	if c.kernelUpstream() {
+		out = append(out,
+			"iptables -t raw -A "+UpstreamChain+" "+shellJoin(earlyDemuxMarker(1))+"   # the value it had; only if not 0",
+			"sysctl -w "+earlyDemuxSysctl+"=0",
+		)
+	}
 	for _, v6 := range c.families() {
-		out = append(out, describeRule(c, v6))
+		for _, r := range rulePlan(c, v6) {
+			out = append(out, r.String())
+		}
 	}
 	return out
 }
@@ -155,22 +239,45 @@ func describeAddr(c *Config) string {
 	return fmt.Sprintf("ip addr add %s/32 scope link dev %s", c.TUNAddr, c.TUN)
 }
 
-func describeRule(c *Config, v6 bool) string {
-	return fmt.Sprintf("%s rule add priority %d fwmark %s lookup %d", ipCmd(v6), c.RulePriority, c.markMask(), c.Table)
+// plannedRule is one fwmark ip rule.
+type plannedRule struct {
+	v6         bool
+	priority   int
+	mark, mask uint32
+	table      int
 }
 
-// plannedRoute is one route in the steering table.
+func (r plannedRule) String() string {
+	return fmt.Sprintf("%s rule add priority %d fwmark %#x/%#x lookup %d", ipCmd(r.v6), r.priority, r.mark, r.mask, r.table)
+}
+
+// rulePlan returns the ip rules for one family, in install order: the
+// steering rule last, so steering starts when everything else is in place.
+func rulePlan(c *Config, v6 bool) []plannedRule {
+	var rs []plannedRule
+	if c.kernelUpstream() {
+		rs = append(rs, plannedRule{v6: v6, priority: c.TransparentRulePriority, mark: c.TransparentMark, mask: c.Mask, table: c.TransparentTable})
+	}
+	return append(rs, plannedRule{v6: v6, priority: c.RulePriority, mark: c.Mark, mask: c.Mask, table: c.Table})
+}
+
+// plannedRoute is one route in the steering table (or, local, in the
+// kernel upstream leg's table).
 type plannedRoute struct {
 	v6      bool
 	closed  bool // prohibit route (fail closed) instead of dev TUN
+	local   bool // local default dev lo: deliver to this host's sockets
 	metric  int
 	table   int
 	tunName string
 }
 
 func (r plannedRoute) String() string {
-	if r.closed {
+	switch {
+	case r.closed:
 		return fmt.Sprintf("%s route add prohibit default table %d metric %d", ipCmd(r.v6), r.table, r.metric)
+	case r.local:
+		return fmt.Sprintf("%s route add local default dev lo table %d", ipCmd(r.v6), r.table)
 	}
 	return fmt.Sprintf("%s route add default dev %s table %d metric %d", ipCmd(r.v6), r.tunName, r.table, r.metric)
 }
@@ -179,6 +286,9 @@ func routePlan(c *Config, v6 bool) []plannedRoute {
 	rs := []plannedRoute{{v6: v6, metric: tunRouteMetric, table: c.Table, tunName: c.TUN}}
 	if c.FailMode == FailClosed {
 		rs = append(rs, plannedRoute{v6: v6, closed: true, metric: failClosedMetric, table: c.Table})
+	}
+	if c.kernelUpstream() {
+		rs = append(rs, plannedRoute{v6: v6, local: true, table: c.TransparentTable})
 	}
 	return rs
 }

@@ -19,7 +19,9 @@ func TestDocListsDescribe(t *testing.T) {
 	closed.FailMode = FailClosed
 	explicit := DefaultConfig()
 	explicit.Interfaces = []string{"eth1", "eth2"}
-	for _, c := range []Config{DefaultConfig(), closed} {
+	upstream := DefaultConfig()
+	upstream.TransparentMark, upstream.UpstreamMark = 0x4e58, 0x4e59
+	for _, c := range []Config{DefaultConfig(), closed, upstream} {
 		for _, line := range Describe(c) {
 			if !strings.Contains(string(doc), "//\t"+line+"\n") {
 				t.Errorf("doc.go does not list %q", line)
@@ -130,5 +132,44 @@ func TestShellJoin(t *testing.T) {
 	want := `-m u32 ! --u32 '0x4&0x3fff=0x0' 'it'\''s'`
 	if got != want {
 		t.Errorf("shellJoin = %s; want %s", got, want)
+	}
+}
+
+func TestEarlyDemuxMarker(t *testing.T) {
+	for _, old := range []int{1, 2} {
+		line := "-A " + UpstreamChain + " " + shellJoin(earlyDemuxMarker(old))
+		// iptables -S writes the comment in double quotes.
+		line = strings.ReplaceAll(line, "'", `"`)
+		args, err := splitRule(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := parseEarlyDemuxMarker(args); !ok || v != old {
+			t.Errorf("parseEarlyDemuxMarker(%q) = %d, %v; want %d, true", line, v, ok, old)
+		}
+	}
+	for _, line := range []string{
+		`-A NETWARD_UPSTREAM -m mark --mark 0x4e59/0xffff -j CT --notrack`,
+		`-A NETWARD_UPSTREAM -m comment --comment "netward: net.ipv4.tcp_early_demux was x"`,
+		`-A NETWARD_UPSTREAM -m comment --comment "netward: net.ipv4.ip_forward was 1"`,
+		`-A NETWARD_UPSTREAM -m comment --comment "netward: net.ipv4.tcp_early_demux was -1"`,
+	} {
+		args, err := splitRule(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := parseEarlyDemuxMarker(args); ok {
+			t.Errorf("parseEarlyDemuxMarker(%q) = %d, true; want no marker", line, v)
+		}
+	}
+}
+
+func TestPlanKernelUpstreamOff(t *testing.T) {
+	for _, line := range Describe(DefaultConfig()) {
+		for _, w := range []string{TransparentChain, UpstreamChain, "tcp_early_demux", "20056", "20054", "OUTPUT"} {
+			if strings.Contains(line, w) {
+				t.Errorf("kernel upstream off, yet %q", line)
+			}
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 
@@ -138,18 +139,49 @@ func (s *Steering) install() error {
 		}
 	}
 	for _, v6 := range c.families() {
-		for _, cp := range iptablesPlan(c, v6) {
+		for _, cp := range chainsPlan(c, v6) {
 			if err := s.addChain(ipts[v6], v6, cp); err != nil {
 				return err
 			}
 		}
 	}
-	for _, v6 := range c.families() {
-		if err := s.addRule(v6); err != nil {
+	if c.kernelUpstream() {
+		if err := s.disableEarlyDemux(ipts[false]); err != nil {
 			return err
 		}
 	}
+	for _, v6 := range c.families() {
+		for _, r := range rulePlan(c, v6) {
+			if err := s.addRule(r); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
+}
+
+// disableEarlyDemux turns net.ipv4.tcp_early_demux off (v4 and v6), which
+// the kernel upstream leg needs: early demux looks up the established
+// socket for a packet before routing, and gVisor's client-leg packets from
+// the TUN have the upstream socket's 4-tuple, so they would be tied to it
+// and then dropped by ip_forward instead of forwarded to the client. The
+// old value goes first into a comment rule in the IPv4 UpstreamChain, so
+// that Cleanup can restore it after a crash.
+func (s *Steering) disableEarlyDemux(ipt *iptables.IPTables) error {
+	path := filepath.Join(procSys, strings.ReplaceAll(earlyDemuxSysctl, ".", "/"))
+	old, err := readInt(path)
+	if err != nil {
+		return err
+	}
+	if old == 0 {
+		return nil
+	}
+	marker := earlyDemuxMarker(old)
+	if err := ipt.Append("raw", UpstreamChain, marker...); err != nil {
+		return fmt.Errorf("steer: iptables -t raw -A %s %s: %w", UpstreamChain, shellJoin(marker), err)
+	}
+	s.log.Debug("steer: installed", "what", "iptables -t raw -A "+UpstreamChain+" "+shellJoin(marker))
+	return s.setSysctl(path, func(int) (int, bool) { return 0, true })
 }
 
 // tunLink finds the TUN and checks that it is one.
@@ -246,6 +278,13 @@ func (s *Steering) setSysctl(path string, want func(old int) (v int, set bool)) 
 }
 
 func (s *Steering) addRoute(link netlink.Link, p plannedRoute) error {
+	if p.local {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return fmt.Errorf("steer: %s: find lo: %w", p, err)
+		}
+		link = lo
+	}
 	r := netlinkRoute(link, p)
 	if err := netlink.RouteAdd(r); err != nil {
 		return fmt.Errorf("steer: %s: %w", p, err)
@@ -262,9 +301,14 @@ func netlinkRoute(link netlink.Link, p plannedRoute) *netlink.Route {
 		family = netlink.FAMILY_V6
 	}
 	r := &netlink.Route{Family: family, Dst: dst, Table: p.table, Priority: p.metric}
-	if p.closed {
+	switch {
+	case p.closed:
 		r.Type = unix.RTN_PROHIBIT
-	} else {
+	case p.local:
+		r.Type = unix.RTN_LOCAL
+		r.LinkIndex = link.Attrs().Index
+		r.Scope = netlink.SCOPE_HOST
+	default:
 		r.LinkIndex = link.Attrs().Index
 		r.Scope = netlink.SCOPE_LINK
 		if p.v6 {
@@ -286,22 +330,22 @@ func (s *Steering) addChain(ipt *iptables.IPTables, v6 bool, cp chainPlan) error
 		}
 		s.log.Debug("steer: installed", "what", cmd+" -A "+cp.chain+" "+shellJoin(r))
 	}
-	if err := ipt.Insert(cp.table, "PREROUTING", 1, cp.jump...); err != nil {
-		return fmt.Errorf("steer: %s -I PREROUTING 1 %s: %w", cmd, shellJoin(cp.jump), err)
+	jump := fmt.Sprintf("%s -I %s 1 %s", cmd, cp.hook, shellJoin(cp.jump))
+	if err := ipt.Insert(cp.table, cp.hook, 1, cp.jump...); err != nil {
+		return fmt.Errorf("steer: %s: %w", jump, err)
 	}
-	s.done(cmd+" -I PREROUTING 1 "+shellJoin(cp.jump), func() error {
-		return ipt.DeleteIfExists(cp.table, "PREROUTING", cp.jump...)
+	s.done(jump, func() error {
+		return ipt.DeleteIfExists(cp.table, cp.hook, cp.jump...)
 	})
 	return nil
 }
 
-func (s *Steering) addRule(v6 bool) error {
-	c := &s.cfg
-	r := netlinkRule(c, v6)
+func (s *Steering) addRule(p plannedRule) error {
+	r := netlinkRule(p)
 	if err := netlink.RuleAdd(r); err != nil {
-		return fmt.Errorf("steer: %s: %w", describeRule(c, v6), err)
+		return fmt.Errorf("steer: %s: %w", p, err)
 	}
-	s.done(describeRule(c, v6), func() error {
+	s.done(p.String(), func() error {
 		if err := netlink.RuleDel(r); err != nil && !errors.Is(err, unix.ENOENT) {
 			return err
 		}
@@ -310,17 +354,17 @@ func (s *Steering) addRule(v6 bool) error {
 	return nil
 }
 
-func netlinkRule(c *Config, v6 bool) *netlink.Rule {
+func netlinkRule(p plannedRule) *netlink.Rule {
 	r := netlink.NewRule()
 	r.Family = netlink.FAMILY_V4
-	if v6 {
+	if p.v6 {
 		r.Family = netlink.FAMILY_V6
 	}
-	r.Priority = c.RulePriority
-	r.Mark = c.Mark
-	mask := c.Mask
+	r.Priority = p.priority
+	r.Mark = p.mark
+	mask := p.mask
 	r.Mask = &mask
-	r.Table = c.Table
+	r.Table = p.table
 	return r
 }
 
