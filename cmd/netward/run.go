@@ -92,6 +92,24 @@ func steerConfig(cfg *config.Config, log *slog.Logger) (steer.Config, error) {
 	return sc, nil
 }
 
+// transparentMark is the mark steer gives the answers to the kernel
+// upstream sockets (--upstream kernel); the next free one when the
+// steering mark or the upstream mark already use it.
+const transparentMark = 0x4e58
+
+// kernelUpstreamSteer turns on steer's rules for the kernel upstream leg
+// (transparent-socket mark, local table, raw OUTPUT notrack for
+// upstreamMark, tcp_early_demux off), so --upstream kernel needs no rules
+// by hand. The table and rule priority are steer's defaults.
+func kernelUpstreamSteer(sc *steer.Config, upstreamMark uint32) {
+	m := uint32(transparentMark)
+	for m&sc.Mask == sc.Mark&sc.Mask || m&sc.Mask == upstreamMark&sc.Mask {
+		m++
+	}
+	sc.TransparentMark = m
+	sc.UpstreamMark = upstreamMark
+}
+
 // datapathOptions are run's flags that are not in the config file.
 type datapathOptions struct {
 	queues         int
@@ -107,6 +125,9 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	sc, err := steerConfig(cfg, log)
 	if err != nil {
 		return err
+	}
+	if dp.upstreamKernel {
+		kernelUpstreamSteer(&sc, dp.upstreamMark)
 	}
 	if err := steer.Preflight(sc); err != nil {
 		return fmt.Errorf("preflight: %w", err)
