@@ -103,7 +103,12 @@ const transparentMark = 0x4e58
 // by hand. The table and rule priority are steer's defaults.
 func kernelUpstreamSteer(sc *steer.Config, upstreamMark uint32) {
 	m := uint32(transparentMark)
-	for m&sc.Mask == sc.Mark&sc.Mask || m&sc.Mask == upstreamMark&sc.Mask {
+	// Two marks can collide, so three tries find a free one; an unusable
+	// mask is left for steer's validation to report.
+	for range 2 {
+		if m&sc.Mask != sc.Mark&sc.Mask && m&sc.Mask != upstreamMark&sc.Mask {
+			break
+		}
 		m++
 	}
 	sc.TransparentMark = m
