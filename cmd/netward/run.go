@@ -28,8 +28,8 @@ func runMain(args []string) int {
 	fs := flag.NewFlagSet("netward run", flag.ContinueOnError)
 	cf := config.NewFlags(fs)
 	queues := fs.Int("queues", 1, "TUN queues, each read by its own goroutine (IFF_MULTI_QUEUE when > 1)")
-	upstream := fs.String("upstream", "gvisor", "how to reach the server: gvisor (through the TUN) or kernel (IP_TRANSPARENT socket; needs the transparent-socket rules)")
-	upstreamMark := fs.Uint("upstream-mark", 0x4e59, "SO_MARK of kernel upstream sockets (--upstream kernel), for raw OUTPUT -j CT --notrack")
+	upstream := fs.String("upstream", "gvisor", "how to reach the server: gvisor (a gVisor endpoint out through the TUN) or kernel (an IP_TRANSPARENT kernel socket bound to the client's address; netward installs the rules it needs, see steer/doc.go)")
+	upstreamMark := fs.Uint("upstream-mark", 0x4e59, "SO_MARK of the kernel upstream sockets (--upstream kernel); must differ from mark")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: netward run [flags]\n\nSteers forwarded TCP into a TUN, terminates each flow and relays it\nwith the client's own address. Flags override the config file.\n\nflags:")
 		fs.PrintDefaults()
