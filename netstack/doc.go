@@ -7,8 +7,19 @@
 // it injects super-packets whole, verifies the checksums the kernel has not
 // vouched for, and writes gVisor's own GSO packets back with a
 // virtio_net_hdr so that the kernel segments them (late, or in the output
-// device). Without offloads (TUNOptions.Offload false, or a kernel that
-// refuses them) it moves plain packets, one per read or write.
+// device). With offloads asked for but refused by the kernel it moves plain
+// packets, one per read or write.
+//
+// Without offloads (TUNOptions.Offload false, `--offload=false`) OpenTUN
+// creates the device with golang.zx2c4.com/wireguard/tun instead, and
+// wgEndpoint serves it: wireguard enables vnet_hdr itself where it can,
+// splits super-packets in Go on Read and GRO-coalesces on Write, so netward
+// sees plain packets in batches of Device.BatchSize. One goroutine reads
+// batches into buffers allocated once and injects each packet; outbound, a
+// FIFO qdisc collects gVisor's packets and WritePackets copies each batch
+// into preallocated buffers (with the headroom Write needs for the
+// virtio_net_hdr) for one Device.Write. New recognises such a TUN by its
+// file (wgDevices) and owns the device; closing it deletes the TUN.
 //
 // The stack is promiscuous (accepts every destination) and spoofing (sends
 // from every source). A tcp.Forwarder hands each SYN to Stack.handleSYN,

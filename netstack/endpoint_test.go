@@ -209,7 +209,7 @@ func FuzzDeliver(f *testing.F) {
 	f.Add(withHdr(virtioNetHdr{flags: vnetFlagDataValid}, tcpPacket(cli4, srv4, header.TCPFlagSyn|header.TCPFlagAck, nil)))
 	l := newLab(f, labOptions{vnet: true})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		l.net.link.deliver(b)
+		l.net.link.(*linkEndpoint).deliver(b)
 	})
 }
 

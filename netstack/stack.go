@@ -14,6 +14,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/qdisc/fifo"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -89,7 +90,7 @@ type Options struct {
 // Stack is the gVisor stack that terminates forwarded TCP flows.
 type Stack struct {
 	stack   *stack.Stack
-	link    *linkEndpoint
+	link    tunLink
 	handler Handler
 	log     *slog.Logger
 	dialTO  time.Duration
@@ -155,19 +156,31 @@ func New(o Options) (*Stack, error) {
 	// flows a second — and stay below 2^53, so JSON consumers that read
 	// numbers as doubles keep them exact.
 	s.nextID.Store(uint64(time.Now().UnixMilli()) << 10)
-	var gso uint32
-	if o.VnetHdr {
-		gso = maxGSOSize
-	}
-	link, err := newLinkEndpoint(endpointOptions{
-		Files:      o.Files,
-		MTU:        uint32(o.MTU),
-		VnetHdr:    o.VnetHdr,
-		GSOMaxSize: gso,
-		Stats:      &s.stats,
-	})
-	if err != nil {
-		return nil, err
+	var link tunLink
+	if dev := takeWGDevice(o.Files); dev != nil {
+		// A TUN opened without offloads: wireguard's device, in batches.
+		wl, err := newWGEndpoint(dev, uint32(o.MTU), &s.stats)
+		if err != nil {
+			dev.Close()
+			return nil, err
+		}
+		link = wl
+	} else {
+		var gso uint32
+		if o.VnetHdr {
+			gso = maxGSOSize
+		}
+		fl, err := newLinkEndpoint(endpointOptions{
+			Files:      o.Files,
+			MTU:        uint32(o.MTU),
+			VnetHdr:    o.VnetHdr,
+			GSOMaxSize: gso,
+			Stats:      &s.stats,
+		})
+		if err != nil {
+			return nil, err
+		}
+		link = fl
 	}
 	s.link = link
 	s.kernelDial = s.dialKernel
@@ -207,7 +220,17 @@ func New(o Options) (*Stack, error) {
 	// start delivering packets as soon as it is created.
 	fwd := tcp.NewForwarder(st, 0, o.MaxInFlight, s.handleSYN)
 	st.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
-	if terr := st.CreateNICWithOptions(nicID, link, stack.NICOptions{Name: "tun"}); terr != nil {
+	nicOpts := stack.NICOptions{Name: "tun"}
+	if wl, ok := link.(*wgEndpoint); ok {
+		// gVisor writes one packet per call; a FIFO queue with one
+		// dispatcher hands them to the wireguard endpoint in batches.
+		// The NIC closes it.
+		nicOpts.QDisc = fifo.New(wl, 1, wgQueueLen)
+	}
+	if terr := st.CreateNICWithOptions(nicID, link, nicOpts); terr != nil {
+		if nicOpts.QDisc != nil {
+			nicOpts.QDisc.Close()
+		}
 		return fail(fmt.Errorf("netstack: create NIC: %s", terr))
 	}
 	// Promiscuous: accept packets for any destination (every server).
@@ -228,15 +251,30 @@ func New(o Options) (*Stack, error) {
 
 func ptr[T any](v T) *T { return &v }
 
+// tunLink is the link endpoint under the stack: linkEndpoint on the TUN's
+// own file descriptors, or wgEndpoint on a wireguard device.
+type tunLink interface {
+	stack.LinkEndpoint
+	// failure is closed when the datapath stops on its own;
+	// failureReason says why.
+	failure() <-chan struct{}
+	failureReason() error
+}
+
+func (e *linkEndpoint) failure() <-chan struct{} { return e.failed }
+func (e *linkEndpoint) failureReason() error     { return e.failErr }
+func (e *wgEndpoint) failure() <-chan struct{}   { return e.failed }
+func (e *wgEndpoint) failureReason() error       { return e.failErr }
+
 // Failed is closed when the datapath stops on its own: a TUN queue can no
 // longer be read (the device was deleted, for example). Err says why.
-func (s *Stack) Failed() <-chan struct{} { return s.link.failed }
+func (s *Stack) Failed() <-chan struct{} { return s.link.failure() }
 
 // Err returns why Failed was closed, or nil.
 func (s *Stack) Err() error {
 	select {
-	case <-s.link.failed:
-		return s.link.failErr
+	case <-s.link.failure():
+		return s.link.failureReason()
 	default:
 		return nil
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	wgtun "golang.zx2c4.com/wireguard/tun"
 )
 
 // TUNOptions says how to create the TUN device.
@@ -22,6 +23,8 @@ type TUNOptions struct {
 	// Offload asks for IFF_VNET_HDR with TSO/checksum offload, so the kernel
 	// passes GSO super-packets and partial checksums. If the kernel refuses,
 	// the device falls back to plain packets (TUN.VnetHdr reports which).
+	// Without Offload the device is wireguard's (wgtun.CreateTUN), single
+	// queue, read and written in batches of plain packets (wgEndpoint).
 	Offload bool
 }
 
@@ -34,6 +37,10 @@ type TUN struct {
 	MTU     int  // device MTU
 	VnetHdr bool // packets carry a virtio_net_hdr and offloads are on
 	Files   []*os.File
+
+	// dev is the wireguard device of a TUN opened without Offload (Files
+	// is then its file); nil otherwise.
+	dev wgtun.Device
 }
 
 // tunOffloads are the offloads netward asks for: TSO for IPv4 and IPv6 and
@@ -61,6 +68,15 @@ func OpenTUN(o TUNOptions) (*TUN, error) {
 	queues := max(o.Queues, 1)
 	t := &TUN{Name: o.Name}
 	vnet := o.Offload
+	if !o.Offload {
+		dev, err := createWGDevice(o.Name, o.MTU)
+		if err != nil {
+			return nil, err
+		}
+		t.dev = dev
+		t.Files = []*os.File{dev.File()}
+		queues = 0
+	}
 	for q := 0; q < queues; q++ {
 		f, gotVnet, err := openQueue(o.Name, queues > 1, vnet)
 		if err != nil && vnet && q == 0 {
@@ -148,6 +164,10 @@ func openQueue(name string, multi, vnet bool) (*os.File, bool, error) {
 // more than once. After NewStack, the stack owns the files: close the Stack
 // instead.
 func (t *TUN) Close() error {
+	if t.dev != nil {
+		wgDevices.Delete(t.dev.File())
+		return t.dev.Close() // closes the file; safe to repeat
+	}
 	var errs []error
 	for _, f := range t.Files {
 		if err := f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {

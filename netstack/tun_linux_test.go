@@ -205,6 +205,9 @@ func (l *nsLab) startNetward(offload, upstreamKernel bool) (*Stack, *TUN) {
 		l.t.Fatalf("New: %v", err)
 	}
 	l.t.Cleanup(func() { st.Close() })
+	if _, wg := st.link.(*wgEndpoint); wg == offload {
+		l.t.Fatalf("offload=%v served by %T", offload, st.link)
+	}
 	l.steer(upstreamKernel)
 	return st, tun
 }
