@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -60,27 +59,13 @@ type endpointOptions struct {
 // segmentation (and checksums) to the kernel, which forwards them with the
 // output device's own TSO or segments them in software late.
 type linkEndpoint struct {
-	files   []*os.File
-	fds     []int
-	mtu     atomic.Uint32
-	vnetHdr bool
-	gsoMax  uint32
-	stats   *Stats
-
-	// mu guards the fds against Close while a writev is in progress: a
-	// closed fd number may be reused by the process.
-	mu         sync.RWMutex
-	closed     bool
-	dispatcher stack.NetworkDispatcher
-	started    bool
-	onClose    func()
-	wg         sync.WaitGroup
+	linkBase // its mu guards the fds against Close while a writev is in progress
+	files    []*os.File
+	fds      []int
+	vnetHdr  bool
+	gsoMax   uint32
 
 	scratch sync.Pool // *writeScratch
-
-	failOnce sync.Once
-	failed   chan struct{} // closed when a reader fails; failErr says why
-	failErr  error
 }
 
 // writeScratch is the per-writev state. It is pooled rather than kept per
@@ -104,16 +89,11 @@ func newLinkEndpoint(o endpointOptions) (*linkEndpoint, error) {
 	if o.Stats == nil {
 		return nil, errors.New("netstack: link endpoint needs Stats")
 	}
-	e := &linkEndpoint{
-		failed:  make(chan struct{}),
-		files:   o.Files,
-		vnetHdr: o.VnetHdr,
-		stats:   o.Stats,
-	}
+	e := &linkEndpoint{files: o.Files, vnetHdr: o.VnetHdr}
+	e.init(o.MTU, o.Stats)
 	if o.VnetHdr {
 		e.gsoMax = min(o.GSOMaxSize, maxGSOSize)
 	}
-	e.mtu.Store(o.MTU)
 	for i, f := range o.Files {
 		// SyscallConn rather than f.Fd(): Fd would switch the file to
 		// blocking mode and take it out of the runtime poller.
@@ -130,15 +110,6 @@ func newLinkEndpoint(o endpointOptions) (*linkEndpoint, error) {
 	e.scratch.New = func() any { return new(writeScratch) }
 	return e, nil
 }
-
-func (e *linkEndpoint) MTU() uint32                             { return e.mtu.Load() }
-func (e *linkEndpoint) SetMTU(mtu uint32)                       { e.mtu.Store(mtu) }
-func (e *linkEndpoint) MaxHeaderLength() uint16                 { return 0 }
-func (e *linkEndpoint) LinkAddress() tcpip.LinkAddress          { return "" }
-func (e *linkEndpoint) SetLinkAddress(tcpip.LinkAddress)        {}
-func (e *linkEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
-func (e *linkEndpoint) AddHeader(*stack.PacketBuffer)           {}
-func (e *linkEndpoint) ParseHeader(*stack.PacketBuffer) bool    { return true }
 
 // Capabilities implements stack.LinkEndpoint. With a virtio_net_hdr the
 // kernel passes partial checksums (NEEDS_CSUM), which gVisor would drop as
@@ -164,62 +135,26 @@ func (e *linkEndpoint) SupportedGSO() stack.SupportedGSO {
 
 // Attach implements stack.LinkEndpoint; the readers start on first attach.
 func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.dispatcher = d
-	if d == nil || e.started || e.closed {
+	if !e.attach(d) {
 		return
 	}
-	e.started = true
+	defer e.mu.Unlock()
 	for q := range e.files {
 		e.wg.Add(1)
 		go e.readLoop(q)
 	}
 }
 
-// IsAttached implements stack.LinkEndpoint.
-func (e *linkEndpoint) IsAttached() bool {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	return e.dispatcher != nil
-}
-
-// Wait implements stack.LinkEndpoint: it waits for the readers, which stop
-// when the endpoint is closed.
-func (e *linkEndpoint) Wait() { e.wg.Wait() }
-
-// SetOnCloseAction implements stack.LinkEndpoint.
-func (e *linkEndpoint) SetOnCloseAction(f func()) {
-	e.mu.Lock()
-	e.onClose = f
-	e.mu.Unlock()
-}
-
 // Close implements stack.LinkEndpoint: it closes the queues, which wakes
 // and ends the readers.
 func (e *linkEndpoint) Close() {
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
+	if !e.markClosed() {
 		return
-	}
-	e.closed = true
-	onClose := e.onClose
-	e.mu.Unlock()
-	if onClose != nil {
-		onClose()
 	}
 	for _, f := range e.files {
 		f.Close() // error ignored: nothing to do about it at teardown
 	}
 	e.wg.Wait()
-}
-
-func (e *linkEndpoint) getDispatcher() stack.NetworkDispatcher {
-	e.mu.RLock()
-	d := e.dispatcher
-	e.mu.RUnlock()
-	return d
 }
 
 // readLoop reads queue q until the endpoint is closed. buf is allocated once
@@ -271,21 +206,6 @@ func (e *linkEndpoint) readLoop(q int) {
 			return
 		}
 	}
-}
-
-// fail records the first reader failure and closes failed: the datapath
-// is gone (the TUN was deleted, for example) and the process should stop.
-func (e *linkEndpoint) fail(err error) {
-	e.failOnce.Do(func() {
-		e.failErr = err
-		close(e.failed)
-	})
-}
-
-func (e *linkEndpoint) isClosed() bool {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	return e.closed
 }
 
 // deliver hands one packet read from the TUN to gVisor.

@@ -261,11 +261,6 @@ type tunLink interface {
 	failureReason() error
 }
 
-func (e *linkEndpoint) failure() <-chan struct{} { return e.failed }
-func (e *linkEndpoint) failureReason() error     { return e.failErr }
-func (e *wgEndpoint) failure() <-chan struct{}   { return e.failed }
-func (e *wgEndpoint) failureReason() error       { return e.failErr }
-
 // Failed is closed when the datapath stops on its own: a TUN queue can no
 // longer be read (the device was deleted, for example). Err says why.
 func (s *Stack) Failed() <-chan struct{} { return s.link.failure() }

@@ -6,11 +6,9 @@ import (
 	"io/fs"
 	"os"
 	"sync"
-	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	wgtun "golang.zx2c4.com/wireguard/tun"
@@ -73,19 +71,9 @@ func takeWGDevice(files []*os.File) wgtun.Device {
 // and hands them to Device.Write in batches. gVisor does no GSO here and
 // computes and verifies every checksum itself.
 type wgEndpoint struct {
-	dev   wgtun.Device
-	batch int
-	mtu   atomic.Uint32
-	stats *Stats
-
-	// mu guards the lifecycle; WritePackets holds it shared so that Close
-	// waits for writes in progress.
-	mu         sync.RWMutex
-	closed     bool
-	dispatcher stack.NetworkDispatcher
-	started    bool
-	onClose    func()
-	wg         sync.WaitGroup
+	linkBase // WritePackets holds its mu shared so Close waits for writes
+	dev      wgtun.Device
+	batch    int
 
 	// wmu serialises writers over wbufs (wireguard's Write is serial
 	// anyway). wbufs are batch buffers of wgWriteOffset+maxIPPacket
@@ -94,10 +82,6 @@ type wgEndpoint struct {
 	wmu   sync.Mutex
 	wbufs [][]byte
 	wout  [][]byte
-
-	failOnce sync.Once
-	failed   chan struct{}
-	failErr  error
 }
 
 var _ stack.LinkEndpoint = (*wgEndpoint)(nil)
@@ -106,13 +90,8 @@ func newWGEndpoint(dev wgtun.Device, mtu uint32, stats *Stats) (*wgEndpoint, err
 	if stats == nil {
 		return nil, errors.New("netstack: link endpoint needs Stats")
 	}
-	e := &wgEndpoint{
-		dev:    dev,
-		batch:  max(dev.BatchSize(), 1),
-		stats:  stats,
-		failed: make(chan struct{}),
-	}
-	e.mtu.Store(mtu)
+	e := &wgEndpoint{dev: dev, batch: max(dev.BatchSize(), 1)}
+	e.init(mtu, stats)
 	e.wbufs = batchBuffers(e.batch, wgWriteOffset+maxIPPacket)
 	e.wout = make([][]byte, 0, e.batch)
 	// wireguard's listeners block sending events nobody reads, and then
@@ -137,15 +116,6 @@ func batchBuffers(n, size int) [][]byte {
 	return bufs
 }
 
-func (e *wgEndpoint) MTU() uint32                             { return e.mtu.Load() }
-func (e *wgEndpoint) SetMTU(mtu uint32)                       { e.mtu.Store(mtu) }
-func (e *wgEndpoint) MaxHeaderLength() uint16                 { return 0 }
-func (e *wgEndpoint) LinkAddress() tcpip.LinkAddress          { return "" }
-func (e *wgEndpoint) SetLinkAddress(tcpip.LinkAddress)        {}
-func (e *wgEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
-func (e *wgEndpoint) AddHeader(*stack.PacketBuffer)           {}
-func (e *wgEndpoint) ParseHeader(*stack.PacketBuffer) bool    { return true }
-
 // Capabilities implements stack.LinkEndpoint: none. wireguard completes
 // partial checksums and recomputes them for the segments it splits;
 // packets forwarded with full checksums are verified by gVisor.
@@ -153,65 +123,23 @@ func (e *wgEndpoint) Capabilities() stack.LinkEndpointCapabilities { return 0 }
 
 // Attach implements stack.LinkEndpoint; the reader starts on first attach.
 func (e *wgEndpoint) Attach(d stack.NetworkDispatcher) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.dispatcher = d
-	if d == nil || e.started || e.closed {
+	if !e.attach(d) {
 		return
 	}
-	e.started = true
+	defer e.mu.Unlock()
 	e.wg.Add(1)
 	go e.readLoop()
-}
-
-// IsAttached implements stack.LinkEndpoint.
-func (e *wgEndpoint) IsAttached() bool {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	return e.dispatcher != nil
-}
-
-// Wait implements stack.LinkEndpoint: it waits for the reader and the
-// event drain, which stop when the endpoint is closed.
-func (e *wgEndpoint) Wait() { e.wg.Wait() }
-
-// SetOnCloseAction implements stack.LinkEndpoint.
-func (e *wgEndpoint) SetOnCloseAction(f func()) {
-	e.mu.Lock()
-	e.onClose = f
-	e.mu.Unlock()
 }
 
 // Close implements stack.LinkEndpoint: it closes the wireguard device
 // (its file, so the kernel deletes the TUN, and its listener goroutines)
 // and waits for the reader.
 func (e *wgEndpoint) Close() {
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
+	if !e.markClosed() {
 		return
-	}
-	e.closed = true
-	onClose := e.onClose
-	e.mu.Unlock()
-	if onClose != nil {
-		onClose()
 	}
 	e.dev.Close() // error ignored: nothing to do about it at teardown
 	e.wg.Wait()
-}
-
-func (e *wgEndpoint) isClosed() bool {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	return e.closed
-}
-
-func (e *wgEndpoint) fail(err error) {
-	e.failOnce.Do(func() {
-		e.failErr = err
-		close(e.failed)
-	})
 }
 
 // readLoop reads batches until the endpoint is closed or the device fails.

@@ -1,0 +1,125 @@
+package netstack
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// linkBase is what both TUN link endpoints (linkEndpoint on the TUN's own
+// file descriptors, wgEndpoint on a wireguard device) share: the
+// stack.LinkEndpoint methods a TUN answers the same way, the dispatcher
+// and lifecycle under one lock, and the failure signal the Stack exposes.
+type linkBase struct {
+	mtu   atomic.Uint32
+	stats *Stats
+
+	// mu guards the lifecycle; writers hold it shared so that Close waits
+	// for writes in progress (a closed fd number may be reused).
+	mu         sync.RWMutex
+	closed     bool
+	dispatcher stack.NetworkDispatcher
+	started    bool
+	onClose    func()
+	wg         sync.WaitGroup // the endpoint's goroutines
+
+	failOnce sync.Once
+	failed   chan struct{} // closed when the datapath stops on its own
+	failErr  error
+}
+
+// init prepares a zero linkBase; the endpoint embedding it calls it once
+// before use.
+func (b *linkBase) init(mtu uint32, stats *Stats) {
+	b.stats = stats
+	b.failed = make(chan struct{})
+	b.mtu.Store(mtu)
+}
+
+// A TUN carries bare IP packets: no link header, no link address.
+func (b *linkBase) MTU() uint32                             { return b.mtu.Load() }
+func (b *linkBase) SetMTU(mtu uint32)                       { b.mtu.Store(mtu) }
+func (b *linkBase) MaxHeaderLength() uint16                 { return 0 }
+func (b *linkBase) LinkAddress() tcpip.LinkAddress          { return "" }
+func (b *linkBase) SetLinkAddress(tcpip.LinkAddress)        {}
+func (b *linkBase) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+func (b *linkBase) AddHeader(*stack.PacketBuffer)           {}
+func (b *linkBase) ParseHeader(*stack.PacketBuffer) bool    { return true }
+
+// attach sets the dispatcher and reports whether the readers must start:
+// on the first attach of an open endpoint. The caller starts them (with
+// wg.Add) before it unlocks: attach returns with mu held when start is
+// true.
+func (b *linkBase) attach(d stack.NetworkDispatcher) (start bool) {
+	b.mu.Lock()
+	b.dispatcher = d
+	if d == nil || b.started || b.closed {
+		b.mu.Unlock()
+		return false
+	}
+	b.started = true
+	return true
+}
+
+// IsAttached implements stack.LinkEndpoint.
+func (b *linkBase) IsAttached() bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.dispatcher != nil
+}
+
+// Wait implements stack.LinkEndpoint: it waits for the endpoint's
+// goroutines, which stop when it is closed.
+func (b *linkBase) Wait() { b.wg.Wait() }
+
+// SetOnCloseAction implements stack.LinkEndpoint.
+func (b *linkBase) SetOnCloseAction(f func()) {
+	b.mu.Lock()
+	b.onClose = f
+	b.mu.Unlock()
+}
+
+// markClosed marks the endpoint closed and runs the on-close action; false
+// if it was closed already.
+func (b *linkBase) markClosed() bool {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return false
+	}
+	b.closed = true
+	onClose := b.onClose
+	b.mu.Unlock()
+	if onClose != nil {
+		onClose()
+	}
+	return true
+}
+
+func (b *linkBase) isClosed() bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.closed
+}
+
+func (b *linkBase) getDispatcher() stack.NetworkDispatcher {
+	b.mu.RLock()
+	d := b.dispatcher
+	b.mu.RUnlock()
+	return d
+}
+
+// fail records the first reader failure and closes failed: the datapath
+// is gone (the TUN was deleted, for example) and the process should stop.
+func (b *linkBase) fail(err error) {
+	b.failOnce.Do(func() {
+		b.failErr = err
+		close(b.failed)
+	})
+}
+
+func (b *linkBase) failure() <-chan struct{} { return b.failed }
+func (b *linkBase) failureReason() error     { return b.failErr }
