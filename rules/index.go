@@ -283,19 +283,7 @@ func (s *Set) decideIndexed(fl *flow) Verdict {
 	if c.overflow {
 		return s.decideWalk(fl)
 	}
-	var alerts []string
-	for i, ok := c.next(-1); ok; i, ok = c.next(i) {
-		r := &s.rules[i]
-		if !r.match(fl) {
-			continue
-		}
-		if r.action == ActionAlert {
-			alerts = append(alerts, r.name)
-			continue
-		}
-		return Verdict{Action: r.action, Rule: r.name, Alerts: alerts}
-	}
-	return Verdict{Action: s.def, Alerts: alerts}
+	return s.decideOver(fl, &ruleOrder{c: &c})
 }
 
 // earlyIndexed is Early over the candidates the index gives.
@@ -308,20 +296,5 @@ func (s *Set) earlyIndexed(fl *flow) (Verdict, bool) {
 	if c.overflow {
 		return s.earlyWalk(fl)
 	}
-	var alerts []string
-	for i, ok := c.next(-1); ok; i, ok = c.next(i) {
-		r := &s.rules[i]
-		if !r.matchL34(fl) {
-			continue
-		}
-		if r.hasL7() {
-			return Verdict{}, false
-		}
-		if r.action == ActionAlert {
-			alerts = append(alerts, r.name)
-			continue
-		}
-		return Verdict{Action: r.action, Rule: r.name, Alerts: alerts}, true
-	}
-	return Verdict{Action: s.def, Alerts: alerts}, true
+	return s.earlyOver(fl, &ruleOrder{c: &c})
 }

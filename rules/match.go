@@ -302,9 +302,32 @@ func (s *Set) Decide(f *Facts) Verdict {
 	return s.decideWalk(&fl)
 }
 
+// decideWalk is Decide over every rule, without the index.
 func (s *Set) decideWalk(fl *flow) Verdict {
+	return s.decideOver(fl, &ruleOrder{n: int32(len(s.rules))})
+}
+
+// ruleOrder yields rule indices in rule order: every rule, or only the
+// candidates an index found (c). Decide and Early walk it the same way
+// whichever it is.
+type ruleOrder struct {
+	c *cands
+	n int32
+}
+
+// next returns the first index after last (-1 for the first).
+func (o *ruleOrder) next(last int32) (int32, bool) {
+	if o.c != nil {
+		return o.c.next(last)
+	}
+	last++
+	return last, last < o.n
+}
+
+// decideOver is Decide over the rules o yields.
+func (s *Set) decideOver(fl *flow, o *ruleOrder) Verdict {
 	var alerts []string
-	for i := range s.rules {
+	for i, ok := o.next(-1); ok; i, ok = o.next(i) {
 		r := &s.rules[i]
 		if !r.match(fl) {
 			continue
@@ -334,9 +357,15 @@ func (s *Set) Early(f *Facts) (v Verdict, ok bool) {
 	return s.earlyWalk(&fl)
 }
 
+// earlyWalk is Early over every rule, without the index.
 func (s *Set) earlyWalk(fl *flow) (Verdict, bool) {
+	return s.earlyOver(fl, &ruleOrder{n: int32(len(s.rules))})
+}
+
+// earlyOver is Early over the rules o yields.
+func (s *Set) earlyOver(fl *flow, o *ruleOrder) (Verdict, bool) {
 	var alerts []string
-	for i := range s.rules {
+	for i, ok := o.next(-1); ok; i, ok = o.next(i) {
 		r := &s.rules[i]
 		if !r.matchL34(fl) {
 			continue
