@@ -148,36 +148,30 @@ func verify(kind, path string) (string, error) {
 }
 
 func openCountry(path string) (countryReader, error) {
-	dbType, err := verify("country", path)
-	if err != nil {
-		return nil, err
-	}
-	r, err := geoip2.Open(path)
-	var unknown geoip2.UnknownDatabaseTypeError
-	switch {
-	case errors.As(err, &unknown):
-		// Not a database type geoip2 knows by name (e.g. a home-made
-		// country mmdb): read country.iso_code from the records directly.
-		if r != nil {
-			r.Close()
-		}
-		return openCountryRaw(path)
-	case err != nil:
-		return nil, fmt.Errorf("geo: open country database %s: %w", path, err)
-	}
-	// geoip2 refuses Country lookups on databases of another kind (ASN,
-	// ISP, ...); find that out now rather than on the first flow.
-	if _, err := r.Country(netip.IPv4Unspecified()); err != nil {
-		r.Close()
-		return nil, fmt.Errorf("geo: %s is a %q database, not a country or city database", path, dbType)
-	}
-	return geoip2Country{r}, nil
+	return openReader(path, "country", "a country or city",
+		func(r *geoip2.Reader) error { _, err := r.Country(netip.IPv4Unspecified()); return err },
+		func(r *geoip2.Reader) countryReader { return geoip2Country{r} },
+		openCountryRaw)
 }
 
 func openASN(path string) (asnReader, error) {
-	dbType, err := verify("ASN", path)
+	return openReader(path, "ASN", "an ASN",
+		func(r *geoip2.Reader) error { _, err := r.ASN(netip.IPv4Unspecified()); return err },
+		func(r *geoip2.Reader) asnReader { return geoip2ASN{r} },
+		openASNRaw)
+}
+
+// openReader opens a database of one kind: through geoip2 when it knows the
+// database type, else raw (a home-made mmdb with the same record shape,
+// read field by field). probe is one lookup of the kind: geoip2 refuses it
+// on databases of another kind (an ASN file given as the country database),
+// and that is found now rather than on the first flow.
+func openReader[R any](path, kind, want string, probe func(*geoip2.Reader) error,
+	wrap func(*geoip2.Reader) R, raw func(string) (R, error)) (R, error) {
+	var none R
+	dbType, err := verify(kind, path)
 	if err != nil {
-		return nil, err
+		return none, err
 	}
 	r, err := geoip2.Open(path)
 	var unknown geoip2.UnknownDatabaseTypeError
@@ -186,15 +180,15 @@ func openASN(path string) (asnReader, error) {
 		if r != nil {
 			r.Close()
 		}
-		return openASNRaw(path)
+		return raw(path)
 	case err != nil:
-		return nil, fmt.Errorf("geo: open ASN database %s: %w", path, err)
+		return none, fmt.Errorf("geo: open %s database %s: %w", kind, path, err)
 	}
-	if _, err := r.ASN(netip.IPv4Unspecified()); err != nil {
+	if err := probe(r); err != nil {
 		r.Close()
-		return nil, fmt.Errorf("geo: %s is a %q database, not an ASN database", path, dbType)
+		return none, fmt.Errorf("geo: %s is a %q database, not %s database", path, dbType, want)
 	}
-	return geoip2ASN{r}, nil
+	return wrap(r), nil
 }
 
 type geoip2Country struct{ r *geoip2.Reader }
