@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -307,24 +308,40 @@ type ChurnResult struct {
 // Churn makes HTTP GETs to url from c workers, each on a new connection
 // (Connection: close), for dur.
 func Churn(ctx context.Context, d *net.Dialer, url string, workers int, dur time.Duration) ChurnResult {
-	tr := &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}
+	return ChurnWith(ctx, d, ChurnOptions{URL: url, Workers: workers, Duration: dur})
+}
+
+// ChurnOptions configure ChurnWith.
+type ChurnOptions struct {
+	URL      string        // what to GET (http:// or https://)
+	Workers  int           // concurrent clients, each one request at a time
+	Duration time.Duration // how long to go on
+	// Host, if set, is the request's Host header instead of the URL's.
+	Host string
+	// TLS is the client's TLS config for https URLs (SNI, roots); nil is
+	// Go's default. It should have no session cache, so that every
+	// connection is a full handshake.
+	TLS *tls.Config
+}
+
+// ChurnWith makes GETs as ChurnOptions say, each on a new connection
+// (Connection: close; over TLS a full handshake each), and counts the
+// requests that got a whole response.
+func ChurnWith(ctx context.Context, d *net.Dialer, o ChurnOptions) ChurnResult {
+	tr := &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true, TLSClientConfig: o.TLS}
 	cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	var ok, bad atomic.Int64
 	var mu sync.Mutex
 	kinds := map[string]int64{}
-	end := time.Now().Add(dur)
+	end := time.Now().Add(o.Duration)
 	start := time.Now()
 	var wg sync.WaitGroup
-	for range workers {
+	for range o.Workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(end) && ctx.Err() == nil {
-				resp, err := cl.Get(url)
-				if err == nil {
-					_, err = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
+				err := churnOnce(ctx, cl, o)
 				if err != nil {
 					bad.Add(1)
 					mu.Lock()
@@ -341,23 +358,172 @@ func Churn(ctx context.Context, d *net.Dialer, url string, workers int, dur time
 	return ChurnResult{Requests: ok.Load(), Errors: bad.Load(), PerSec: float64(ok.Load()) / el, Kinds: kinds}
 }
 
+func churnOnce(ctx context.Context, cl *http.Client, o ChurnOptions) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.URL, nil)
+	if err != nil {
+		return err
+	}
+	if o.Host != "" {
+		req.Host = o.Host
+	}
+	resp, err := cl.Do(req)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %s", resp.Status)
+	}
+	return err
+}
+
 // Hold opens n idle connections to the echo server and keeps them open
 // until ctx ends; ready is called once all are up.
 func Hold(ctx context.Context, d *net.Dialer, addr string, n int, ready func(open int)) error {
-	conns := make([]net.Conn, 0, n)
+	return HoldWith(ctx, d, HoldOptions{Addr: addr, N: n}, func(r HoldReport) { ready(r.Ready) })
+}
+
+// HoldOptions configure HoldWith.
+type HoldOptions struct {
+	Addr string // an echo server
+	N    int    // connections to open and hold
+	// Parallel is how many dials are in flight at once (0 or 1: one after
+	// the other).
+	Parallel int
+	// Echo: each connection sends one byte and reads it back before it
+	// counts as open, which proves it reaches the server end to end. The
+	// byte is 0x00, which no protocol starts with, so an inspecting
+	// middlebox knows at once it is none it parses.
+	Echo bool
+	// Check, with Echo: at each receive every held connection echoes one
+	// byte again, and report is called with the outcome.
+	Check <-chan struct{}
+}
+
+// HoldReport is one of HoldWith's reports: the first once every
+// connection is open (Ready, Millis), then one per Check (Alive, Failed).
+type HoldReport struct {
+	Ready  int              `json:"ready,omitempty"`
+	Millis int64            `json:"ms,omitempty"`
+	Alive  int              `json:"alive,omitempty"`
+	Failed int              `json:"failed,omitempty"`
+	Errors map[string]int64 `json:"errors,omitempty"`
+	Check  int              `json:"check,omitempty"` // the Check's number, from 1
+}
+
+// HoldWith opens o.N connections to o.Addr and keeps them open until ctx
+// ends. A connection that fails to open (or to echo) fails it, after the
+// dials in flight have finished.
+func HoldWith(ctx context.Context, d *net.Dialer, o HoldOptions, report func(HoldReport)) error {
+	start := time.Now()
+	conns := make([]net.Conn, o.N)
 	defer func() {
 		for _, c := range conns {
-			c.Close()
+			if c != nil {
+				c.Close()
+			}
 		}
 	}()
-	for range n {
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return fmt.Errorf("after %d connections: %w", len(conns), err)
-		}
-		conns = append(conns, c)
+	var next atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range max(o.Parallel, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for dctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= o.N {
+					return
+				}
+				c, err := d.DialContext(dctx, "tcp", o.Addr)
+				if err == nil && o.Echo {
+					if err = echoByte(c, 10*time.Second); err != nil {
+						c.Close()
+					}
+				}
+				if err != nil {
+					errOnce.Do(func() { firstErr = fmt.Errorf("connection %d: %w", i, err); cancel() })
+					return
+				}
+				conns[i] = c
+			}
+		}()
 	}
-	ready(len(conns))
-	<-ctx.Done()
+	wg.Wait()
+	if firstErr != nil {
+		open := 0
+		for _, c := range conns {
+			if c != nil {
+				open++
+			}
+		}
+		return fmt.Errorf("%d of %d open: %w", open, o.N, firstErr)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	report(HoldReport{Ready: o.N, Millis: time.Since(start).Milliseconds()})
+	for check := 1; ; check++ {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-o.Check:
+			if o.Echo {
+				report(checkHeld(conns, check, max(o.Parallel, 1)))
+			}
+		}
+	}
+}
+
+// checkHeld echoes one byte on every connection, par at a time.
+func checkHeld(conns []net.Conn, check, par int) HoldReport {
+	r := HoldReport{Check: check, Errors: map[string]int64{}}
+	var mu sync.Mutex
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range par {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(conns) {
+					return
+				}
+				err := echoByte(conns[i], 10*time.Second)
+				mu.Lock()
+				if err != nil {
+					r.Failed++
+					r.Errors[classify(err)]++
+				} else {
+					r.Alive++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return r
+}
+
+// echoByte sends 0x00 and waits for it to come back.
+func echoByte(c net.Conn, timeout time.Duration) error {
+	c.SetDeadline(time.Now().Add(timeout))
+	defer c.SetDeadline(time.Time{})
+	var b [1]byte
+	if _, err := c.Write(b[:]); err != nil {
+		return fmt.Errorf("echo write: %w", err)
+	}
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return fmt.Errorf("echo read: %w", err)
+	}
+	if b[0] != 0 {
+		return fmt.Errorf("echo: got %#x back, want 0x00", b[0])
+	}
 	return nil
 }

@@ -9,6 +9,7 @@ package peer
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -62,6 +63,10 @@ type ServerOptions struct {
 	QuietHTTP bool
 	// Ready, if set, is called once every listener is open.
 	Ready func()
+	// TLSPort, if not 0, also serves the HTTP handler over TLS there, with
+	// TLS (see ServerTLS), HTTP/1.1 only.
+	TLSPort int
+	TLS     *tls.Config
 }
 
 // Serve runs every server until ctx ends.
@@ -99,16 +104,67 @@ func Serve(ctx context.Context, opts ServerOptions) error {
 	}
 	srv := &http.Server{Handler: httpHandler(lg, opts.QuietHTTP), ReadHeaderTimeout: 10 * time.Second}
 	go func() { errc <- srv.Serve(httpLn) }()
+	// The TLS server has its own http.Server: without TLSConfig.NextProtos
+	// it speaks HTTP/1.1 only, one request per connection for a client
+	// that asks Connection: close.
+	tlsSrv := &http.Server{Handler: srv.Handler, ReadHeaderTimeout: 10 * time.Second}
+	if opts.TLSPort != 0 {
+		if opts.TLS == nil {
+			return fmt.Errorf("peer: TLSPort %d without a TLS config", opts.TLSPort)
+		}
+		ln, err := listen(opts.TLSPort)
+		if err != nil {
+			return err
+		}
+		go func() { errc <- tlsSrv.Serve(tls.NewListener(ln, opts.TLS)) }()
+	}
 	if opts.Ready != nil {
 		opts.Ready()
 	}
 	select {
 	case <-ctx.Done():
 		srv.Close()
+		tlsSrv.Close()
 		return nil
 	case err := <-errc:
 		return err
 	}
+}
+
+// ServeEcho runs a quiet echo server on addr (":port", dual-stack) until
+// ctx ends. It is made for many idle connections: each holds a small
+// buffer (not the 32 KiB of io.Copy, nor a splice pipe's two file
+// descriptors), so one process serves as many connections as it may open
+// files. ready, if set, is called once it listens.
+func ServeEcho(ctx context.Context, addr string, ready func()) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("peer: listen %s: %w", addr, err)
+	}
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	if ready != nil {
+		ready()
+	}
+	return acceptLoop(ln, func(c net.Conn, _ *logger) {
+		buf := make([]byte, 512)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				if _, werr := c.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				if err == io.EOF {
+					closeWrite(c)
+				}
+				return
+			}
+		}
+	}, &logger{w: io.Discard})
 }
 
 type logger struct {

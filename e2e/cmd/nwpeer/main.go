@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -19,7 +20,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: nwpeer serve|xfer|dial|banner|conns|pingpong|churn|hold [flags]")
+		fmt.Fprintln(os.Stderr, "usage: nwpeer serve|echo|xfer|dial|banner|conns|pingpong|churn|hold [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -32,10 +33,28 @@ func main() {
 	switch os.Args[1] {
 	case "serve":
 		quiet := fs.Bool("quiet-http", false, "do not log HTTP requests")
+		tlsPort := fs.Int("tls-port", 0, "also serve HTTP over TLS on `port` (needs -tls-cert, -tls-key)")
+		cert := fs.String("tls-cert", "", "TLS certificate `PEM` file")
+		key := fs.String("tls-key", "", "TLS key `PEM` file")
 		run = func(ctx context.Context) (any, error) {
-			return nil, peer.Serve(ctx, peer.ServerOptions{Log: os.Stdout, QuietHTTP: *quiet, Ready: func() {
+			opts := peer.ServerOptions{Log: os.Stdout, QuietHTTP: *quiet, Ready: func() {
 				fmt.Fprintln(os.Stderr, "nwpeer: serving")
-			}})
+			}}
+			if *tlsPort != 0 {
+				cfg, err := peer.ServerTLS(*cert, *key)
+				if err != nil {
+					return nil, err
+				}
+				opts.TLSPort, opts.TLS = *tlsPort, cfg
+			}
+			return nil, peer.Serve(ctx, opts)
+		}
+	case "echo":
+		listen := fs.String("listen", "", "`address` to listen on, e.g. :9100 (dual-stack)")
+		run = func(ctx context.Context) (any, error) {
+			return nil, peer.ServeEcho(ctx, *listen, func() {
+				fmt.Fprintln(os.Stderr, "nwpeer: serving")
+			})
 		}
 	case "xfer":
 		send := fs.Int64("send", 0, "`bytes` to send")
@@ -92,31 +111,50 @@ func main() {
 		url := fs.String("url", "", "`URL` to GET")
 		workers := fs.Int("c", 50, "concurrent `workers`")
 		dur := fs.Duration("d", 10*time.Second, "`time` to run")
+		host := fs.String("host", "", "Host `header` (default: the URL's)")
+		ca := fs.String("tls-ca", "", "https: trust only this certificate `PEM` file (default: the system roots)")
+		sni := fs.String("sni", "", "https: TLS server `name` to send and verify (default: the URL's host)")
 		run = func(ctx context.Context) (any, error) {
 			d, err := peer.Dialer(*src, 10*time.Second)
 			if err != nil {
 				return nil, err
 			}
-			return peer.Churn(ctx, d, *url, *workers, *dur), nil
+			o := peer.ChurnOptions{URL: *url, Workers: *workers, Duration: *dur, Host: *host}
+			if *ca != "" {
+				if o.TLS, err = peer.ClientTLS(*ca, *sni); err != nil {
+					return nil, err
+				}
+			} else if *sni != "" {
+				o.TLS = &tls.Config{ServerName: *sni}
+			}
+			return peer.ChurnWith(ctx, d, o), nil
 		}
 	case "hold":
 		n := fs.Int("n", 1000, "idle `connections` to hold until SIGTERM")
+		par := fs.Int("parallel", 1, "`dials` in flight at once")
+		echo := fs.Bool("echo", false, "each connection echoes one byte before it counts as open, and again on every SIGUSR1")
 		run = func(ctx context.Context) (any, error) {
 			d, err := peer.Dialer(*src, 10*time.Second)
 			if err != nil {
 				return nil, err
 			}
-			err = peer.Hold(ctx, d, *addr, *n, func(open int) {
-				out(map[string]int{"ready": open})
-			})
-			return nil, err
+			usr1 := make(chan os.Signal, 1)
+			signal.Notify(usr1, syscall.SIGUSR1)
+			check := make(chan struct{})
+			go func() {
+				for range usr1 {
+					check <- struct{}{}
+				}
+			}()
+			o := peer.HoldOptions{Addr: *addr, N: *n, Parallel: *par, Echo: *echo, Check: check}
+			return nil, peer.HoldWith(ctx, d, o, func(r peer.HoldReport) { out(r) })
 		}
 	default:
 		fmt.Fprintf(os.Stderr, "nwpeer: unknown subcommand %q\n", os.Args[1])
 		os.Exit(2)
 	}
 	fs.Parse(os.Args[2:])
-	if os.Args[1] != "serve" && os.Args[1] != "hold" {
+	if os.Args[1] != "serve" && os.Args[1] != "echo" && os.Args[1] != "hold" {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *timeout)
 		defer cancel()
