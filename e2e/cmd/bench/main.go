@@ -1,9 +1,15 @@
 // Command bench compares plain kernel forwarding with netward on the same
-// lab in the same run: iperf3 throughput (1 and 4 streams, both
-// directions, IPv4 and IPv6), new TCP connections per second, request/
-// response latency over an open connection, and netward's memory per idle
-// connection. It checks from the TUN's counters that every netward run
-// really crossed netward, and prints a table with absolute numbers and the
+// lab in the same run, IPv4 and IPv6: iperf3 throughput (1 and 4 streams,
+// both directions) with the CPU it costs, request/response latency over an
+// open connection, new connections per second (HTTP with Connection: close,
+// and TLS with a full handshake and an SNI) sustained for a minute, netward's
+// memory per idle connection, and 100,000 concurrent flows held. Every
+// netward column runs with a rule file of realistic size (1,000 rules and a
+// list of 10,000 domains, none matching the bench's traffic but the last
+// allow rules), so every flow is judged against the whole set. It checks
+// from the TUN's counters that every netward run really crossed netward,
+// and from netward's metrics that it loaded the rules and that no other
+// rule decided a flow; it prints a table with absolute numbers and the
 // netward/kernel ratios. Run it as root: `make bench`. CI does not run it.
 //
 // Each -variant adds a netward column with its own flags, e.g.
@@ -13,10 +19,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -55,28 +61,52 @@ type bench struct {
 	ctx      context.Context
 	netward  string
 	peer     string
-	secs     int
+	dir      string // temporary: binaries, rules, certificate
+	secs     int    // per throughput and latency measurement
+	churn    time.Duration
 	variants variants
+	rules    *ruleFile
+	cert     string // the HTTPS server's certificate (and the clients' only root)
+	key      string
 	rows     []*row
 	load     []byte // /proc/loadavg at the start: other load skews every number
+	// health are notes on netward's behaviour per run: verdicts, inspect
+	// errors, limit hits, TUN drops, warnings it logged.
+	health []string
+	loaded map[string]string // column → what netward's metrics said it loaded
 }
 
 // row is one line of the result table: a value per column.
 type row struct {
-	name, unit string
+	name, unit string // name is the row's key, and its label unless label is set
+	label      string
 	values     map[string]float64
 	note       string
+	noRatio    bool // the ratio to kernel means nothing (counts, netward-only)
+	prec       int  // decimals
 }
 
 func main() {
-	b := &bench{secs: 10}
+	b := &bench{secs: 10, loaded: map[string]string{}}
 	flag.StringVar(&b.netward, "netward", "", "netward `binary` (default: build ./cmd/netward)")
-	short := flag.Bool("short", false, "3 s per measurement instead of 10 s")
-	idle := flag.Int("idle-conns", 5000, "idle `connections` for the memory measurement")
+	short := flag.Bool("short", false, "3 s per measurement instead of 10 s, churn for 3 s instead of 60 s, no 100,000-flow run unless -flows")
+	churn := flag.Duration("churn", 60*time.Second, "how long each connection-churn measurement runs (-short: 3s)")
+	idle := flag.Int("idle-conns", 10000, "idle `connections` for the memory measurement")
+	flows := flag.Int("flows", 100000, "concurrent `flows` to hold (IPv4 and IPv6 half each); 0 skips it (-short: 0)")
+	rulesMode := flag.String("rules", "realistic", "rule file for every netward column: none, realistic (generated: 1,000 rules + 10,000 domains) or a `FILE`")
 	flag.Var(&b.variants, "variant", "netward column `NAME=FLAGS` (repeatable; default netward= with no extra flags)")
 	flag.Parse()
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	b.churn = *churn
 	if *short {
 		b.secs = 3
+		if !set["churn"] {
+			b.churn = 3 * time.Second
+		}
+		if !set["flows"] {
+			*flows = 0
+		}
 	}
 	if len(b.variants) == 0 {
 		b.variants = variants{{name: "netward"}}
@@ -84,7 +114,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	b.ctx = ctx
-	if err := b.main(*idle); err != nil {
+	if err := b.main(*rulesMode, *idle, *flows); err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(os.Stderr, "bench: interrupted")
 		} else {
@@ -94,7 +124,7 @@ func main() {
 	}
 }
 
-func (b *bench) main(idle int) error {
+func (b *bench) main(rulesMode string, idle, flows int) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: run `sudo make bench`")
 	}
@@ -103,29 +133,41 @@ func (b *bench) main(idle int) error {
 			return fmt.Errorf("%s is not installed", tool)
 		}
 	}
-	dir, err := os.MkdirTemp("", "netward-bench-")
-	if err != nil {
+	var err error
+	if b.dir, err = os.MkdirTemp("", "netward-bench-"); err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	if b.peer, err = lab.Build(b.ctx, lab.Module+"/e2e/cmd/nwpeer", dir); err != nil {
+	defer os.RemoveAll(b.dir)
+	if b.peer, err = lab.Build(b.ctx, lab.Module+"/e2e/cmd/nwpeer", b.dir); err != nil {
 		return err
 	}
 	if b.netward == "" {
-		if b.netward, err = lab.Build(b.ctx, lab.Module+"/cmd/netward", dir); err != nil {
+		if b.netward, err = lab.Build(b.ctx, lab.Module+"/cmd/netward", b.dir); err != nil {
 			return err
 		}
+	}
+	if b.rules, err = b.prepareRules(rulesMode); err != nil {
+		return err
+	}
+	progress("%s", b.rules.describe())
+	if b.cert, b.key, err = peer.WriteCert(b.dir, benchSNI); err != nil {
+		return err
 	}
 	start := time.Now()
 	b.load, _ = os.ReadFile("/proc/loadavg")
 	if err := b.throughputAndLatency(); err != nil {
 		return err
 	}
-	if err := b.churn(); err != nil {
+	if err := b.churnAll(); err != nil {
 		return err
 	}
 	for _, v := range b.variants {
 		if err := b.memory(v, idle); err != nil {
+			return err
+		}
+	}
+	if flows > 0 {
+		if err := b.flows(flows); err != nil {
 			return err
 		}
 	}
@@ -142,15 +184,31 @@ func (b *bench) columns() []*variant {
 	return cols
 }
 
-func (b *bench) set(name, unit string, col string, v float64) *row {
+// declare adds a row (once): rows print in the order they are declared,
+// whichever column measures first.
+func (b *bench) declare(name, unit string) *row {
 	for _, r := range b.rows {
 		if r.name == name {
-			r.values[col] = v
 			return r
 		}
 	}
-	r := &row{name: name, unit: unit, values: map[string]float64{col: v}}
+	r := &row{name: name, unit: unit, values: map[string]float64{}, prec: 2}
 	b.rows = append(b.rows, r)
+	return r
+}
+
+// declareSub adds a row shown indented under parent, as label.
+func (b *bench) declareSub(parent, label, unit string) *row {
+	r := b.declare(subKey(parent, label), unit)
+	r.label = "  " + label
+	return r
+}
+
+func subKey(parent, label string) string { return parent + " / " + label }
+
+func (b *bench) set(name, unit string, col string, v float64) *row {
+	r := b.declare(name, unit)
+	r.values[col] = v
 	return r
 }
 
@@ -158,21 +216,29 @@ func progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
 }
 
-// newLab builds a lab with the application's servers (quiet HTTP log,
-// iperf3 server).
-func (b *bench) newLab() (*lab.Lab, error) {
+// benchLab is a lab with the application's servers running.
+type benchLab struct {
+	*lab.Lab
+	app *lab.Proc // nwpeer serve: its PID tells the application namespace's TCP counters
+}
+
+// newLab builds a lab with the application's servers (nwpeer serve with
+// HTTPS on tlsPort, quiet HTTP log; iperf3 server).
+func (b *bench) newLab() (*benchLab, error) {
 	l, err := lab.New(lab.Options{})
 	if err != nil {
 		return nil, err
 	}
-	p, err := l.App.Start("nwpeer-app", b.peer, "serve", "-quiet-http")
+	bl := &benchLab{Lab: l}
+	bl.app, err = l.App.Start("nwpeer-app", b.peer, "serve", "-quiet-http",
+		"-tls-port", strconv.Itoa(tlsPort), "-tls-cert", b.cert, "-tls-key", b.key)
 	if err == nil {
 		ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
-		_, err = p.WaitLog(ctx, regexp.MustCompile(`nwpeer: serving`))
+		_, err = bl.app.WaitLog(ctx, regexp.MustCompile(`nwpeer: serving`))
 		cancel()
 	}
 	if err == nil {
-		_, err = l.App.Start("iperf3-server", "iperf3", "-s", "-p", "5201")
+		_, err = l.App.Start("iperf3-server", "iperf3", "-s", "-p", strconv.Itoa(iperfPort))
 	}
 	if err == nil {
 		// Clients open many connections quickly; reuse TIME_WAIT ports as
@@ -180,13 +246,13 @@ func (b *bench) newLab() (*lab.Lab, error) {
 		_, err = l.Client.Run(b.ctx, "sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1")
 	}
 	if err == nil {
-		err = waitPort(b.ctx, l.App, 5201)
+		err = waitPort(b.ctx, l.App, iperfPort)
 	}
 	if err != nil {
 		l.Close()
 		return nil, err
 	}
-	return l, nil
+	return bl, nil
 }
 
 func waitPort(ctx context.Context, ns *lab.NS, port int) error {
@@ -206,31 +272,109 @@ func waitPort(ctx context.Context, ns *lab.NS, port int) error {
 // path is one column's datapath on a lab: kernel forwarding (nw nil) or a
 // running netward variant.
 type path struct {
-	b  *bench
-	l  *lab.Lab
-	v  *variant
-	nw *lab.Netward
+	b    *bench
+	l    *benchLab
+	v    *variant
+	nw   *lab.Netward
+	what string // the run, for health notes
 }
 
-// start starts the variant's netward (nothing for kernel forwarding).
-func (b *bench) start(l *lab.Lab, v *variant) (*path, error) {
-	p := &path{b: b, l: l, v: v}
+// start starts the variant's netward (nothing for kernel forwarding) with
+// the rule file, and checks from its metrics that it loaded that file.
+func (b *bench) start(l *benchLab, v *variant, what string) (*path, error) {
+	p := &path{b: b, l: l, v: v, what: what}
 	if v == nil {
 		return p, nil
 	}
+	args := []string{"--log-level", "warn"}
+	if b.rules.path != "" {
+		args = append(args, "--rules", b.rules.path)
+	}
 	var err error
-	p.nw, err = l.StartNetward(b.ctx, lab.NetwardOptions{Binary: b.netward, Args: append([]string{"--log-level", "warn"}, v.args...)})
-	return p, err
+	p.nw, err = l.StartNetward(b.ctx, lab.NetwardOptions{Binary: b.netward, Args: append(args, v.args...)})
+	if err != nil {
+		return nil, err
+	}
+	if err := p.checkLoaded(); err != nil {
+		return nil, errors.Join(err, p.nw.Terminate(10*time.Second))
+	}
+	return p, nil
 }
 
+// checkLoaded compares netward_rules and netward_rules_info{hash} with
+// what netward check said of the file.
+func (p *path) checkLoaded() error {
+	if p.b.rules.path == "" {
+		return nil
+	}
+	m, err := fetchMetrics(p.b.ctx, p.nw.AdminSocket)
+	if err != nil {
+		return err
+	}
+	n := int(m.value("netward_rules", nil))
+	hash := m.label("netward_rules_info", "hash")
+	if n != p.b.rules.count || !strings.HasPrefix(hash, p.b.rules.sha) {
+		return fmt.Errorf("%s: netward reports %d rules, hash %q; netward check said %d rules, sha256 %s…",
+			p.col(), n, hash, p.b.rules.count, p.b.rules.sha)
+	}
+	p.b.loaded[p.col()] = fmt.Sprintf("netward_rules %d, netward_rules_info hash %s…", n, hash[:min(len(hash), 12)])
+	return nil
+}
+
+// stop checks netward's counters (see health) and stops it.
 func (p *path) stop() error {
 	if p.nw == nil {
 		return nil
 	}
+	herr := p.health()
 	if err := p.nw.Terminate(10 * time.Second); err != nil {
-		return fmt.Errorf("%s: netward exit: %w", p.col(), err)
+		return errors.Join(herr, fmt.Errorf("%s: netward exit: %w", p.col(), err))
+	}
+	return herr
+}
+
+// health notes what netward's metrics and log say about the run: the
+// verdicts by rule, inspect errors and timeouts, limit hits, TUN drops, and
+// warnings or errors it logged. With the realistic rules, a flow decided by
+// any rule but the bench's own allow rules (or the default) fails the
+// bench: the rule file was meant to match none of its traffic.
+func (p *path) health() error {
+	m, err := fetchMetrics(p.b.ctx, p.nw.AdminSocket)
+	if err != nil {
+		return err
+	}
+	note := fmt.Sprintf("%s, %s: verdicts %s; inspect errors %s, timeouts %.0f; limit hits %s; TUN dropped %s",
+		p.col(), p.what, m.verdicts(), counts(m.by("netward_inspect_errors_total", "kind")),
+		m.value("netward_inspect_timeouts_total", nil), counts(m.by("netward_limit_hits_total", "limit")),
+		counts(m.by("netward_tun_dropped_total", "direction")))
+	if logged := loggedProblems(p.nw.Log()); logged != "" {
+		note += "; logged " + logged
+	}
+	p.b.health = append(p.b.health, note)
+	if p.b.rules.mode != "realistic" {
+		return nil
+	}
+	for rule := range m.by("netward_verdicts_total", "rule") {
+		if rule != "default" && rule != ruleAllowTLS && rule != ruleAllowHTTP {
+			return fmt.Errorf("%s %s: rule %s decided bench flows (verdicts %s): the realistic rules must match none",
+				p.col(), p.what, rule, m.verdicts())
+		}
 	}
 	return nil
+}
+
+var logLevel = regexp.MustCompile(`"level":"(WARN|ERROR)","msg":"([^"]*)"`)
+
+// loggedProblems counts netward's WARN and ERROR log lines by message.
+func loggedProblems(log string) string {
+	c := map[string]float64{}
+	for _, m := range logLevel.FindAllStringSubmatch(log, -1) {
+		c[m[1]+" "+strconv.Quote(m[2])]++
+	}
+	if len(c) == 0 {
+		return ""
+	}
+	return counts(c)
 }
 
 func (p *path) col() string {
@@ -294,254 +438,62 @@ func (v *variant) kernelUpstream() bool {
 	return false
 }
 
-type iperfResult struct {
-	Error string `json:"error"`
-	End   struct {
-		SumReceived struct {
-			Bytes int64   `json:"bytes"`
-			BPS   float64 `json:"bits_per_second"`
-		} `json:"sum_received"`
-	} `json:"end"`
-}
-
-func (p *path) iperf(fam string, streams int, reverse bool) error {
-	dst := p.l.Topo.AppV4.Addr().String()
+// appIP is the application's address in family fam ("4" or "6").
+func (l *benchLab) appIP(fam string) string {
 	if fam == "6" {
-		dst = p.l.Topo.AppV6.Addr().String()
+		return l.Topo.AppV6.Addr().String()
 	}
-	args := []string{"iperf3", "-c", dst, "-p", "5201", "-t", strconv.Itoa(p.b.secs), "-P", strconv.Itoa(streams), "-J"}
-	dir := "client→app"
-	if reverse {
-		args = append(args, "-R")
-		dir = "app→client"
-	}
-	plural := "s"
-	if streams == 1 {
-		plural = ""
-	}
-	name := fmt.Sprintf("iperf3 IPv%s, %d stream%s, %s", fam, streams, plural, dir)
-	return p.measure(name, 0, func() (int64, error) {
-		ctx, cancel := context.WithTimeout(p.b.ctx, time.Duration(p.b.secs+30)*time.Second)
-		defer cancel()
-		out, err := p.l.Client.Run(ctx, args...)
-		var r iperfResult
-		if jerr := json.Unmarshal([]byte(out), &r); jerr != nil {
-			return 0, errors.Join(err, jerr)
-		}
-		if r.Error != "" {
-			return 0, errors.New(r.Error)
-		}
-		if err != nil {
-			return 0, err
-		}
-		p.b.set(name, "Gbit/s", p.col(), r.End.SumReceived.BPS/1e9)
-		return r.End.SumReceived.Bytes, nil
-	})
+	return l.Topo.AppV4.Addr().String()
 }
 
-func (p *path) latency() error {
-	return p.measure("latency", 1000, func() (int64, error) {
-		out, err := p.l.Client.Run(p.b.ctx, p.b.peer, "pingpong", "-size", "64",
-			"-d", strconv.Itoa(min(p.b.secs, 5))+"s", "-addr", hostPort(p.l.Topo.AppV4, peer.EchoPort))
-		if err != nil {
-			return 0, err
-		}
-		var r peer.LatencyResult
-		if err := json.Unmarshal([]byte(out), &r); err != nil {
-			return 0, err
-		}
-		p.b.set("latency p50 (64 B request/response, open conn)", "µs", p.col(), r.P50)
-		p.b.set("latency p99 (64 B request/response, open conn)", "µs", p.col(), r.P99)
-		return int64(r.N) * 64, nil
-	})
-}
-
-// hostPort is "addr:port" for a lab prefix such as Topology.AppV4.
-func hostPort(p interface{ String() string }, port int) string {
-	a, _, _ := strings.Cut(p.String(), "/")
-	if strings.Contains(a, ":") {
-		a = "[" + a + "]"
-	}
-	return a + ":" + strconv.Itoa(port)
-}
-
-func (b *bench) throughputAndLatency() error {
-	l, err := b.newLab()
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	for _, v := range b.columns() {
-		p, err := b.start(l, v)
-		if err != nil {
-			return err
-		}
-		for _, c := range []struct {
-			fam     string
-			streams int
-			rev     bool
-		}{{"4", 1, false}, {"4", 1, true}, {"4", 4, false}, {"4", 4, true}, {"6", 1, false}, {"6", 1, true}} {
-			if err := p.iperf(c.fam, c.streams, c.rev); err != nil {
-				return err
-			}
-		}
-		if err := p.latency(); err != nil {
-			return err
-		}
-		if err := p.stop(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-var (
-	wrkRate   = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
-	wrkErrors = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
-)
-
-// churn measures new connections per second, each column on a fresh lab:
-// TIME_WAIT sockets left by a previous run distort the next (datapath
-// notes).
-func (b *bench) churn() error {
-	_, noWrk := exec.LookPath("wrk")
-	tool := "wrk -c50 -t2"
-	if noWrk != nil {
-		tool = "nwpeer churn -c50"
-	}
-	name := fmt.Sprintf("new TCP connections/s (%s, Connection: close)", tool)
-	for _, v := range b.columns() {
-		l, err := b.newLab()
-		if err != nil {
-			return err
-		}
-		p, err := b.start(l, v)
-		if err == nil {
-			url := "http://" + hostPort(l.Topo.AppV4, peer.HTTPPort) + "/"
-			err = p.measure("connection churn", 100_000, func() (int64, error) {
-				rate, note, err := b.churnOnce(l, tool, url)
-				if err == nil {
-					r := b.set(name, "conn/s", p.col(), rate)
-					if note != "" {
-						r.note += p.col() + ": " + note + "; "
-					}
-				}
-				return 0, err
-			})
-			err = errors.Join(err, p.stop())
-		}
-		l.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (b *bench) churnOnce(l *lab.Lab, tool, url string) (rate float64, note string, err error) {
-	dur := strconv.Itoa(b.secs) + "s"
-	if strings.HasPrefix(tool, "wrk") {
-		out, err := l.Client.Run(b.ctx, "wrk", "-c50", "-t2", "-d", dur, "-H", "Connection: close", url)
-		if err != nil {
-			return 0, "", err
-		}
-		m := wrkRate.FindStringSubmatch(out)
-		if m == nil {
-			return 0, "", fmt.Errorf("no Requests/sec in wrk output:\n%s", out)
-		}
-		rate, _ = strconv.ParseFloat(m[1], 64)
-		return rate, wrkErrors.FindString(out), nil
-	}
-	out, err := l.Client.Run(b.ctx, b.peer, "churn", "-c", "50", "-d", dur, "-url", url)
-	if err != nil {
-		return 0, "", err
-	}
-	var r peer.ChurnResult
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		return 0, "", err
-	}
-	if r.Errors > 0 {
-		note = fmt.Sprintf("%d errors %v", r.Errors, r.Kinds)
-	}
-	return r.PerSec, note, nil
-}
-
-// memory measures netward's RSS growth with n idle connections open.
-func (b *bench) memory(v variant, n int) error {
-	l, err := b.newLab()
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	p, err := b.start(l, &v)
-	if err != nil {
-		return err
-	}
-	var before, after int64
-	err = p.measure(fmt.Sprintf("memory with %d idle connections", n), int64(n)*40, func() (int64, error) {
-		// One connection first, so pools and stack state that exist once
-		// are not charged to the idle connections.
-		if _, err := l.Client.Run(b.ctx, "curl", "-s", "-o", "/dev/null", "http://"+hostPort(l.Topo.AppV4, peer.HTTPPort)+"/"); err != nil {
-			return 0, err
-		}
-		time.Sleep(500 * time.Millisecond)
-		var err error
-		if before, err = p.nw.RSS(); err != nil {
-			return 0, err
-		}
-		h, err := l.Client.Start("hold", b.peer, "hold", "-n", strconv.Itoa(n), "-addr", hostPort(l.Topo.AppV4, peer.EchoPort))
-		if err != nil {
-			return 0, err
-		}
-		ctx, cancel := context.WithTimeout(b.ctx, 2*time.Minute)
-		defer cancel()
-		if _, err := h.WaitLog(ctx, regexp.MustCompile(`"ready":`)); err != nil {
-			return 0, err
-		}
-		time.Sleep(time.Second)
-		if after, err = p.nw.RSS(); err != nil {
-			return 0, err
-		}
-		return 0, h.Stop(5 * time.Second)
-	})
-	if err != nil {
-		return err
-	}
-	r := b.set(fmt.Sprintf("netward RSS growth per idle connection (%d open)", n), "KiB", v.name, float64(after-before)/float64(n)/1024)
-	r.note += fmt.Sprintf("%s: RSS %.1f → %.1f MiB; ", v.name, float64(before)/(1<<20), float64(after)/(1<<20))
-	return p.stop()
+// appAddr is the application's address:port in family fam.
+func (l *benchLab) appAddr(fam string, port int) string {
+	return net.JoinHostPort(l.appIP(fam), strconv.Itoa(port))
 }
 
 func (b *bench) print(took time.Duration) {
 	host, _ := os.Hostname()
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	fmt.Printf("\nnetward bench — %s, %d cores, %s, kernel %s, host %s, %d s per measurement, took %v\n",
-		time.Now().Format("2006-01-02 15:04 MST"), runtime.NumCPU(), runtime.Version(), strings.TrimSpace(string(kernel)), host, b.secs, took.Round(time.Second))
+	fmt.Printf("\nnetward bench — %s, %d cores, %s, kernel %s, host %s, %d s per throughput/latency measurement, churn %v, took %v\n",
+		time.Now().Format("2006-01-02 15:04 MST"), runtime.NumCPU(), runtime.Version(), strings.TrimSpace(string(kernel)), host, b.secs, b.churn, took.Round(time.Second))
 	if f := strings.Fields(string(b.load)); len(f) >= 3 {
-		fmt.Printf("load average at the start: %s %s %s (other work on the machine lowers every number)\n", f[0], f[1], f[2])
+		fmt.Printf("load average at the start: %s %s %s (other work on the machine lowers every number and raises machine CPU)\n", f[0], f[1], f[2])
 	}
+	fmt.Println(b.rules.describe())
 	for _, v := range b.variants {
 		args := strings.Join(v.args, " ")
 		if args == "" {
 			args = "(default flags)"
 		}
-		fmt.Printf("column %s: netward run %s\n", v.name, args)
+		loaded := b.loaded[v.name]
+		if loaded == "" {
+			loaded = "no rules"
+		}
+		fmt.Printf("column %s: netward run %s; loaded: %s\n", v.name, args, loaded)
 	}
 	cols := b.columns()
-	fmt.Printf("\n%-56s", "measurement")
+	const nameW, cellW = 62, 17
+	fmt.Printf("\n%-*s", nameW, "measurement")
 	for _, c := range cols {
 		name := kernelColumn
 		if c != nil {
 			name = c.name
 		}
-		fmt.Printf(" %15s", name)
+		fmt.Printf(" %*s", cellW, name)
 		if c != nil {
 			fmt.Printf(" %6s", "ratio")
 		}
 	}
 	fmt.Println()
 	for _, r := range b.rows {
-		fmt.Printf("%-56s", r.name)
+		if len(r.values) == 0 {
+			continue
+		}
+		label := r.name
+		if r.label != "" {
+			label = r.label
+		}
+		fmt.Printf("%-*s", nameW, label)
 		k, hasK := r.values[kernelColumn]
 		for _, c := range cols {
 			name := kernelColumn
@@ -551,12 +503,12 @@ func (b *bench) print(took time.Duration) {
 			v, ok := r.values[name]
 			cell := "-"
 			if ok {
-				cell = fmt.Sprintf("%.2f %s", v, r.unit)
+				cell = strconv.FormatFloat(v, 'f', r.prec, 64) + " " + r.unit
 			}
-			fmt.Printf(" %15s", cell)
+			fmt.Printf(" %*s", cellW, cell)
 			if c != nil {
 				ratio := "-"
-				if ok && hasK && k > 0 {
+				if ok && hasK && k > 0 && !r.noRatio {
 					ratio = fmt.Sprintf("%.2f", v/k)
 				}
 				fmt.Printf(" %6s", ratio)
@@ -568,4 +520,12 @@ func (b *bench) print(took time.Duration) {
 		fmt.Println()
 	}
 	fmt.Println("\nratio = column/kernel; every netward measurement was checked to have crossed netward's TUN.")
+	fmt.Println("CPU-s/GB = CPU-seconds per 10^9 bytes iperf3 delivered: machine = all CPUs' busy time in /proc/stat (user+nice+system+irq+softirq+steal: both iperf3 ends, the kernel's forwarding, netward, and anything else running); netward = its own utime+stime.")
+	fmt.Println("server accepts/s = the application namespace's Tcp PassiveOpens per 1-s window, read from /proc while the client runs (the first window left out).")
+	if len(b.health) > 0 {
+		fmt.Println("\nnetward's own counters (admin socket /metrics) and log, per run:")
+		for _, h := range b.health {
+			fmt.Println("  " + h)
+		}
+	}
 }

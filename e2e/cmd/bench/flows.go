@@ -1,0 +1,338 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/netward/netward/e2e/lab"
+	"github.com/netward/netward/e2e/peer"
+)
+
+// holdDials is how many connections each holder process opens at once.
+const holdDials = 16
+
+// held is a set of connections held open from the client to echo servers
+// in the application: one nwpeer echo server per port and one nwpeer hold
+// per server, each well under the open-file limit (a process may hold
+// RLIMIT_NOFILE sockets; netward's gVisor upstream leg holds none).
+type held struct {
+	servers, holders []*lab.Proc
+	n                int
+	open             time.Duration // until every holder had all its connections up and echoed
+}
+
+// perProcess is how many connections one process may hold: the hard
+// open-file limit (Go raises the soft one to it) with room for the
+// runtime's own descriptors, at most 12,500.
+func perProcess() (int, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, fmt.Errorf("getrlimit: %w", err)
+	}
+	n := int(min(lim.Max, 1<<30)) - 2000
+	if n < 1000 {
+		return 0, fmt.Errorf("open-file limit %d is too low to hold connections", lim.Max)
+	}
+	return min(n, 12500), nil
+}
+
+// openHeld opens n connections, each echoing one byte end to end before it
+// counts. With both families, every other holder uses IPv6.
+func (b *bench) openHeld(l *benchLab, n int, bothFamilies bool) (*held, error) {
+	per, err := perProcess()
+	if err != nil {
+		return nil, err
+	}
+	k := (n + per - 1) / per
+	h := &held{n: n}
+	ready := regexp.MustCompile(`nwpeer: serving`)
+	for i := range k {
+		port := strconv.Itoa(flowPortBase + i)
+		s, err := l.App.Start("echo-"+port, b.peer, "echo", "-listen", ":"+port)
+		if err != nil {
+			return h, err
+		}
+		h.servers = append(h.servers, s)
+		ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+		_, err = s.WaitLog(ctx, ready)
+		cancel()
+		if err != nil {
+			return h, err
+		}
+	}
+	start := time.Now()
+	for i := range k {
+		count := n / k
+		if i < n%k {
+			count++
+		}
+		fam := "4"
+		if bothFamilies && i%2 == 1 {
+			fam = "6"
+		}
+		hp, err := l.Client.Start(fmt.Sprintf("hold-%d", i), b.peer, "hold", "-n", strconv.Itoa(count),
+			"-parallel", strconv.Itoa(holdDials), "-echo", "-addr", l.appAddr(fam, flowPortBase+i))
+		if err != nil {
+			return h, err
+		}
+		h.holders = append(h.holders, hp)
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Minute)
+	defer cancel()
+	for _, hp := range h.holders {
+		if _, err := hp.WaitLog(ctx, regexp.MustCompile(`"ready":\d+`)); err != nil {
+			return h, err
+		}
+	}
+	h.open = time.Since(start)
+	return h, nil
+}
+
+// check has every held connection echo one byte again and returns how
+// many did.
+func (h *held) check(ctx context.Context) (alive, failed int, errs map[string]int64, err error) {
+	for _, hp := range h.holders {
+		if err := hp.Signal(syscall.SIGUSR1); err != nil {
+			return 0, 0, nil, err
+		}
+	}
+	errs = map[string]int64{}
+	re := regexp.MustCompile(`\{[^\n]*"check":1[,}][^\n]*`)
+	for _, hp := range h.holders {
+		line, err := hp.WaitLog(ctx, re)
+		if err != nil {
+			return 0, 0, nil, err
+		}
+		var r peer.HoldReport
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			return 0, 0, nil, fmt.Errorf("%s: %q: %w", hp.Name, line, err)
+		}
+		alive += r.Alive
+		failed += r.Failed
+		for k, v := range r.Errors {
+			errs[k] += v
+		}
+	}
+	return alive, failed, errs, nil
+}
+
+// close stops the holders (closing their connections), then the servers.
+func (h *held) close() error {
+	var errs []error
+	for _, hp := range h.holders {
+		if err := hp.Stop(30 * time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", hp.Name, err))
+		}
+	}
+	for _, s := range h.servers {
+		if err := s.Stop(10 * time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// warmUp makes one connection and waits, so pools and stack state that
+// exist once are not charged to the connections measured next.
+func (b *bench) warmUp(l *benchLab) error {
+	_, err := l.Client.Run(b.ctx, "curl", "-s", "-o", "/dev/null", "http://"+l.appAddr("4", peer.HTTPPort)+"/")
+	time.Sleep(500 * time.Millisecond)
+	return err
+}
+
+// memory measures netward's RSS growth with n idle connections open.
+func (b *bench) memory(v variant, n int) error {
+	l, err := b.newLab()
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	p, err := b.start(l, &v, fmt.Sprintf("memory, %d idle connections", n))
+	if err != nil {
+		return err
+	}
+	var before, after int64
+	var h *held
+	err = p.measure(fmt.Sprintf("memory with %d idle connections", n), int64(n)*40, func() (int64, error) {
+		if err := b.warmUp(l); err != nil {
+			return 0, err
+		}
+		var err error
+		if before, err = p.nw.RSS(); err != nil {
+			return 0, err
+		}
+		if h, err = b.openHeld(l, n, false); err != nil {
+			return 0, err
+		}
+		time.Sleep(time.Second)
+		after, err = p.nw.RSS()
+		return 0, err
+	})
+	if h != nil {
+		err = errors.Join(err, h.close())
+	}
+	if err != nil {
+		return errors.Join(err, p.stop())
+	}
+	r := b.set(fmt.Sprintf("netward RSS growth per idle connection (%d open)", n), "KiB", v.name, float64(after-before)/float64(n)/1024)
+	r.noRatio = true
+	r.note += fmt.Sprintf("%s: RSS %.1f → %.1f MiB; ", v.name, float64(before)/(1<<20), float64(after)/(1<<20))
+	return p.stop()
+}
+
+// flows holds n concurrent flows (half IPv4, half IPv6) through each
+// column, checks every one echoes end to end when opened and again after
+// b.secs, that a new HTTPS connection still gets through while they are
+// held, and netward's RSS and how fast it lets go of them.
+func (b *bench) flows(n int) error {
+	name := fmt.Sprintf("%d concurrent flows (IPv4+IPv6), held and echoing", n)
+	r := b.declare(name, "flows")
+	r.prec, r.noRatio = 0, true
+	openRow := b.declareSub(name, fmt.Sprintf("time to open them (%d dials in flight per process)", holdDials), "s")
+	openRow.prec = 1
+	b.declareSub(name, "new HTTPS connection while held (curl time_total)", "ms").prec = 1
+	rss := b.declareSub(name, "netward RSS with them open", "MiB")
+	rss.prec, rss.noRatio = 0, true
+	per := b.declareSub(name, "netward RSS growth per flow", "KiB")
+	per.prec, per.noRatio = 1, true
+	b.declareSub(name, "netward flows_active back under 10 after close", "s").noRatio = true
+	for _, v := range b.columns() {
+		per, err := perProcess()
+		if err != nil {
+			return err
+		}
+		if v != nil && v.kernelUpstream() && n > per {
+			// That leg holds a kernel socket per flow in netward's process.
+			b.declare(name, "flows").note += fmt.Sprintf("%s: not run, --upstream kernel needs a file descriptor per flow, RLIMIT_NOFILE allows %d; ", v.name, per+2000)
+			continue
+		}
+		if err := b.flowsOne(name, v, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *bench) flowsOne(name string, v *variant, n int) error {
+	l, err := b.newLab()
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	// More than the default 28,232 ephemeral ports, for safety: each
+	// holder's connections share one destination port.
+	if _, err := l.Client.Run(b.ctx, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"); err != nil {
+		return err
+	}
+	p, err := b.start(l, v, fmt.Sprintf("%d flows", n))
+	if err != nil {
+		return err
+	}
+	var h *held
+	err = p.measure(fmt.Sprintf("%d concurrent flows", n), int64(n)*40, func() (int64, error) {
+		if err := b.warmUp(l); err != nil {
+			return 0, err
+		}
+		var before int64
+		var err error
+		if p.nw != nil {
+			if before, err = p.nw.RSS(); err != nil {
+				return 0, err
+			}
+		}
+		if h, err = b.openHeld(l, n, true); err != nil {
+			return 0, err
+		}
+		b.set(subKey(name, fmt.Sprintf("time to open them (%d dials in flight per process)", holdDials)), "s", p.col(), h.open.Seconds())
+		progress("%-10s %d flows open after %v; holding %d s", p.col(), n, h.open.Round(100*time.Millisecond), b.secs)
+		if p.nw != nil {
+			after, err := p.nw.RSS()
+			if err != nil {
+				return 0, err
+			}
+			m, err := fetchMetrics(b.ctx, p.nw.AdminSocket)
+			if err != nil {
+				return 0, err
+			}
+			b.set(subKey(name, "netward RSS with them open"), "MiB", p.col(), float64(after)/(1<<20))
+			b.set(subKey(name, "netward RSS growth per flow"), "KiB", p.col(), float64(after-before)/float64(n)/1024)
+			b.declare(name, "flows").note += fmt.Sprintf("%s: netward_flows_active %.0f with them open; ", p.col(), m.value("netward_flows_active", nil))
+		}
+		ms, err := b.newHTTPS(l)
+		if err != nil {
+			return 0, fmt.Errorf("a new HTTPS connection while %d flows are held: %w", n, err)
+		}
+		b.set(subKey(name, "new HTTPS connection while held (curl time_total)"), "ms", p.col(), ms)
+		time.Sleep(time.Duration(b.secs) * time.Second)
+		ctx, cancel := context.WithTimeout(b.ctx, 5*time.Minute)
+		defer cancel()
+		alive, failed, errs, err := h.check(ctx)
+		if err != nil {
+			return 0, err
+		}
+		b.set(name, "flows", p.col(), float64(alive))
+		if failed > 0 {
+			b.declare(name, "flows").note += fmt.Sprintf("%s: %d of %d did not echo after %d s: %v; ", p.col(), failed, n, b.secs, errs)
+		}
+		return 0, nil
+	})
+	if h != nil {
+		start := time.Now()
+		err = errors.Join(err, h.close())
+		if p.nw != nil && err == nil {
+			var drained time.Duration
+			drained, err = drain(b.ctx, p.nw, start)
+			if drained > 0 {
+				b.set(subKey(name, "netward flows_active back under 10 after close"), "s", p.col(), drained.Seconds())
+			}
+		}
+	}
+	return errors.Join(err, p.stop())
+}
+
+// newHTTPS makes one HTTPS request with curl (SNI benchSNI, judged by the
+// rules) and returns its total time in milliseconds.
+func (b *bench) newHTTPS(l *benchLab) (float64, error) {
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	out, err := l.Client.Run(ctx, "curl", "-sS", "-o", "/dev/null", "-m", "20", "-w", "%{http_code} %{time_total}",
+		"--cacert", b.cert, "--resolve", fmt.Sprintf("%s:%d:%s", benchSNI, tlsPort, l.appIP("4")),
+		fmt.Sprintf("https://%s:%d/", benchSNI, tlsPort))
+	if err != nil {
+		return 0, err
+	}
+	code, secs, _ := strings.Cut(strings.TrimSpace(out), " ")
+	if code != "200" {
+		return 0, fmt.Errorf("curl: HTTP %s", code)
+	}
+	t, err := strconv.ParseFloat(secs, 64)
+	return t * 1000, err
+}
+
+// drain waits until netward counts fewer than 10 active flows, and
+// returns how long after start that was; after 2 minutes it fails.
+func drain(ctx context.Context, nw *lab.Netward, start time.Time) (time.Duration, error) {
+	var active float64
+	for time.Since(start) < 2*time.Minute {
+		m, err := fetchMetrics(ctx, nw.AdminSocket)
+		if err != nil {
+			return 0, err
+		}
+		if active = m.value("netward_flows_active", nil); active < 10 {
+			return time.Since(start), nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return 0, fmt.Errorf("netward still has %.0f active flows 2 minutes after the clients closed theirs", active)
+}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/netward/netward/e2e/peer"
+)
+
+type iperfResult struct {
+	Error string `json:"error"`
+	End   struct {
+		SumReceived struct {
+			Bytes int64   `json:"bytes"`
+			BPS   float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+	} `json:"end"`
+}
+
+type iperfCase struct {
+	fam     string
+	streams int
+	rev     bool
+}
+
+var iperfCases = []iperfCase{
+	{"4", 1, false}, {"4", 1, true}, {"4", 4, false}, {"4", 4, true},
+	{"6", 1, false}, {"6", 1, true}, {"6", 4, false}, {"6", 4, true},
+}
+
+func (c iperfCase) name() string {
+	dir := "client→app"
+	if c.rev {
+		dir = "app→client"
+	}
+	plural := "s"
+	if c.streams == 1 {
+		plural = ""
+	}
+	return fmt.Sprintf("iperf3 IPv%s, %d stream%s, %s", c.fam, c.streams, plural, dir)
+}
+
+// Labels of the CPU cost under each throughput row.
+const (
+	machineCPURow = "machine CPU per GB"
+	netwardCPURow = "netward's own CPU per GB"
+)
+
+func (b *bench) declareThroughput() {
+	for _, c := range iperfCases {
+		b.declare(c.name(), "Gbit/s")
+		b.declareSub(c.name(), machineCPURow, "CPU-s/GB")
+		b.declareSub(c.name(), netwardCPURow, "CPU-s/GB").noRatio = true
+	}
+	for _, fam := range []string{"4", "6"} {
+		b.declare(latencyRow(fam, "p50"), "µs")
+		b.declare(latencyRow(fam, "p99"), "µs")
+	}
+}
+
+// cpuMeter measures machine-wide busy CPU and, for netward, its own.
+type cpuMeter struct {
+	pid             int // netward's; 0: none
+	machine, netwrd float64
+}
+
+func startCPU(pid int) (*cpuMeter, error) {
+	m := &cpuMeter{pid: pid}
+	var err error
+	if m.machine, err = machineBusy(); err != nil {
+		return nil, err
+	}
+	if pid != 0 {
+		if m.netwrd, err = processCPU(pid); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// stop returns the CPU-seconds used since start: all CPUs, and netward's.
+func (m *cpuMeter) stop() (machine, netwrd float64, err error) {
+	mach, err := machineBusy()
+	if err != nil {
+		return 0, 0, err
+	}
+	if m.pid != 0 {
+		nw, err := processCPU(m.pid)
+		if err != nil {
+			return 0, 0, err
+		}
+		netwrd = nw - m.netwrd
+	}
+	return mach - m.machine, netwrd, nil
+}
+
+func (p *path) iperf(c iperfCase) error {
+	args := []string{"iperf3", "-c", p.l.appIP(c.fam), "-p", strconv.Itoa(iperfPort),
+		"-t", strconv.Itoa(p.b.secs), "-P", strconv.Itoa(c.streams), "-J"}
+	if c.rev {
+		args = append(args, "-R")
+	}
+	return p.measure(c.name(), 0, func() (int64, error) {
+		ctx, cancel := context.WithTimeout(p.b.ctx, time.Duration(p.b.secs+30)*time.Second)
+		defer cancel()
+		pid := 0
+		if p.nw != nil {
+			pid = p.nw.PID()
+		}
+		cpu, err := startCPU(pid)
+		if err != nil {
+			return 0, err
+		}
+		out, err := p.l.Client.Run(ctx, args...)
+		machine, netwrd, cerr := cpu.stop()
+		var r iperfResult
+		if jerr := json.Unmarshal([]byte(out), &r); jerr != nil {
+			return 0, errors.Join(err, jerr)
+		}
+		if r.Error != "" {
+			return 0, errors.New(r.Error)
+		}
+		if err != nil {
+			return 0, err
+		}
+		if cerr != nil {
+			return 0, cerr
+		}
+		moved := r.End.SumReceived.Bytes
+		p.b.set(c.name(), "Gbit/s", p.col(), r.End.SumReceived.BPS/1e9)
+		if moved > 0 {
+			gb := float64(moved) / 1e9
+			p.b.set(subKey(c.name(), machineCPURow), "CPU-s/GB", p.col(), machine/gb)
+			if p.nw != nil {
+				p.b.set(subKey(c.name(), netwardCPURow), "CPU-s/GB", p.col(), netwrd/gb)
+			}
+		}
+		return moved, nil
+	})
+}
+
+func latencyRow(fam, pct string) string {
+	return fmt.Sprintf("latency %s IPv%s (64 B request/response, open conn)", pct, fam)
+}
+
+func (p *path) latency(fam string) error {
+	return p.measure("latency IPv"+fam, 1000, func() (int64, error) {
+		out, err := p.l.Client.Run(p.b.ctx, p.b.peer, "pingpong", "-size", "64",
+			"-d", strconv.Itoa(min(p.b.secs, 5))+"s", "-addr", p.l.appAddr(fam, peer.EchoPort))
+		if err != nil {
+			return 0, err
+		}
+		var r peer.LatencyResult
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			return 0, err
+		}
+		p.b.set(latencyRow(fam, "p50"), "µs", p.col(), r.P50)
+		p.b.set(latencyRow(fam, "p99"), "µs", p.col(), r.P99)
+		return int64(r.N) * 64, nil
+	})
+}
+
+func (b *bench) throughputAndLatency() error {
+	b.declareThroughput()
+	l, err := b.newLab()
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	for _, v := range b.columns() {
+		p, err := b.start(l, v, "throughput and latency")
+		if err != nil {
+			return err
+		}
+		for _, c := range iperfCases {
+			if err := p.iperf(c); err != nil {
+				return errors.Join(err, p.stop())
+			}
+		}
+		for _, fam := range []string{"4", "6"} {
+			if err := p.latency(fam); err != nil {
+				return errors.Join(err, p.stop())
+			}
+		}
+		if err := p.stop(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
