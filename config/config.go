@@ -30,6 +30,10 @@ type Config struct {
 	// Offload enables the TUN's virtio-net offloads (TSO/GSO super-packets).
 	// false selects the plain one-packet-per-read path.
 	Offload bool `yaml:"offload"`
+	// AckDelay is how long a pure ACK of netward's TCP may wait for a
+	// packet of its connection that carries it instead (offload only);
+	// 0 writes every ACK at once.
+	AckDelay time.Duration `yaml:"ack_delay"`
 	// IPv6 steers IPv6 too. Set false on kernels without IPv6.
 	IPv6 bool `yaml:"ipv6"`
 	// Mark is the firewall mark that selects steered packets.
@@ -115,6 +119,7 @@ func Default() *Config {
 		TUN:          "netward0",
 		MTU:          1500,
 		Offload:      true,
+		AckDelay:     200 * time.Microsecond,
 		IPv6:         true,
 		Mark:         0x4e57,
 		Table:        20055,
@@ -192,6 +197,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MTU < 1280 || c.MTU > 65535 {
 		bad("mtu", "%d is outside 1280..65535", c.MTU)
+	}
+	if c.AckDelay < 0 || c.AckDelay > 10*time.Millisecond {
+		// Longer would start to look like loss to the peers' RTT
+		// estimators; a kernel's own minimum delayed ACK is 40 ms, but
+		// it also ACKs every second segment.
+		bad("ack_delay", "%v is outside 0..10ms", c.AckDelay)
 	}
 	if c.Mark == 0 || c.Mark > 0xffff {
 		// steer matches the mark under the mask 0xffff (the low 16 bits),

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Flags are the command-line flags that override the config file. A flag
@@ -45,6 +46,15 @@ func NewFlags(fs *flag.FlagSet) *Flags {
 			return fmt.Errorf("--offload: %q is not true or false", v)
 		}
 		c.Offload = b
+		return nil
+	}
+	fs.String("ack-delay", "", "how long a pure ACK may wait for data to carry it, e.g. 200us; 0 = never (default 200us)")
+	f.set["ack-delay"] = func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("--ack-delay: %q is not a duration such as 200us", v)
+		}
+		c.AckDelay = d
 		return nil
 	}
 	fs.String("pprof", "", "serve /debug/pprof on the metrics listener: true or false")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -46,6 +47,9 @@ type endpointOptions struct {
 	GSOMaxSize uint32
 	// Stats receives the endpoint's counters; must not be nil.
 	Stats *Stats
+	// AckDelay is how long pure ACKs may wait (ackDelayer); 0 writes
+	// them at once. Only used with VnetHdr.
+	AckDelay time.Duration
 }
 
 // linkEndpoint is a stack.LinkEndpoint on a TUN device (no link header).
@@ -66,6 +70,8 @@ type linkEndpoint struct {
 	gsoMax   uint32
 
 	scratch sync.Pool // *writeScratch
+
+	acks *ackDelayer // nil: every ACK is written at once
 }
 
 // writeScratch is the per-writev state. It is pooled rather than kept per
@@ -108,6 +114,14 @@ func newLinkEndpoint(o endpointOptions) (*linkEndpoint, error) {
 		e.fds = append(e.fds, fd)
 	}
 	e.scratch.New = func() any { return new(writeScratch) }
+	if o.VnetHdr && o.AckDelay > 0 {
+		e.acks = newAckDelayer(o.AckDelay, o.Stats, e.writeHeld)
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.acks.run()
+		}()
+	}
 	return e, nil
 }
 
@@ -150,6 +164,9 @@ func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
 func (e *linkEndpoint) Close() {
 	if !e.markClosed() {
 		return
+	}
+	if e.acks != nil {
+		e.acks.stop()
 	}
 	for _, f := range e.files {
 		f.Close() // error ignored: nothing to do about it at teardown
@@ -285,11 +302,20 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 		if len(e.fds) > 1 {
 			fd = e.fds[pkt.Hash%uint32(len(e.fds))]
 		}
+		if e.acks != nil {
+			if nh, th, ok := pureAck(pkt); ok && e.acks.hold(fd, pkt, nh, th) {
+				n++
+				continue
+			}
+		}
 		if err := e.writePacket(s, fd, pkt); err != nil {
 			if n == 0 {
 				return 0, err
 			}
 			break
+		}
+		if e.acks != nil {
+			e.acks.supersede(pkt)
 		}
 		n++
 	}
@@ -355,24 +381,9 @@ func (e *linkEndpoint) writePacket(s *writeScratch, fd int, pkt *stack.PacketBuf
 		return nil // empty packet: nothing to send
 	}
 	if e.vnetHdr {
-		h := virtioNetHdr{}
-		if gso := pkt.GSOOptions; gso.Type != stack.GSONone {
-			h.hdrLen = uint16(pkt.HeaderSize())
-			if gso.NeedsCsum {
-				h.flags = vnetFlagNeedsCsum
-				h.csumStart = uint16(ipHeaderLen(first))
-				h.csumOffset = gso.CsumOffset
-			}
-			if pkt.Data().Size() > int(gso.MSS) {
-				switch gso.Type {
-				case stack.GSOTCPv4:
-					h.gsoType = vnetGSOTCPv4
-				case stack.GSOTCPv6:
-					h.gsoType = vnetGSOTCPv6
-				}
-				h.gsoSize = gso.MSS
-				e.stats.TxGSOPackets.Add(1)
-			}
+		h := outboundVnetHdr(pkt, first)
+		if h.gsoType != vnetGSONone {
+			e.stats.TxGSOPackets.Add(1)
 		}
 		h.encode(s.hdr[:])
 		iov[0] = iovec(s.hdr[:])
@@ -392,6 +403,55 @@ func (e *linkEndpoint) writePacket(s *writeScratch, fd int, pkt *stack.PacketBuf
 			e.stats.TxErrors.Add(1)
 			return nil
 		}
+	}
+}
+
+// outboundVnetHdr is the virtio_net_hdr for a packet gVisor wrote, whose
+// first bytes are first: with GSO on, gVisor leaves the TCP checksum to
+// the "device" (NEEDS_CSUM) and hands segments larger than the MSS whole.
+func outboundVnetHdr(pkt *stack.PacketBuffer, first []byte) virtioNetHdr {
+	h := virtioNetHdr{}
+	gso := pkt.GSOOptions
+	if gso.Type == stack.GSONone {
+		return h
+	}
+	h.hdrLen = uint16(pkt.HeaderSize())
+	if gso.NeedsCsum {
+		h.flags = vnetFlagNeedsCsum
+		h.csumStart = uint16(ipHeaderLen(first))
+		h.csumOffset = gso.CsumOffset
+	}
+	if pkt.Data().Size() > int(gso.MSS) {
+		switch gso.Type {
+		case stack.GSOTCPv4:
+			h.gsoType = vnetGSOTCPv4
+		case stack.GSOTCPv6:
+			h.gsoType = vnetGSOTCPv6
+		}
+		h.gsoSize = gso.MSS
+	}
+	return h
+}
+
+// writeHeld writes one ACK the ackDelayer held (virtio_net_hdr included).
+func (e *linkEndpoint) writeHeld(fd int, b []byte) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.closed {
+		return
+	}
+	for {
+		_, err := unix.Write(fd, b)
+		switch err {
+		case nil:
+			e.stats.TxPackets.Add(1)
+			e.stats.TxBytes.Add(uint64(len(b) - virtioNetHdrLen))
+		case unix.EINTR:
+			continue
+		default:
+			e.stats.TxErrors.Add(1)
+		}
+		return
 	}
 }
 

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -47,6 +48,11 @@ const (
 	// that auto-tuning may reach (datapath-notes.md: 4 and 8 MiB equal,
 	// 16 MiB worse).
 	DefaultBufferMax = 4 << 20
+	// DefaultAckDelay is how long a pure ACK gVisor sends may wait for a
+	// later packet of its connection to carry it instead (ackDelayer).
+	// Much shorter than a kernel's delayed ACK (40 ms): it only has to
+	// outlast the relay's turn, not a peer's think time.
+	DefaultAckDelay = 200 * time.Microsecond
 )
 
 // Options configures a Stack.
@@ -80,6 +86,9 @@ type Options struct {
 	// wrapKernelDial, if set, wraps dialKernel (tests: create the socket
 	// in another network namespace).
 	wrapKernelDial func(func(context.Context, *Flow) (Conn, error)) func(context.Context, *Flow) (Conn, error)
+	// AckDelay: see DefaultAckDelay; negative writes every ACK at once.
+	// Only with VnetHdr.
+	AckDelay time.Duration
 	// SACK enables selective acknowledgements in gVisor's TCP. Off by
 	// default: with it on, gVisor made thousands of spurious
 	// retransmissions per 10 s on the lab and ran slower
@@ -176,6 +185,7 @@ func New(o Options) (*Stack, error) {
 			VnetHdr:    o.VnetHdr,
 			GSOMaxSize: gso,
 			Stats:      &s.stats,
+			AckDelay:   max(0, cmp.Or(o.AckDelay, DefaultAckDelay)),
 		})
 		if err != nil {
 			return nil, err

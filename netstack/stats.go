@@ -16,6 +16,8 @@ type Stats struct {
 	TxBytes       atomic.Uint64
 	TxGSOPackets  atomic.Uint64 // of which GSO super-packets
 	TxErrors      atomic.Uint64 // writes refused by the kernel (packet dropped)
+	TxAcksDelayed atomic.Uint64 // pure ACKs held back (ackDelayer)
+	TxAcksMerged  atomic.Uint64 // of which never written: a later packet of the connection carried them
 
 	FlowsAdmitted    atomic.Uint64 // SYNs the Handler accepted
 	FlowsReset       atomic.Uint64 // SYNs the Handler answered with RST

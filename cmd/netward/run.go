@@ -162,6 +162,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		Logger:      log,
 		MaxInFlight: cfg.Limits.MaxHalfOpen,
 		DialTimeout: cfg.Limits.ConnectTimeout,
+		AckDelay:    ackDelay(cfg.AckDelay),
 
 		UpstreamKernel: dp.upstreamKernel,
 		UpstreamMark:   dp.upstreamMark,
@@ -177,7 +178,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	}
 	svc.attach(st)
 	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files),
-		"mtu", tun.MTU, "upstream_kernel", dp.upstreamKernel, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
+		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", dp.upstreamKernel, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	var failed error
@@ -209,7 +210,8 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		"refused_at_syn", s.FlowsReset.Load()+s.FlowsDropped.Load(),
 		"upstream_refused", s.FlowsRefused.Load(), "upstream_unreachable", s.FlowsUnreachable.Load(),
 		"syn_drops_in_flight", st.SynDropsInFlight(),
-		"rx_packets", s.RxPackets.Load(), "tx_packets", s.TxPackets.Load())
+		"rx_packets", s.RxPackets.Load(), "tx_packets", s.TxPackets.Load(),
+		"tx_acks_delayed", s.TxAcksDelayed.Load(), "tx_acks_merged", s.TxAcksMerged.Load())
 	return errors.Join(errs...)
 }
 
@@ -218,4 +220,13 @@ func interfacesAttr(names []string) string {
 		return "all"
 	}
 	return strings.Join(names, ",")
+}
+
+// ackDelay maps the configuration's ack_delay (0: off) to
+// netstack.Options.AckDelay (0: default, negative: off).
+func ackDelay(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
