@@ -41,6 +41,9 @@ type TUNStats struct {
 	TxPackets uint64 // written to the TUN
 	RxDropped uint64 // read but not delivered (malformed, queue full)
 	TxDropped uint64 // not written (queue full, write errors)
+	// AcksDelayed are pure ACKs the datapath held back; AcksMerged of
+	// them were never written because a later packet carried them.
+	AcksDelayed, AcksMerged uint64
 }
 
 // EventStats mirrors event.Stats field for field, so that
@@ -269,6 +272,8 @@ var (
 		"Packets through the TUN device, by direction (rx: into the stack, tx: out of it).", []string{"direction"}, nil)
 	tunDropsDesc = prometheus.NewDesc("netward_tun_dropped_total",
 		"Packets the TUN path dropped, by direction.", []string{"direction"}, nil)
+	tunAcksDesc = prometheus.NewDesc("netward_tun_acks_delayed_total",
+		"Pure ACKs held back by ack_delay, by outcome (written: after the delay or on a duplicate, merged: carried by a later packet).", []string{"result"}, nil)
 	bytesDesc = prometheus.NewDesc("netward_bytes_total",
 		"TCP payload bytes relayed, by direction (toserver, toclient).", []string{"direction"}, nil)
 	eventsDesc = prometheus.NewDesc("netward_events_total",
@@ -284,6 +289,7 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- bytesDesc
 	ch <- tunPacketsDesc
 	ch <- tunDropsDesc
+	ch <- tunAcksDesc
 	ch <- eventsDesc
 }
 
@@ -302,6 +308,8 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(tunPacketsDesc, prometheus.CounterValue, float64(s.TxPackets), "tx")
 		ch <- prometheus.MustNewConstMetric(tunDropsDesc, prometheus.CounterValue, float64(s.RxDropped), "rx")
 		ch <- prometheus.MustNewConstMetric(tunDropsDesc, prometheus.CounterValue, float64(s.TxDropped), "tx")
+		ch <- prometheus.MustNewConstMetric(tunAcksDesc, prometheus.CounterValue, float64(s.AcksDelayed-min(s.AcksMerged, s.AcksDelayed)), "written")
+		ch <- prometheus.MustNewConstMetric(tunAcksDesc, prometheus.CounterValue, float64(s.AcksMerged), "merged")
 	}
 	if f := c.eventStats.Load(); f != nil {
 		s := (*f)()

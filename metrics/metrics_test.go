@@ -79,7 +79,7 @@ func value(m *dto.Metric) float64 {
 func TestCountersMoveExactly(t *testing.T) {
 	now := t0
 	m := New(Options{Version: "1.2.3", Now: func() time.Time { return now }})
-	m.SetTUNStats(func() TUNStats { return TUNStats{RxPackets: 10, TxPackets: 9, RxDropped: 1, TxDropped: 2} })
+	m.SetTUNStats(func() TUNStats { return TUNStats{RxPackets: 10, TxPackets: 9, RxDropped: 1, TxDropped: 2, AcksDelayed: 7, AcksMerged: 4} })
 	m.SetEventStats(func() EventStats { return EventStats{Emitted: 7, Written: 5, Dropped: 1, Failed: 1} })
 
 	a := m.StartFlow(1, ap("192.0.2.1:40000"), ap("198.51.100.1:443"), t0)
@@ -126,6 +126,8 @@ func TestCountersMoveExactly(t *testing.T) {
 		"netward_tun_packets_total{direction=tx}":          9,
 		"netward_tun_dropped_total{direction=rx}":          1,
 		"netward_tun_dropped_total{direction=tx}":          2,
+		"netward_tun_acks_delayed_total{result=written}":   3,
+		"netward_tun_acks_delayed_total{result=merged}":    4,
 		"netward_events_total{result=written}":             5,
 		"netward_events_total{result=dropped}":             1,
 		"netward_events_total{result=failed}":              1,

@@ -145,6 +145,9 @@ func (s *services) attach(st *netstack.Stack) {
 			TxPackets: stats.TxPackets.Load(),
 			RxDropped: stats.RxMalformed.Load() + stats.RxBadChecksum.Load() + stats.ReadErrors.Load(),
 			TxDropped: stats.TxErrors.Load(),
+
+			AcksDelayed: stats.TxAcksDelayed.Load(),
+			AcksMerged:  stats.TxAcksMerged.Load(),
 		}
 	})
 	s.metrics.SetHalfOpenDrops(st.SynDropsInFlight)
