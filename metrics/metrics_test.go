@@ -79,7 +79,9 @@ func value(m *dto.Metric) float64 {
 func TestCountersMoveExactly(t *testing.T) {
 	now := t0
 	m := New(Options{Version: "1.2.3", Now: func() time.Time { return now }})
-	m.SetTUNStats(func() TUNStats { return TUNStats{RxPackets: 10, TxPackets: 9, RxDropped: 1, TxDropped: 2, AcksDelayed: 7, AcksMerged: 4} })
+	m.SetTUNStats(func() TUNStats {
+		return TUNStats{RxPackets: 10, TxPackets: 9, RxDropped: 1, TxDropped: 2, AcksDelayed: 7, AcksMerged: 4}
+	})
 	m.SetEventStats(func() EventStats { return EventStats{Emitted: 7, Written: 5, Dropped: 1, Failed: 1} })
 
 	a := m.StartFlow(1, ap("192.0.2.1:40000"), ap("198.51.100.1:443"), t0)
