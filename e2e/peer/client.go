@@ -401,15 +401,25 @@ type HoldOptions struct {
 	Check <-chan struct{}
 }
 
+// With Echo, HoldWith sets SO_LINGER 0 on every connection: a holder that
+// is killed resets its connections instead of leaving the kernel an
+// orphaned socket for each (tcp_max_orphans is machine-wide; past it the
+// kernel resets every connection that closes, in every namespace). When
+// ctx ends it closes them gracefully instead, Parallel at a time: shut the
+// write side, wait for the server's EOF, close; report says how that went.
+
 // HoldReport is one of HoldWith's reports: the first once every
 // connection is open (Ready, Millis), then one per Check (Alive, Failed).
 type HoldReport struct {
-	Ready  int              `json:"ready,omitempty"`
-	Millis int64            `json:"ms,omitempty"`
-	Alive  int              `json:"alive,omitempty"`
-	Failed int              `json:"failed,omitempty"`
-	Errors map[string]int64 `json:"errors,omitempty"`
-	Check  int              `json:"check,omitempty"` // the Check's number, from 1
+	Ready       int              `json:"ready,omitempty"`
+	Closed      int              `json:"closed,omitempty"`       // closed gracefully when ctx ended
+	CloseFailed int              `json:"close_failed,omitempty"` // no clean EOF from the server
+	CloseMillis int64            `json:"close_ms,omitempty"`
+	Millis      int64            `json:"ms,omitempty"`
+	Alive       int              `json:"alive,omitempty"`
+	Failed      int              `json:"failed,omitempty"`
+	Errors      map[string]int64 `json:"errors,omitempty"`
+	Check       int              `json:"check,omitempty"` // the Check's number, from 1
 }
 
 // HoldWith opens o.N connections to o.Addr and keeps them open until ctx
@@ -442,7 +452,13 @@ func HoldWith(ctx context.Context, d *net.Dialer, o HoldOptions, report func(Hol
 				}
 				c, err := d.DialContext(dctx, "tcp", o.Addr)
 				if err == nil && o.Echo {
-					if err = echoByte(c, 10*time.Second); err != nil {
+					if tc, ok := c.(*net.TCPConn); ok {
+						err = tc.SetLinger(0)
+					}
+					if err == nil {
+						err = echoByte(c, 10*time.Second)
+					}
+					if err != nil {
 						c.Close()
 					}
 				}
@@ -471,6 +487,10 @@ func HoldWith(ctx context.Context, d *net.Dialer, o HoldOptions, report func(Hol
 	for check := 1; ; check++ {
 		select {
 		case <-ctx.Done():
+			if o.Echo {
+				report(closeHeld(conns, max(o.Parallel, 1)))
+				clear(conns)
+			}
 			return nil
 		case <-o.Check:
 			if o.Echo {
@@ -509,6 +529,57 @@ func checkHeld(conns []net.Conn, check, par int) HoldReport {
 	}
 	wg.Wait()
 	return r
+}
+
+// closeHeld closes every connection gracefully, par at a time: shut the
+// write side, read the server's EOF, close.
+func closeHeld(conns []net.Conn, par int) HoldReport {
+	start := time.Now()
+	r := HoldReport{Errors: map[string]int64{}}
+	var mu sync.Mutex
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range par {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(conns) {
+					return
+				}
+				err := closeGracefully(conns[i], 10*time.Second)
+				mu.Lock()
+				if err != nil {
+					r.CloseFailed++
+					r.Errors["close: "+classify(err)]++
+				} else {
+					r.Closed++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	r.CloseMillis = time.Since(start).Milliseconds()
+	return r
+}
+
+func closeGracefully(c net.Conn, timeout time.Duration) error {
+	defer c.Close()
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return fmt.Errorf("close write: %w", err)
+	}
+	c.SetReadDeadline(time.Now().Add(timeout))
+	var b [1]byte
+	n, err := c.Read(b[:])
+	switch {
+	case err == io.EOF && n == 0:
+		return nil
+	case err == nil || n > 0:
+		return fmt.Errorf("read %d bytes after the echo, want EOF", n)
+	}
+	return fmt.Errorf("wait for EOF: %w", err)
 }
 
 // echoByte sends 0x00 and waits for it to come back.

@@ -135,7 +135,9 @@ func Serve(ctx context.Context, opts ServerOptions) error {
 // ctx ends. It is made for many idle connections: each holds a small
 // buffer (not the 32 KiB of io.Copy, nor a splice pipe's two file
 // descriptors), so one process serves as many connections as it may open
-// files. ready, if set, is called once it listens.
+// files, and has SO_LINGER 0, so a server that exits or is killed with
+// them open resets them rather than leaving an orphaned socket each for
+// the kernel (see HoldOptions). ready, if set, is called once it listens.
 func ServeEcho(ctx context.Context, addr string, ready func()) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -149,6 +151,11 @@ func ServeEcho(ctx context.Context, addr string, ready func()) error {
 		ready()
 	}
 	return acceptLoop(ln, func(c net.Conn, _ *logger) {
+		if tc, ok := c.(*net.TCPConn); ok {
+			if err := tc.SetLinger(0); err != nil {
+				return
+			}
+		}
 		buf := make([]byte, 512)
 		for {
 			n, err := c.Read(buf)
@@ -159,6 +166,11 @@ func ServeEcho(ctx context.Context, addr string, ready func()) error {
 			}
 			if err != nil {
 				if err == io.EOF {
+					// A graceful end: close the normal way, so the FIN is
+					// retransmitted until the peer has it.
+					if tc, ok := c.(*net.TCPConn); ok {
+						tc.SetLinger(-1)
+					}
 					closeWrite(c)
 				}
 				return
