@@ -37,9 +37,9 @@ func (c churnCase) tool() string {
 
 func (b *bench) churnRow(c churnCase) string {
 	if c.tls {
-		return fmt.Sprintf("new TLS conn/s IPv%s (%s, full handshake, SNI, %v)", c.fam, c.tool(), b.churn)
+		return fmt.Sprintf("new TLS conn/s IPv%s (%s, full handshake, SNI)", c.fam, c.tool())
 	}
-	return fmt.Sprintf("new TCP conn/s IPv%s (%s, HTTP Connection: close, %v)", c.fam, c.tool(), b.churn)
+	return fmt.Sprintf("new TCP conn/s IPv%s (%s, HTTP Connection: close)", c.fam, c.tool())
 }
 
 // Labels of the rate's stability under each churn row. edge is the length

@@ -13,10 +13,19 @@ import (
 
 	"github.com/netward/netward/e2e/lab"
 	"github.com/netward/netward/e2e/peer"
+	"github.com/netward/netward/metrics"
 )
 
-// holdDials is how many connections each holder process opens at once.
+// holdDials is how many connections each holder process opens (and
+// closes) at once.
 const holdDials = 16
+
+// Labels of the flows' rows about their end.
+const (
+	closedRow    = "closed gracefully (FIN each way, EOF seen)"
+	closeTimeRow = "time to close them"
+	drainRow     = "netward flows_active under 10, after the close"
+)
 
 // held is a set of connections held open from the client to echo servers
 // in the application: one nwpeer echo server per port and one nwpeer hold
@@ -123,20 +132,53 @@ func (h *held) check(ctx context.Context) (alive, failed int, errs map[string]in
 	return alive, failed, errs, nil
 }
 
-// close stops the holders (closing their connections), then the servers.
-func (h *held) close() error {
+// closeReport is how the holders' graceful close went.
+type closeReport struct {
+	closed, failed int
+	errs           map[string]int64
+	took           time.Duration // until every holder had closed all
+}
+
+var closeLine = regexp.MustCompile(`\{[^\n]*"close_ms":[^\n]*\}`)
+
+// close has every holder close its connections gracefully (write side
+// shut, the server's EOF read; see peer.HoldOptions), all holders at once,
+// then stops the servers. Killed holders and servers would reset theirs.
+func (h *held) close(ctx context.Context) (closeReport, error) {
+	r := closeReport{errs: map[string]int64{}}
+	start := time.Now()
 	var errs []error
 	for _, hp := range h.holders {
-		if err := hp.Stop(30 * time.Second); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", hp.Name, err))
+		if err := hp.Signal(syscall.SIGTERM); err != nil {
+			errs = append(errs, err)
 		}
 	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	for _, hp := range h.holders {
+		if err := hp.Wait(wctx); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", hp.Name, err))
+			continue
+		}
+		line := closeLine.FindString(hp.Log())
+		var hr peer.HoldReport
+		if err := json.Unmarshal([]byte(line), &hr); err != nil {
+			errs = append(errs, fmt.Errorf("%s: no close report (%q): %w", hp.Name, line, err))
+			continue
+		}
+		r.closed += hr.Closed
+		r.failed += hr.CloseFailed
+		for k, v := range hr.Errors {
+			r.errs[k] += v
+		}
+	}
+	r.took = time.Since(start)
 	for _, s := range h.servers {
 		if err := s.Stop(10 * time.Second); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", s.Name, err))
 		}
 	}
-	return errors.Join(errs...)
+	return r, errors.Join(errs...)
 }
 
 // warmUp makes one connection and waits, so pools and stack state that
@@ -176,12 +218,16 @@ func (b *bench) memory(v variant, n int) error {
 		return 0, err
 	})
 	if h != nil {
-		err = errors.Join(err, h.close())
+		cr, cerr := h.close(b.ctx)
+		if err == nil && cr.failed > 0 {
+			cerr = errors.Join(cerr, fmt.Errorf("%d of %d idle connections did not close cleanly: %v", cr.failed, n, cr.errs))
+		}
+		err = errors.Join(err, cerr)
 	}
 	if err != nil {
 		return errors.Join(err, p.stop())
 	}
-	r := b.set(fmt.Sprintf("netward RSS growth per idle connection (%d open)", n), "KiB", v.name, float64(after-before)/float64(n)/1024)
+	r := b.set(fmt.Sprintf("netward RSS growth per idle connection (%d open, each echoed)", n), "KiB", v.name, float64(after-before)/float64(n)/1024)
 	r.noRatio = true
 	r.note += fmt.Sprintf("%s: RSS %.1f → %.1f MiB; ", v.name, float64(before)/(1<<20), float64(after)/(1<<20))
 	return p.stop()
@@ -202,7 +248,10 @@ func (b *bench) flows(n int) error {
 	rss.prec, rss.noRatio = 0, true
 	per := b.declareSub(name, "netward RSS growth per flow", "KiB")
 	per.prec, per.noRatio = 1, true
-	b.declareSub(name, "netward flows_active back under 10 after close", "s").noRatio = true
+	cl := b.declareSub(name, closedRow, "flows")
+	cl.prec, cl.noRatio = 0, true
+	b.declareSub(name, closeTimeRow, "s").prec = 1
+	b.declareSub(name, drainRow, "s").noRatio = true
 	for _, v := range b.columns() {
 		per, err := perProcess()
 		if err != nil {
@@ -284,13 +333,23 @@ func (b *bench) flowsOne(name string, v *variant, n int) error {
 		return 0, nil
 	})
 	if h != nil {
-		start := time.Now()
-		err = errors.Join(err, h.close())
+		cr, cerr := h.close(b.ctx)
+		err = errors.Join(err, cerr)
+		if cerr == nil {
+			b.set(subKey(name, closedRow), "flows", p.col(), float64(cr.closed))
+			b.set(subKey(name, closeTimeRow), "s", p.col(), cr.took.Seconds())
+			if cr.failed > 0 {
+				b.declare(subKey(name, closedRow), "flows").note += fmt.Sprintf("%s: %d did not: %v; ", p.col(), cr.failed, cr.errs)
+			}
+		}
 		if p.nw != nil && err == nil {
-			var drained time.Duration
-			drained, err = drain(b.ctx, p.nw, start)
-			if drained > 0 {
-				b.set(subKey(name, "netward flows_active back under 10 after close"), "s", p.col(), drained.Seconds())
+			drained, left, derr := drain(b.ctx, l, p.nw, time.Now())
+			err = derr
+			if left == "" {
+				b.set(subKey(name, drainRow), "s", p.col(), drained.Seconds())
+			} else {
+				b.declare(subKey(name, drainRow), "s").note += p.col() + ": " + left + "; "
+				progress("%-10s %s", p.col(), left)
 			}
 		}
 	}
@@ -316,23 +375,69 @@ func (b *bench) newHTTPS(l *benchLab) (float64, error) {
 	return t * 1000, err
 }
 
-// drain waits until netward counts fewer than 10 active flows, and
-// returns how long after start that was; after 2 minutes it fails.
-func drain(ctx context.Context, nw *lab.Netward, start time.Time) (time.Duration, error) {
+// drainLimit bounds the wait for netward to let go of closed flows: past
+// limits.half_closed_timeout (2 min), which ends flows whose other half
+// never closes.
+const drainLimit = 150 * time.Second
+
+// drain waits until netward counts fewer than 10 active flows and returns
+// how long after start that was (0 if at once). If they do not go within
+// drainLimit, it returns what is left: netward's remaining flows by verdict and
+// bytes, and the sockets left in the client and application namespaces
+// by TCP state.
+func drain(ctx context.Context, l *benchLab, nw *lab.Netward, start time.Time) (time.Duration, string, error) {
 	var active float64
-	for time.Since(start) < 2*time.Minute {
+	var series []string // active flows every 10 s
+	for time.Since(start) < drainLimit {
 		m, err := fetchMetrics(ctx, nw.AdminSocket)
 		if err != nil {
-			return 0, err
+			return 0, "", err
 		}
 		if active = m.value("netward_flows_active", nil); active < 10 {
-			return time.Since(start), nil
+			return time.Since(start), "", nil
+		}
+		if len(series) == 0 {
+			progress("netward    %.0f flows active after the close; waiting for them to go", active)
+		}
+		if t := time.Since(start); t >= time.Duration(len(series))*10*time.Second {
+			series = append(series, fmt.Sprintf("%.0f at %v", active, t.Round(time.Second)))
 		}
 		select {
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return 0, "", ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	return 0, fmt.Errorf("netward still has %.0f active flows 2 minutes after the clients closed theirs", active)
+	left := fmt.Sprintf("%.0f flows still active %v after the clients closed theirs (%s)", active, drainLimit, strings.Join(series, ", "))
+	st, err := metrics.FetchStatus(ctx, nw.AdminSocket, metrics.Filter{})
+	if err != nil {
+		return 0, left, err
+	}
+	kinds := map[string]float64{}
+	for _, f := range st.Flows {
+		kinds[fmt.Sprintf("%s/%s up %d down %d", f.Verdict, f.Rule, f.BytesToServer, f.BytesToClient)]++
+	}
+	left += " (" + counts(kinds) + ")"
+	for _, ns := range []*lab.NS{l.Client, l.App} {
+		out, err := ns.Run(ctx, "ss", "-Htan")
+		if err != nil {
+			return 0, left, err
+		}
+		states := map[string]float64{}
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) > 0 {
+				states[f[0]]++
+			}
+		}
+		left += fmt.Sprintf("; %s sockets: %s", ns.Role, counts(states))
+		out, err = ns.Run(ctx, "nstat", "-asz", "TcpOutRsts", "TcpExtTCPAbortOnMemory", "TcpExtTCPAbortOnClose", "TcpExtTCPAbortOnTimeout", "TcpRetransSegs")
+		if err != nil {
+			return 0, left, err
+		}
+		left += ", " + strings.Join(strings.Fields(strings.ReplaceAll(out, "#kernel", "")), " ")
+	}
+	if st, err := nw.TUNStats(ctx); err == nil {
+		left += "; TUN (kernel counters, whole run): " + st.String()
+	}
+	return 0, left, nil
 }

@@ -93,6 +93,7 @@ func main() {
 	churn := flag.Duration("churn", 60*time.Second, "how long each connection-churn measurement runs (-short: 3s)")
 	idle := flag.Int("idle-conns", 10000, "idle `connections` for the memory measurement")
 	flows := flag.Int("flows", 100000, "concurrent `flows` to hold (IPv4 and IPv6 half each); 0 skips it (-short: 0)")
+	only := flag.String("only", "", "run only these `parts`, comma-separated: throughput (and latency), churn, memory, flows")
 	rulesMode := flag.String("rules", "realistic", "rule file for every netward column: none, realistic (generated: 1,000 rules + 10,000 domains) or a `FILE`")
 	flag.Var(&b.variants, "variant", "netward column `NAME=FLAGS` (repeatable; default netward= with no extra flags)")
 	flag.Parse()
@@ -114,7 +115,22 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	b.ctx = ctx
-	if err := b.main(*rulesMode, *idle, *flows); err != nil {
+	parts := map[string]bool{"throughput": true, "churn": true, "memory": true, "flows": true}
+	if *only != "" {
+		want := map[string]bool{}
+		for _, p := range strings.Split(*only, ",") {
+			if !parts[p] {
+				fmt.Fprintf(os.Stderr, "bench: -only: unknown part %q\n", p)
+				os.Exit(2)
+			}
+			want[p] = true
+		}
+		parts = want
+		if parts["flows"] && !set["flows"] {
+			*flows = 100000
+		}
+	}
+	if err := b.main(*rulesMode, parts, *idle, *flows); err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(os.Stderr, "bench: interrupted")
 		} else {
@@ -124,7 +140,7 @@ func main() {
 	}
 }
 
-func (b *bench) main(rulesMode string, idle, flows int) error {
+func (b *bench) main(rulesMode string, parts map[string]bool, idle, flows int) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: run `sudo make bench`")
 	}
@@ -155,18 +171,25 @@ func (b *bench) main(rulesMode string, idle, flows int) error {
 	}
 	start := time.Now()
 	b.load, _ = os.ReadFile("/proc/loadavg")
-	if err := b.throughputAndLatency(); err != nil {
-		return err
+	if parts["throughput"] {
+		if err := b.throughputAndLatency(); err != nil {
+			return err
+		}
 	}
-	if err := b.churnAll(); err != nil {
-		return err
+	if parts["churn"] {
+		if err := b.churnAll(); err != nil {
+			return err
+		}
 	}
 	for _, v := range b.variants {
+		if !parts["memory"] || idle <= 0 {
+			break
+		}
 		if err := b.memory(v, idle); err != nil {
 			return err
 		}
 	}
-	if flows > 0 {
+	if parts["flows"] && flows > 0 {
 		if err := b.flows(flows); err != nil {
 			return err
 		}
@@ -210,6 +233,16 @@ func (b *bench) set(name, unit string, col string, v float64) *row {
 	r := b.declare(name, unit)
 	r.values[col] = v
 	return r
+}
+
+// has reports whether any row in unit has a value.
+func (b *bench) has(unit string) bool {
+	for _, r := range b.rows {
+		if r.unit == unit && len(r.values) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func progress(format string, args ...any) {
@@ -520,8 +553,13 @@ func (b *bench) print(took time.Duration) {
 		fmt.Println()
 	}
 	fmt.Println("\nratio = column/kernel; every netward measurement was checked to have crossed netward's TUN.")
-	fmt.Println("CPU-s/GB = CPU-seconds per 10^9 bytes iperf3 delivered: machine = all CPUs' busy time in /proc/stat (user+nice+system+irq+softirq+steal: both iperf3 ends, the kernel's forwarding, netward, and anything else running); netward = its own utime+stime.")
-	fmt.Println("server accepts/s = the application namespace's Tcp PassiveOpens per 1-s window, read from /proc while the client runs (the first window left out).")
+	if b.has("CPU-s/GB") {
+		fmt.Println("CPU-s/GB = CPU-seconds per 10^9 bytes iperf3 delivered. machine: all CPUs' busy time in /proc/stat (user+nice+system+irq+softirq+steal:\n" +
+			"  both iperf3 ends, the kernel's forwarding, netward, and anything else running); netward: its own utime+stime.")
+	}
+	if b.has("conn/s") {
+		fmt.Println("server accepts/s = the application namespace's Tcp PassiveOpens per 1-s window, read from /proc while the client runs (first window left out).")
+	}
 	if len(b.health) > 0 {
 		fmt.Println("\nnetward's own counters (admin socket /metrics) and log, per run:")
 		for _, h := range b.health {

@@ -52,16 +52,19 @@ type ruleFile struct {
 	cases int    // netward test cases that passed (realistic only)
 }
 
-// describe is the header line naming the rule file.
+// describe is the header lines naming the rule file.
 func (r *ruleFile) describe() string {
 	switch r.mode {
 	case "none":
 		return "rules: none (netward run without --rules: no rule is evaluated, every flow allowed)"
 	case "realistic":
-		return fmt.Sprintf("rules: realistic, generated: %d rules of mixed kinds (sni, host, domain, method+path, path, app, dst/src CIDR, ports, not:) and a list of %d domains, %s on disk; none matches bench's traffic but the allow rules %s (SNI) and %s (Host) at the end and the default allow; `netward check --strict`: %s; `netward test`: %d cases pass",
+		return fmt.Sprintf("rules: realistic, generated (same content every run): %d rules of mixed kinds (sni, host, domain, method+path, path, app,\n"+
+			"  dst/src CIDR, ports, not:) and a list of %d domains, %s on disk; none matches bench's traffic but the allow rules\n"+
+			"  %s (SNI) and %s (Host) at the end, and the default allow.\n"+
+			"  netward check --strict: %s; netward test: %d cases pass",
 			realisticRules, realisticDomains, kib(r.bytes), ruleAllowTLS, ruleAllowHTTP, r.check, r.cases)
 	}
-	return fmt.Sprintf("rules: %s, %s on disk; `netward check`: %s", r.path, kib(r.bytes), r.check)
+	return fmt.Sprintf("rules: %s, %s on disk; netward check: %s", r.path, kib(r.bytes), r.check)
 }
 
 func kib(n int64) string { return fmt.Sprintf("%.0f KiB", float64(n)/1024) }
