@@ -5,7 +5,7 @@
 #                    root those tests skip)
 #   make demo        real traffic through netward in a namespace lab (root)
 #   make bench       kernel forwarding vs netward on one lab, IPv4 and IPv6,
-#                    netward with 1,000 rules + 10,000 domains (root; ~17 min;
+#                    netward with 1,000 rules + 10,000 domains (root; ~14 min;
 #                    -short ~2 min); BENCH_FLAGS="-short -rules none
 #                    -variant netward= -variant 'no-offload=--offload=false'"
 #   make bench-flows only the 100,000 concurrent flows part of bench (~2 min)

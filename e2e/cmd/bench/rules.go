@@ -67,7 +67,12 @@ func (r *ruleFile) describe() string {
 	return fmt.Sprintf("rules: %s, %s on disk; netward check: %s", r.path, kib(r.bytes), r.check)
 }
 
-func kib(n int64) string { return fmt.Sprintf("%.0f KiB", float64(n)/1024) }
+func kib(n int64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	return fmt.Sprintf("%.0f KiB", float64(n)/1024)
+}
 
 // prepareRules makes (realistic) or takes (FILE) the rule file, and checks
 // it with netward check (and, realistic, netward test).
