@@ -349,13 +349,13 @@ func (gf *guardFlow) touch() { gf.lastActive.Store(int64(time.Since(gf.f.Start))
 // checkIdle runs from idleTimer: it cuts an idle flow or re-arms itself
 // for the time left.
 func (gf *guardFlow) checkIdle() {
-	limit := gf.lim.IdleTimeout
+	limit, name := gf.lim.IdleTimeout, "idle_timeout"
 	if gf.halfClosed.Load() {
-		limit = gf.lim.HalfClosedTimeout
+		limit, name = gf.lim.HalfClosedTimeout, "half_closed_timeout"
 	}
 	idle := time.Since(gf.f.Start) - time.Duration(gf.lastActive.Load())
 	if idle >= limit {
-		gf.g.Metrics.LimitHit("idle_timeout")
+		gf.g.Metrics.LimitHit(name)
 		gf.fail(&halfError{up: true, read: true, err: errIdle})
 		return
 	}

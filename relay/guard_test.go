@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netward/netward/metrics"
 	"github.com/netward/netward/netstack"
 	"github.com/netward/netward/policy"
 	"github.com/netward/netward/rules"
@@ -359,6 +360,7 @@ func TestGuardActiveFlowIsNotIdle(t *testing.T) {
 
 func TestGuardHalfClosedTimeout(t *testing.T) {
 	g := newGuard(t)
+	g.Metrics = metrics.New(metrics.Options{})
 	g.Limits.HalfClosedTimeout = 300 * time.Millisecond
 	clientApp, serverApp, done := guardPair(t, g)
 	go io.Copy(io.Discard, serverApp) // reads the request and EOF, never answers
@@ -368,6 +370,10 @@ func TestGuardHalfClosedTimeout(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("half-closed flow was not cut")
+	}
+	hits := g.Metrics.Status(metrics.Filter{}).Counters.LimitHits
+	if hits["half_closed_timeout"] != 1 || hits["idle_timeout"] != 0 {
+		t.Errorf("limit hits %v, want one half_closed_timeout", hits)
 	}
 }
 
