@@ -481,13 +481,22 @@ func (gf *guardFlow) switched() bool {
 // (config limits.inspect_bytes is capped by inspect's own maximum).
 var inspectBufPool sync.Pool
 
+// inspectBufsHeld counts the inspect buffers flows hold (tests read it).
+var inspectBufsHeld atomic.Int64
+
 func getInspectBuf(size int) *[]byte {
+	inspectBufsHeld.Add(1)
 	if bp, ok := inspectBufPool.Get().(*[]byte); ok && cap(*bp) >= size {
 		*bp = (*bp)[:0]
 		return bp
 	}
 	b := make([]byte, 0, size)
 	return &b
+}
+
+func putInspectBuf(bp *[]byte) {
+	inspectBufsHeld.Add(-1)
+	inspectBufPool.Put(bp)
 }
 
 var (
@@ -601,9 +610,23 @@ func (in *clientInput) detect() (inspect.Proto, *halfError) {
 // inspected, so a flow spliced after its verdict holds no inspect buffer.
 func (in *clientInput) release() {
 	if in.bp != nil {
-		inspectBufPool.Put(in.bp)
+		putInspectBuf(in.bp)
 		in.bp, in.buf = nil, nil
 	}
+}
+
+// waitEmpty waits, holding no buffer, until the client sends more; only
+// when nothing is held and no read deadline runs (after the first
+// request), so an idle keep-alive connection costs no inspect buffer.
+func (in *clientInput) waitEmpty() {
+	w, ok := in.gf.client.(readWaiter)
+	if !ok || in.bp == nil || len(in.buf) != 0 {
+		return
+	}
+	in.release()
+	w.WaitReadable() // errors surface from the Read that follows
+	in.bp = getInspectBuf(in.gf.lim.InspectBytes)
+	in.buf = (*in.bp)[:0:in.gf.lim.InspectBytes]
 }
 
 // consume drops the first n bytes (forwarded) and keeps the rest at the
@@ -793,6 +816,9 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 			}
 			gf.g.Metrics.InspectError("http")
 			return gf.invalid("http", reason, refuseHTTP403)
+		}
+		if gf.requests > 0 {
+			in.waitEmpty()
 		}
 		if err := in.read(); err != nil {
 			return err

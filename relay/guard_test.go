@@ -467,3 +467,56 @@ func TestGuardOnInvalidAllowForwards(t *testing.T) {
 		t.Fatalf("server got %q, %v; on_invalid: allow must forward the bytes", got, err)
 	}
 }
+
+// waitableConn gives a kernel TCP conn netstack's WaitReadable, as the
+// gVisor legs have it.
+type waitableConn struct {
+	*net.TCPConn
+	rc syscall.RawConn
+}
+
+func (c *waitableConn) WaitReadable() error {
+	var b [1]byte
+	return c.rc.Read(func(fd uintptr) bool {
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return err != syscall.EAGAIN
+	})
+}
+
+// An idle keep-alive connection holds no inspect buffer between requests,
+// and the next request is judged and relayed as ever.
+func TestGuardKeepAliveIdleHoldsNoBuffer(t *testing.T) {
+	g := newGuard(t)
+	clientApp, clientLeg := tcpPair(t)
+	serverLeg, serverApp := tcpPair(t)
+	rc, err := clientLeg.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &netstack.Flow{ID: 1, Client: netip.MustParseAddrPort("192.0.2.10:40000"),
+		Server: netip.MustParseAddrPort("192.0.2.20:80"), Start: time.Now()}
+	held := inspectBufsHeld.Load()
+	done := make(chan struct{})
+	go func() { g.Serve(f, &waitableConn{clientLeg, rc}, serverLeg); close(done) }()
+	defer func() {
+		clientApp.Close()
+		serverApp.Close()
+		<-done
+	}()
+	const req = "GET /ok HTTP/1.1\r\nHost: app.example\r\n\r\n"
+	for i := range 2 {
+		io.WriteString(clientApp, req)
+		got := make([]byte, len(req))
+		serverApp.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.ReadFull(serverApp, got); err != nil || string(got) != req {
+			t.Fatalf("request %d: server read %q, %v", i, got, err)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for inspectBufsHeld.Load() != held && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := inspectBufsHeld.Load() - held; n != 0 {
+			t.Fatalf("after request %d, idle, the flow holds %d inspect buffers", i, n)
+		}
+	}
+}
