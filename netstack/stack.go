@@ -465,7 +465,7 @@ func fromAddr(a netip.Addr) tcpip.Address {
 
 // Shutdown stops accepting flows (new SYNs get no answer, so clients
 // retransmit toward whatever path replaces netward), aborts pending dials,
-// closes the legs of all served flows and waits for their Serve calls to
+// resets the legs of all served flows and waits for their Serve calls to
 // return, or for ctx.
 func (s *Stack) Shutdown(ctx context.Context) error {
 	s.once.Do(func() {
@@ -475,8 +475,8 @@ func (s *Stack) Shutdown(ctx context.Context) error {
 	})
 	s.mu.Lock()
 	for lf := range s.flows {
-		lf.client.Close()
-		lf.server.Close()
+		abort(lf.client)
+		abort(lf.server)
 	}
 	s.mu.Unlock()
 	waited := make(chan struct{})
@@ -487,6 +487,16 @@ func (s *Stack) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("netstack: shutdown: %d flows still open: %w", s.stats.FlowsActive.Load(), ctx.Err())
 	}
+}
+
+// abort closes c with a reset: a flow cut short must not look finished to
+// either end (a FIN would end a close-delimited HTTP body as if complete),
+// and a reset needs no handshake, so a stop with many flows open is quick.
+func abort(c Conn) {
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		l.SetLinger(0) // error ignored: Close below still ends the leg
+	}
+	c.Close()
 }
 
 // Close shuts down (if not yet), tears the gVisor stack down and closes the
