@@ -503,31 +503,14 @@ func HoldWith(ctx context.Context, d *net.Dialer, o HoldOptions, report func(Hol
 // checkHeld echoes one byte on every connection, par at a time.
 func checkHeld(conns []net.Conn, check, par int) HoldReport {
 	r := HoldReport{Check: check, Errors: map[string]int64{}}
-	var mu sync.Mutex
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range par {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(conns) {
-					return
-				}
-				err := echoByte(conns[i], 10*time.Second)
-				mu.Lock()
-				if err != nil {
-					r.Failed++
-					r.Errors[classify(err)]++
-				} else {
-					r.Alive++
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	eachHeld(conns, par, func(c net.Conn) error { return echoByte(c, 10*time.Second) }, func(err error) {
+		if err != nil {
+			r.Failed++
+			r.Errors[classify(err)]++
+		} else {
+			r.Alive++
+		}
+	})
 	return r
 }
 
@@ -536,6 +519,22 @@ func checkHeld(conns []net.Conn, check, par int) HoldReport {
 func closeHeld(conns []net.Conn, par int) HoldReport {
 	start := time.Now()
 	r := HoldReport{Errors: map[string]int64{}}
+	eachHeld(conns, par, func(c net.Conn) error { return closeGracefully(c, 10*time.Second) }, func(err error) {
+		if err != nil {
+			r.CloseFailed++
+			r.Errors["close: "+classify(err)]++
+		} else {
+			r.Closed++
+		}
+	})
+	r.CloseMillis = time.Since(start).Milliseconds()
+	return r
+}
+
+// eachHeld runs do on every connection, par goroutines taking the next
+// one in turn, and passes each result to tally. tally runs under one
+// lock, so it may update a report without its own.
+func eachHeld(conns []net.Conn, par int, do func(net.Conn) error, tally func(error)) {
 	var mu sync.Mutex
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -548,21 +547,14 @@ func closeHeld(conns []net.Conn, par int) HoldReport {
 				if i >= len(conns) {
 					return
 				}
-				err := closeGracefully(conns[i], 10*time.Second)
+				err := do(conns[i])
 				mu.Lock()
-				if err != nil {
-					r.CloseFailed++
-					r.Errors["close: "+classify(err)]++
-				} else {
-					r.Closed++
-				}
+				tally(err)
 				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
-	r.CloseMillis = time.Since(start).Milliseconds()
-	return r
 }
 
 func closeGracefully(c net.Conn, timeout time.Duration) error {
