@@ -32,7 +32,8 @@ type Config struct {
 	Offload bool `yaml:"offload"`
 	// AckDelay is how long a pure ACK of netward's TCP may wait for a
 	// packet of its connection that carries it instead (offload only);
-	// 0 writes every ACK at once.
+	// 0, the default, writes every ACK at once (see netstack/README.md for
+	// the trade-off).
 	AckDelay time.Duration `yaml:"ack_delay"`
 	// IPv6 steers IPv6 too. Set false on kernels without IPv6.
 	IPv6 bool `yaml:"ipv6"`
@@ -119,7 +120,6 @@ func Default() *Config {
 		TUN:          "netward0",
 		MTU:          1500,
 		Offload:      true,
-		AckDelay:     200 * time.Microsecond,
 		IPv6:         true,
 		Mark:         0x4e57,
 		Table:        20055,

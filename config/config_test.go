@@ -80,7 +80,7 @@ func TestFlagsOverrideOnlyWhenGiven(t *testing.T) {
 	p := writeFile(t, "tun: fromfile\nfail_mode: closed\nlog:\n  level: debug\n")
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	f := NewFlags(fs)
-	if err := fs.Parse([]string{"--config", p, "--fail-mode", "open", "--interfaces", "eth0, eth1", "--offload=false", "--ack-delay", "0"}); err != nil {
+	if err := fs.Parse([]string{"--config", p, "--fail-mode", "open", "--interfaces", "eth0, eth1", "--offload=false", "--ack-delay", "1ms"}); err != nil {
 		t.Fatal(err)
 	}
 	c, err := f.Load()
@@ -90,8 +90,8 @@ func TestFlagsOverrideOnlyWhenGiven(t *testing.T) {
 	if c.TUN != "fromfile" {
 		t.Errorf("TUN = %q; a flag that was not given overrode the file", c.TUN)
 	}
-	if c.AckDelay != 0 {
-		t.Errorf("--ack-delay 0: AckDelay = %v", c.AckDelay)
+	if c.AckDelay != time.Millisecond {
+		t.Errorf("--ack-delay 1ms: AckDelay = %v", c.AckDelay)
 	}
 	if c.FailMode != "open" || c.Log.Level != "debug" || c.Offload {
 		t.Errorf("got fail_mode=%q level=%q offload=%v", c.FailMode, c.Log.Level, c.Offload)

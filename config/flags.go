@@ -48,7 +48,7 @@ func NewFlags(fs *flag.FlagSet) *Flags {
 		c.Offload = b
 		return nil
 	}
-	fs.String("ack-delay", "", "how long a pure ACK may wait for data to carry it, e.g. 200us; 0 = never (default 200us)")
+	fs.String("ack-delay", "", "how long a pure ACK may wait for data to carry it, e.g. 200us; 0 = never (default 0)")
 	f.set["ack-delay"] = func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		if err != nil {

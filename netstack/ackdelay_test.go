@@ -50,7 +50,7 @@ func outPacket(src, dst netip.AddrPort, flags header.TCPFlags, ack uint32, paylo
 	return pkt
 }
 
-const testAckDelay = DefaultAckDelay
+const testAckDelay = 200 * time.Microsecond
 
 // written records what an ackDelayer writes.
 type written struct {

@@ -143,7 +143,7 @@ func newTestEndpoint(t testing.TB, vnet bool) (*linkEndpoint, *Stats, int) {
 		VnetHdr:    vnet,
 		GSOMaxSize: maxGSOSize,
 		Stats:      stats,
-		AckDelay:   DefaultAckDelay,
+		AckDelay:   testAckDelay,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -48,11 +47,6 @@ const (
 	// that auto-tuning may reach (datapath-notes.md: 4 and 8 MiB equal,
 	// 16 MiB worse).
 	DefaultBufferMax = 4 << 20
-	// DefaultAckDelay is how long a pure ACK gVisor sends may wait for a
-	// later packet of its connection to carry it instead (ackDelayer).
-	// Much shorter than a kernel's delayed ACK (40 ms): it only has to
-	// outlast the relay's turn, not a peer's think time.
-	DefaultAckDelay = 200 * time.Microsecond
 )
 
 // Options configures a Stack.
@@ -86,8 +80,11 @@ type Options struct {
 	// wrapKernelDial, if set, wraps dialKernel (tests: create the socket
 	// in another network namespace).
 	wrapKernelDial func(func(context.Context, *Flow) (Conn, error)) func(context.Context, *Flow) (Conn, error)
-	// AckDelay: see DefaultAckDelay; negative writes every ACK at once.
-	// Only with VnetHdr.
+	// AckDelay lets a pure ACK gVisor sends wait this long for a later
+	// packet of its connection to carry it instead (ackDelayer); 0, the
+	// default, writes every ACK at once. Only with VnetHdr. Measured on
+	// the lab: request/response p50 −5 %, bulk transfers toward the
+	// client up to −40 % (the server's sender gets fewer ACKs), so off.
 	AckDelay time.Duration
 	// SACK enables selective acknowledgements in gVisor's TCP. Off by
 	// default: with it on, gVisor made thousands of spurious
@@ -185,7 +182,7 @@ func New(o Options) (*Stack, error) {
 			VnetHdr:    o.VnetHdr,
 			GSOMaxSize: gso,
 			Stats:      &s.stats,
-			AckDelay:   max(0, cmp.Or(o.AckDelay, DefaultAckDelay)),
+			AckDelay:   o.AckDelay,
 		})
 		if err != nil {
 			return nil, err

@@ -162,7 +162,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		Logger:      log,
 		MaxInFlight: cfg.Limits.MaxHalfOpen,
 		DialTimeout: cfg.Limits.ConnectTimeout,
-		AckDelay:    ackDelay(cfg.AckDelay),
+		AckDelay:    cfg.AckDelay,
 
 		UpstreamKernel: dp.upstreamKernel,
 		UpstreamMark:   dp.upstreamMark,
@@ -220,13 +220,4 @@ func interfacesAttr(names []string) string {
 		return "all"
 	}
 	return strings.Join(names, ",")
-}
-
-// ackDelay maps the configuration's ack_delay (0: off) to
-// netstack.Options.AckDelay (0: default, negative: off).
-func ackDelay(d time.Duration) time.Duration {
-	if d == 0 {
-		return -1
-	}
-	return d
 }
