@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,11 +31,12 @@ func main() {
 	settle := flag.Duration("settle", 30*time.Second, "`time` netward gets to return to its baseline after the traffic")
 	every := flag.Duration("every", 0, "sampling `interval` (default: duration/12, at least 5s)")
 	keep := flag.Bool("keep", false, "keep the lab's log directory")
+	args := flag.String("args", "", "more `flags` for netward run, e.g. \"--upstream kernel\"")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	res, err := run(ctx, *netward, *keep, opslab.SoakOptions{Duration: *dur, Workers: *workers, Settle: *settle, Every: *every, Out: os.Stdout})
+	res, err := run(ctx, *netward, *keep, opslab.SoakOptions{Duration: *dur, Workers: *workers, Settle: *settle, Every: *every, Out: os.Stdout, Args: strings.Fields(*args)})
 	switch {
 	case err != nil && ctx.Err() != nil:
 		fmt.Fprintln(os.Stderr, "soak: interrupted")

@@ -76,6 +76,8 @@ type SoakOptions struct {
 	Every time.Duration
 	// Out receives progress lines and the summary tables; nil discards.
 	Out io.Writer
+	// Args are more `netward run` flags (e.g. --upstream kernel).
+	Args []string
 }
 
 // OpKind is one kind of request the soak makes.
@@ -235,10 +237,10 @@ func (s *soak) setup(ctx context.Context) error {
 	// Events go to /dev/null: the whole event path runs (encode, queue,
 	// write) without filling the disk with millions of lines; the process
 	// log is at warn, so there is no line per flow either.
-	s.nw, err = s.l.StartNetward(ctx, lab.NetwardOptions{Binary: s.opts.Netward, Args: []string{
+	s.nw, err = s.l.StartNetward(ctx, lab.NetwardOptions{Binary: s.opts.Netward, Args: append([]string{
 		"--rules", rules, "--metrics", SoakMetricsAddr, "--pprof", "true",
 		"--log", os.DevNull, "--log-level", "warn",
-	}})
+	}, s.opts.Args...)})
 	if err != nil {
 		return err
 	}
