@@ -337,6 +337,14 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		server, err = s.kernelDial(ctx, f)
 		stop()
 		cancel()
+		if err != nil && outOfFiles(err) {
+			// No file descriptor for one more kernel socket: this flow's
+			// upstream goes through gVisor and the TUN, which needs none.
+			// The kernel leg's rules only catch packets of transparent
+			// sockets, so the two kinds of flow coexist.
+			s.stats.UpstreamFallbacks.Add(1)
+			server, err = s.dial(f)
+		}
 	} else {
 		server, err = s.dial(f)
 	}
@@ -387,6 +395,11 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 type tcpipError struct{ err tcpip.Error }
 
 func (e *tcpipError) Error() string { return e.err.String() }
+
+// outOfFiles reports whether err is the process or system file limit.
+func outOfFiles(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
 
 // isRefused reports whether err is the server refusing the connection (RST).
 func isRefused(err error) bool {

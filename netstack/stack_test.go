@@ -6,11 +6,13 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -387,3 +389,41 @@ type serveFunc struct{ serve func(f *Flow, c, s Conn) }
 
 func (serveFunc) Admit(*Flow) Admission       { return AdmitAccept }
 func (h *serveFunc) Serve(f *Flow, c, s Conn) { h.serve(f, c, s) }
+
+// With the kernel upstream leg out of file descriptors, the flow still
+// goes through, on the gVisor leg, and is counted.
+func TestUpstreamKernelFallsBackWithoutFiles(t *testing.T) {
+	var kernelDials atomic.Int64
+	l := newLab(t, labOptions{vnet: true, handler: &spliceHandler{}, opts: func(o *Options) {
+		o.UpstreamKernel = true
+		o.wrapKernelDial = func(func(context.Context, *Flow) (Conn, error)) func(context.Context, *Flow) (Conn, error) {
+			return func(context.Context, *Flow) (Conn, error) {
+				kernelDials.Add(1)
+				return nil, fmt.Errorf("netstack: connect: socket: %w", syscall.EMFILE)
+			}
+		}
+	}})
+	ln := l.listen(serverV4, 22)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Write([]byte("hello\n"))
+		c.Close()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := l.dial(ctx, netip.AddrPortFrom(serverV4, 22))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(c); string(b) != "hello\n" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	if kernelDials.Load() != 1 || l.net.Stats().UpstreamFallbacks.Load() != 1 {
+		t.Errorf("kernel dials %d, fallbacks %d; want 1 and 1", kernelDials.Load(), l.net.Stats().UpstreamFallbacks.Load())
+	}
+}

@@ -28,4 +28,7 @@ type Stats struct {
 	FlowsActive      atomic.Int64  // currently in Serve
 	SynDropsInFlight atomic.Uint64 // SYNs dropped because MaxInFlight handshakes were pending
 	DialErrors       atomic.Uint64 // upstream dial failed locally (bind, endpoint)
+	// UpstreamFallbacks are flows whose kernel upstream socket could not
+	// be made for lack of file descriptors and went through gVisor.
+	UpstreamFallbacks atomic.Uint64
 }

@@ -211,7 +211,8 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		"upstream_refused", s.FlowsRefused.Load(), "upstream_unreachable", s.FlowsUnreachable.Load(),
 		"syn_drops_in_flight", st.SynDropsInFlight(),
 		"rx_packets", s.RxPackets.Load(), "tx_packets", s.TxPackets.Load(),
-		"tx_acks_delayed", s.TxAcksDelayed.Load(), "tx_acks_merged", s.TxAcksMerged.Load())
+		"tx_acks_delayed", s.TxAcksDelayed.Load(), "tx_acks_merged", s.TxAcksMerged.Load(),
+		"upstream_fallbacks", s.UpstreamFallbacks.Load())
 	return errors.Join(errs...)
 }
 
