@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -38,6 +39,12 @@ type Netward struct {
 // DefaultTUN is the TUN name netward uses unless told otherwise.
 const DefaultTUN = "netward0"
 
+// ExtraArgsEnv names an environment variable whose flags are added to every
+// `netward run` a lab starts, ahead of the test's own: the whole suite can
+// run against a non-default configuration, e.g.
+// NETWARD_E2E_ARGS="--upstream kernel" go test ./e2e.
+const ExtraArgsEnv = "NETWARD_E2E_ARGS"
+
 // NetwardArgs returns the `netward run` command line StartNetward uses,
 // without the binary. It gives each lab its own admin socket and event log.
 func (l *Lab) NetwardArgs(opts NetwardOptions) []string {
@@ -56,6 +63,7 @@ func (l *Lab) NetwardArgs(opts NetwardOptions) []string {
 	if len(ifs) > 0 {
 		args = append(args, "--interfaces", strings.Join(ifs, ","))
 	}
+	args = append(args, strings.Fields(os.Getenv(ExtraArgsEnv))...)
 	return append(args, opts.Args...)
 }
 
