@@ -513,8 +513,8 @@ var (
 // message, once judged, then the rest. It returns the error that ended the
 // up direction, or nil when the client finished (or was refused).
 func (gf *guardFlow) serveUp() *halfError {
-	bp := getInspectBuf(gf.lim.InspectBytes)
-	in := &clientInput{gf: gf, bp: bp, buf: (*bp)[:0:gf.lim.InspectBytes]}
+	in := &clientInput{gf: gf}
+	in.acquire()
 	defer in.release()
 	gf.in = in
 
@@ -625,6 +625,11 @@ func (in *clientInput) waitEmpty() {
 	}
 	in.release()
 	w.WaitReadable() // errors surface from the Read that follows
+	in.acquire()
+}
+
+// acquire gives in an empty pooled buffer of limits.inspect_bytes.
+func (in *clientInput) acquire() {
 	in.bp = getInspectBuf(in.gf.lim.InspectBytes)
 	in.buf = (*in.bp)[:0:in.gf.lim.InspectBytes]
 }
