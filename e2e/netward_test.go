@@ -18,6 +18,7 @@ import (
 	"github.com/netward/netward/e2e/lab"
 	"github.com/netward/netward/e2e/lab/labtest"
 	"github.com/netward/netward/e2e/peer"
+	"github.com/netward/netward/netstack"
 )
 
 // TestNetward is issue 3's acceptance: every check, run through a real
@@ -30,6 +31,42 @@ func TestNetward(t *testing.T) {
 	t.Run("FlowLog", func(t *testing.T) { checkFlowLog(t, d) })
 	t.Run("ApplianceOwnTrafficBypasses", func(t *testing.T) { checkLocalBypass(t, d) })
 	t.Run("NoConntrackInvalidDrops", func(t *testing.T) { checkNoInvalidDrops(t, d) })
+	t.Run("UpstreamKernelByDefault", func(t *testing.T) { checkUpstreamKernelDefault(t, d) })
+}
+
+// checkUpstreamKernelDefault: without --upstream netward runs the kernel
+// upstream leg, and has raised its file limit (the lab's is 20,000 or so)
+// to hold a socket per flow up to max_flows — or, without
+// CAP_SYS_RESOURCE, kept it and said that flows past it take the gVisor leg.
+func checkUpstreamKernelDefault(t testing.TB, d *datapath) {
+	if os.Getenv(lab.ExtraArgsEnv) != "" {
+		t.Skipf("%s is set: not the default configuration", lab.ExtraArgsEnv)
+	}
+	log := d.nw.Log()
+	if !strings.Contains(log, `"upstream_kernel":true`) {
+		t.Errorf("netward's log lacks \"upstream_kernel\":true:\n%s", tailLines(log, 20))
+	}
+	proc := func(file, re string) string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", d.nw.PID(), file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := regexp.MustCompile(re).FindSubmatch(b)
+		if m == nil {
+			t.Fatalf("no %s in netward's %s:\n%s", re, file, b)
+		}
+		return string(m[1])
+	}
+	limit, _ := strconv.Atoi(proc("limits", `(?m)^Max open files\s+(\d+)`))
+	capEff, _ := strconv.ParseUint(proc("status", `(?m)^CapEff:\s+([0-9a-f]+)`), 16, 64)
+	const capSysResource = 24
+	want := config.Default().Limits.MaxFlows + netstack.FileReserve
+	switch {
+	case capEff&(1<<capSysResource) != 0 && limit < want:
+		t.Errorf("netward's file limit is %d, want ≥ %d (max_flows + netstack.FileReserve)", limit, want)
+	case capEff&(1<<capSysResource) == 0 && limit < want && !strings.Contains(log, "cannot raise the file limit"):
+		t.Errorf("netward kept a file limit of %d < %d (no CAP_SYS_RESOURCE) and did not warn:\n%s", limit, want, tailLines(log, 20))
+	}
 }
 
 // TestNetwardVariants runs the basic checks on netward's other datapath
@@ -48,6 +85,13 @@ func TestNetwardVariants(t *testing.T) {
 		{"OffloadOff", func(l *lab.Lab) lab.NetwardOptions {
 			return lab.NetwardOptions{Interfaces: []string{l.ApplianceClientIf, l.ApplianceAppIf}, Args: []string{"--offload=false"}}
 		}, `"offload":false`, basic},
+		// The other upstream leg: gVisor, out through the TUN.
+		{"UpstreamGVisor", func(l *lab.Lab) lab.NetwardOptions {
+			return lab.NetwardOptions{Args: []string{"--upstream", "gvisor"}}
+		}, `"upstream_kernel":false`, append(basic, "ClosedPortRefused")},
+		{"UpstreamGVisorOffloadOff", func(l *lab.Lab) lab.NetwardOptions {
+			return lab.NetwardOptions{Args: []string{"--upstream", "gvisor", "--offload=false"}}
+		}, `"upstream_kernel":false`, basic},
 	} {
 		t.Run(v.name, func(t *testing.T) {
 			d := newLab(t)

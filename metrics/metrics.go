@@ -46,6 +46,14 @@ type TUNStats struct {
 	AcksDelayed, AcksMerged uint64
 }
 
+// UpstreamStats describe the kernel upstream leg (netward run --upstream
+// kernel), read when metrics are scraped.
+type UpstreamStats struct {
+	Kernel        bool   // new flows take the kernel leg (else the gVisor leg)
+	KernelSockets int64  // kernel upstream sockets of flows in progress
+	Fallbacks     uint64 // flows that took the gVisor leg: socket cap or file limit reached
+}
+
 // EventStats mirrors event.Stats field for field, so that
 // metrics.EventStats(log.Stats()) converts.
 type EventStats struct {
@@ -91,6 +99,7 @@ type Metrics struct {
 	rules       atomic.Pointer[RulesInfo]
 	reloadError atomic.Pointer[string]
 	tunStats    atomic.Pointer[func() TUNStats]
+	upstream    atomic.Pointer[func() UpstreamStats]
 	halfOpen    atomic.Pointer[func() uint64]
 	eventStats  atomic.Pointer[func() EventStats]
 	ready       atomic.Pointer[func() bool]
@@ -241,6 +250,14 @@ func (m *Metrics) SetTUNStats(f func() TUNStats) {
 	}
 }
 
+// SetUpstreamStats sets the function that reads the upstream leg's
+// counters.
+func (m *Metrics) SetUpstreamStats(f func() UpstreamStats) {
+	if m != nil && f != nil {
+		m.upstream.Store(&f)
+	}
+}
+
 // SetEventStats sets the function that reads the event log's counters, e.g.
 // func() metrics.EventStats { return metrics.EventStats(log.Stats()) }.
 func (m *Metrics) SetEventStats(f func() EventStats) {
@@ -274,6 +291,12 @@ var (
 		"Packets the TUN path dropped, by direction.", []string{"direction"}, nil)
 	tunAcksDesc = prometheus.NewDesc("netward_tun_acks_delayed_total",
 		"Pure ACKs held back by ack_delay, by outcome (written: after the delay or on a duplicate, merged: carried by a later packet).", []string{"result"}, nil)
+	upstreamInfoDesc = prometheus.NewDesc("netward_upstream_info",
+		"The upstream leg new flows take: leg=kernel (a kernel socket bound to the client's address) or gvisor (out through the TUN).", []string{"leg"}, nil)
+	upstreamSocketsDesc = prometheus.NewDesc("netward_upstream_kernel_sockets",
+		"Kernel upstream sockets (--upstream kernel) of flows in progress.", nil, nil)
+	upstreamFallbacksDesc = prometheus.NewDesc("netward_upstream_fallbacks_total",
+		"Flows that took the gVisor upstream leg although the kernel leg is on: its socket cap (file limit less a reserve) was reached.", nil, nil)
 	bytesDesc = prometheus.NewDesc("netward_bytes_total",
 		"TCP payload bytes relayed, by direction (toserver, toclient).", []string{"direction"}, nil)
 	eventsDesc = prometheus.NewDesc("netward_events_total",
@@ -290,6 +313,9 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- tunPacketsDesc
 	ch <- tunDropsDesc
 	ch <- tunAcksDesc
+	ch <- upstreamInfoDesc
+	ch <- upstreamSocketsDesc
+	ch <- upstreamFallbacksDesc
 	ch <- eventsDesc
 }
 
@@ -310,6 +336,16 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(tunDropsDesc, prometheus.CounterValue, float64(s.TxDropped), "tx")
 		ch <- prometheus.MustNewConstMetric(tunAcksDesc, prometheus.CounterValue, float64(s.AcksDelayed-min(s.AcksMerged, s.AcksDelayed)), "written")
 		ch <- prometheus.MustNewConstMetric(tunAcksDesc, prometheus.CounterValue, float64(s.AcksMerged), "merged")
+	}
+	if f := c.upstream.Load(); f != nil {
+		s := (*f)()
+		leg := "gvisor"
+		if s.Kernel {
+			leg = "kernel"
+		}
+		ch <- prometheus.MustNewConstMetric(upstreamInfoDesc, prometheus.GaugeValue, 1, leg)
+		ch <- prometheus.MustNewConstMetric(upstreamSocketsDesc, prometheus.GaugeValue, float64(s.KernelSockets))
+		ch <- prometheus.MustNewConstMetric(upstreamFallbacksDesc, prometheus.CounterValue, float64(s.Fallbacks))
 	}
 	if f := c.eventStats.Load(); f != nil {
 		s := (*f)()

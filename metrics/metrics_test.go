@@ -83,6 +83,7 @@ func TestCountersMoveExactly(t *testing.T) {
 		return TUNStats{RxPackets: 10, TxPackets: 9, RxDropped: 1, TxDropped: 2, AcksDelayed: 7, AcksMerged: 4}
 	})
 	m.SetEventStats(func() EventStats { return EventStats{Emitted: 7, Written: 5, Dropped: 1, Failed: 1} })
+	m.SetUpstreamStats(func() UpstreamStats { return UpstreamStats{Kernel: true, KernelSockets: 6, Fallbacks: 8} })
 
 	a := m.StartFlow(1, ap("192.0.2.1:40000"), ap("198.51.100.1:443"), t0)
 	b := m.StartFlow(2, ap("192.0.2.2:40001"), ap("198.51.100.2:80"), t0)
@@ -130,6 +131,9 @@ func TestCountersMoveExactly(t *testing.T) {
 		"netward_tun_dropped_total{direction=tx}":          2,
 		"netward_tun_acks_delayed_total{result=written}":   3,
 		"netward_tun_acks_delayed_total{result=merged}":    4,
+		"netward_upstream_info{leg=kernel}":                1,
+		"netward_upstream_kernel_sockets":                  6,
+		"netward_upstream_fallbacks_total":                 8,
 		"netward_events_total{result=written}":             5,
 		"netward_events_total{result=dropped}":             1,
 		"netward_events_total{result=failed}":              1,

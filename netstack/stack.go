@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"os"
 	"sync"
@@ -77,6 +78,12 @@ type Options struct {
 	UpstreamKernel bool
 	// UpstreamMark is the SO_MARK of kernel upstream sockets; 0 for none.
 	UpstreamMark uint32
+	// MaxKernelSockets caps the kernel upstream sockets open at once; a
+	// flow beyond it takes the gVisor leg (counted in UpstreamFallbacks).
+	// 0 means the process's file limit (RLIMIT_NOFILE) less FileReserve,
+	// so the flows never take the last descriptors the metrics listener,
+	// the admin socket and rule reloads need.
+	MaxKernelSockets int
 	// wrapKernelDial, if set, wraps dialKernel (tests: create the socket
 	// in another network namespace).
 	wrapKernelDial func(func(context.Context, *Flow) (Conn, error)) func(context.Context, *Flow) (Conn, error)
@@ -102,8 +109,10 @@ type Stack struct {
 	dialTO  time.Duration
 	stats   Stats
 
-	upstreamKernel bool
+	upstreamKernel atomic.Bool
 	upstreamMark   uint32
+	maxKernel      int64
+	kernelSockets  atomic.Int64 // kernel upstream sockets of flows in progress
 	// kernelDial is dialKernel; tests wrap it to create the socket in
 	// another network namespace.
 	kernelDial func(context.Context, *Flow) (Conn, error)
@@ -152,9 +161,13 @@ func New(o Options) (*Stack, error) {
 		dialTO:  o.DialTimeout,
 		done:    make(chan struct{}),
 
-		upstreamKernel: o.UpstreamKernel,
-		upstreamMark:   o.UpstreamMark,
-		flows:          make(map[*liveFlow]struct{}),
+		upstreamMark: o.UpstreamMark,
+		flows:        make(map[*liveFlow]struct{}),
+	}
+	s.upstreamKernel.Store(o.UpstreamKernel)
+	s.maxKernel = int64(o.MaxKernelSockets)
+	if o.UpstreamKernel && s.maxKernel <= 0 {
+		s.maxKernel = fileLimit() - FileReserve
 	}
 	// Flow IDs are EVE flow_ids: start from the clock (milliseconds << 10)
 	// so they do not repeat across restarts in a SIEM — a later run starts
@@ -329,24 +342,9 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		}
 	}()
 
-	var server Conn
-	var err error
-	if s.upstreamKernel {
-		ctx, cancel := context.WithTimeout(context.Background(), s.dialTO)
-		stop := context.AfterFunc(s.doneCtx, cancel)
-		server, err = s.kernelDial(ctx, f)
-		stop()
-		cancel()
-		if err != nil && outOfFiles(err) {
-			// No file descriptor for one more kernel socket: this flow's
-			// upstream goes through gVisor and the TUN, which needs none.
-			// The kernel leg's rules only catch packets of transparent
-			// sockets, so the two kinds of flow coexist.
-			s.stats.UpstreamFallbacks.Add(1)
-			server, err = s.dial(f)
-		}
-	} else {
-		server, err = s.dial(f)
+	server, kernel, err := s.dialUpstream(f)
+	if kernel {
+		defer s.kernelSockets.Add(-1) // closed by now, by Serve or below
 	}
 	if err != nil {
 		if isRefused(err) {
@@ -389,6 +387,65 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	delete(s.flows, lf)
 	s.mu.Unlock()
 }
+
+// FileReserve is how many file descriptors the kernel upstream leg leaves
+// to the rest of netward (TUN queues, listeners, logs, rule and GeoIP
+// files, iptables children) when Options.MaxKernelSockets is 0.
+const FileReserve = 256
+
+// fileLimit is the process's soft RLIMIT_NOFILE (the Go runtime raises
+// it to the hard limit at start).
+func fileLimit() int64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(lim.Cur)
+}
+
+// dialUpstream connects the flow's upstream leg: a kernel socket with
+// Options.UpstreamKernel, unless the socket cap is reached or the process
+// is out of file descriptors, in which case (counted) a gVisor endpoint out
+// through the TUN, which needs none. The kernel leg's rules only catch
+// packets of transparent sockets, so the two kinds of flow coexist.
+func (s *Stack) dialUpstream(f *Flow) (c Conn, kernel bool, err error) {
+	if !s.upstreamKernel.Load() {
+		c, err = s.dial(f)
+		return c, false, err
+	}
+	if s.kernelSockets.Add(1) > s.maxKernel {
+		s.kernelSockets.Add(-1)
+		s.stats.UpstreamFallbacks.Add(1)
+		c, err = s.dial(f)
+		return c, false, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.dialTO)
+	stop := context.AfterFunc(s.doneCtx, cancel)
+	c, err = s.kernelDial(ctx, f)
+	stop()
+	cancel()
+	if err == nil {
+		return c, true, nil // the caller releases the socket's slot
+	}
+	s.kernelSockets.Add(-1)
+	if outOfFiles(err) {
+		s.stats.UpstreamFallbacks.Add(1)
+		c, err = s.dial(f)
+	}
+	return c, false, err
+}
+
+// KernelSockets is the number of kernel upstream sockets of flows in
+// progress.
+func (s *Stack) KernelSockets() int64 { return s.kernelSockets.Load() }
+
+// UpstreamKernel reports whether new flows' upstream legs are kernel
+// sockets (Options.UpstreamKernel, unless UseGVisorUpstream since).
+func (s *Stack) UpstreamKernel() bool { return s.upstreamKernel.Load() }
+
+// UseGVisorUpstream makes new flows take the gVisor upstream leg, for when
+// the kernel leg's rules cannot be installed.
+func (s *Stack) UseGVisorUpstream() { s.upstreamKernel.Store(false) }
 
 // tcpipError carries a tcpip.Error (which is not an error) across the
 // package boundary.

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -425,5 +426,87 @@ func TestUpstreamKernelFallsBackWithoutFiles(t *testing.T) {
 	}
 	if kernelDials.Load() != 1 || l.net.Stats().UpstreamFallbacks.Load() != 1 {
 		t.Errorf("kernel dials %d, fallbacks %d; want 1 and 1", kernelDials.Load(), l.net.Stats().UpstreamFallbacks.Load())
+	}
+}
+
+// Past MaxKernelSockets open kernel upstream sockets, a new flow takes the
+// gVisor leg (counted); once a kernel flow ends its slot is free again.
+func TestUpstreamKernelCap(t *testing.T) {
+	// The "kernel" server: a loopback listener that says so.
+	kln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kln.Close()
+	go func() {
+		for {
+			c, err := kln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("kernel\n"))
+			go func() { io.Copy(io.Discard, c); c.Close() }() // held until the client closes
+		}
+	}()
+	var kernelDials atomic.Int64
+	l := newLab(t, labOptions{vnet: true, handler: &spliceHandler{}, opts: func(o *Options) {
+		o.UpstreamKernel = true
+		o.MaxKernelSockets = 1
+		o.wrapKernelDial = func(func(context.Context, *Flow) (Conn, error)) func(context.Context, *Flow) (Conn, error) {
+			return func(ctx context.Context, _ *Flow) (Conn, error) {
+				kernelDials.Add(1)
+				var d net.Dialer
+				c, err := d.DialContext(ctx, "tcp", kln.Addr().String())
+				if err != nil {
+					return nil, err
+				}
+				return newKernelConn(c.(*net.TCPConn))
+			}
+		}
+	}})
+	ln := l.listen(serverV4, 22)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("gvisor\n"))
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	open := func() (net.Conn, string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := l.dial(ctx, netip.AddrPortFrom(serverV4, 22))
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		return c, line
+	}
+	first, leg := open()
+	if leg != "kernel\n" {
+		t.Fatalf("first flow went by %q, want the kernel leg", leg)
+	}
+	second, leg := open()
+	if leg != "gvisor\n" {
+		t.Errorf("second flow, with the one kernel socket in use, went by %q, want the gVisor leg", leg)
+	}
+	second.Close()
+	first.Close()
+	waitFor(t, "the kernel socket's slot to be released", func() bool { return l.net.kernelSockets.Load() == 0 })
+	third, leg := open()
+	defer third.Close()
+	if leg != "kernel\n" {
+		t.Errorf("third flow, after the first closed, went by %q, want the kernel leg", leg)
+	}
+	if kernelDials.Load() != 2 || l.net.Stats().UpstreamFallbacks.Load() != 1 {
+		t.Errorf("kernel dials %d, fallbacks %d; want 2 and 1", kernelDials.Load(), l.net.Stats().UpstreamFallbacks.Load())
 	}
 }

@@ -28,7 +28,8 @@ type Stats struct {
 	FlowsActive      atomic.Int64  // currently in Serve
 	SynDropsInFlight atomic.Uint64 // SYNs dropped because MaxInFlight handshakes were pending
 	DialErrors       atomic.Uint64 // upstream dial failed locally (bind, endpoint)
-	// UpstreamFallbacks are flows whose kernel upstream socket could not
-	// be made for lack of file descriptors and went through gVisor.
+	// UpstreamFallbacks are flows that took the gVisor upstream leg
+	// although the kernel leg was on: Options.MaxKernelSockets were open,
+	// or the process was out of file descriptors.
 	UpstreamFallbacks atomic.Uint64
 }

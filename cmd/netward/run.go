@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -28,7 +29,7 @@ func runMain(args []string) int {
 	fs := flag.NewFlagSet("netward run", flag.ContinueOnError)
 	cf := config.NewFlags(fs)
 	queues := fs.Int("queues", 1, "TUN queues, each read by its own goroutine (IFF_MULTI_QUEUE when > 1)")
-	upstream := fs.String("upstream", "gvisor", "how to reach the server: gvisor (a gVisor endpoint out through the TUN) or kernel (an IP_TRANSPARENT kernel socket bound to the client's address; netward installs the rules it needs, see steer/doc.go)")
+	upstream := fs.String("upstream", "kernel", "how to reach the server: kernel (an IP_TRANSPARENT kernel socket bound to the client's address; netward installs the rules it needs, see steer/doc.go; if they cannot be installed and the flag was not given, netward warns and uses gvisor) or gvisor (a gVisor endpoint out through the TUN)")
 	upstreamMark := fs.Uint("upstream-mark", 0x4e59, "SO_MARK of the kernel upstream sockets (--upstream kernel); must differ from mark")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: netward run [flags]\n\nSteers forwarded TCP into a TUN, terminates each flow and relays it\nwith the client's own address. Flags override the config file.\n\nflags:")
@@ -55,6 +56,7 @@ func runMain(args []string) int {
 	}
 	log := newLogger(cfg.Log)
 	dp := datapathOptions{queues: *queues, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark)}
+	fs.Visit(func(f *flag.Flag) { dp.upstreamAsked = dp.upstreamAsked || f.Name == "upstream" })
 	if err := run(cfg, dp, log); err != nil {
 		log.Error("netward run failed", "error", err)
 		return 1
@@ -119,6 +121,7 @@ func kernelUpstreamSteer(sc *steer.Config, upstreamMark uint32) {
 type datapathOptions struct {
 	queues         int
 	upstreamKernel bool
+	upstreamAsked  bool // --upstream was given: no fallback from kernel to gvisor
 	upstreamMark   uint32
 }
 
@@ -136,6 +139,9 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	}
 	if err := steer.Preflight(sc); err != nil {
 		return fmt.Errorf("preflight: %w", err)
+	}
+	if dp.upstreamKernel {
+		raiseFileLimit(uint64(cfg.Limits.MaxFlows)+netstack.FileReserve, log)
 	}
 	svc, err := startServices(cfg, log)
 	if err != nil {
@@ -171,14 +177,14 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		tun.Close()
 		return err
 	}
-	steering, err := steer.Install(sc)
+	steering, err := installSteering(sc, dp, st.UseGVisorUpstream, steer.Install, log)
 	if err != nil {
 		st.Close()
 		return fmt.Errorf("install steering: %w", err)
 	}
 	svc.attach(st)
 	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files),
-		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", dp.upstreamKernel, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
+		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	var failed error
@@ -214,6 +220,50 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		"tx_acks_delayed", s.TxAcksDelayed.Load(), "tx_acks_merged", s.TxAcksMerged.Load(),
 		"upstream_fallbacks", s.UpstreamFallbacks.Load())
 	return errors.Join(errs...)
+}
+
+// installSteering installs sc. When the kernel upstream leg's rules fail
+// and the leg is only the default (no --upstream), it warns and installs
+// the steering of the gVisor leg instead, which needs none of them (no
+// socket match, no local table): a default must not keep the appliance
+// from starting. An explicit --upstream kernel fails instead.
+func installSteering(sc steer.Config, dp datapathOptions, useGVisor func(), install func(steer.Config) (*steer.Steering, error), log *slog.Logger) (*steer.Steering, error) {
+	s, err := install(sc)
+	if err == nil || !dp.upstreamKernel || dp.upstreamAsked {
+		return s, err
+	}
+	log.Warn("the kernel upstream leg's rules could not be installed; using the gVisor upstream leg (give --upstream gvisor to skip the attempt, --upstream kernel to make it fatal)", "error", err)
+	useGVisor()
+	sc.TransparentMark, sc.UpstreamMark = 0, 0
+	return install(sc)
+}
+
+// raiseFileLimit raises RLIMIT_NOFILE to want (up to fs.nr_open), so the
+// kernel upstream leg can hold a socket per flow up to max_flows, as
+// servers that hold a socket per connection do. Without the privilege it
+// keeps the limit it has: flows past it take the gVisor leg (netstack's
+// socket cap), which it says.
+func raiseFileLimit(want uint64, log *slog.Logger) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		log.Warn("cannot read the file limit", "error", err)
+		return
+	}
+	if lim.Cur >= want {
+		return
+	}
+	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && n < want {
+			want = n
+		}
+	}
+	raised := syscall.Rlimit{Cur: want, Max: max(lim.Max, want)}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised); err != nil {
+		log.Warn("cannot raise the file limit to max_flows: flows past it take the gVisor upstream leg",
+			"limit", lim.Cur, "want", want, "error", err)
+		return
+	}
+	log.Debug("raised the file limit for the kernel upstream leg", "from", lim.Cur, "to", want)
 }
 
 func interfacesAttr(names []string) string {

@@ -150,6 +150,9 @@ func (s *services) attach(st *netstack.Stack) {
 			AcksMerged:  stats.TxAcksMerged.Load(),
 		}
 	})
+	s.metrics.SetUpstreamStats(func() metrics.UpstreamStats {
+		return metrics.UpstreamStats{Kernel: st.UpstreamKernel(), KernelSockets: st.KernelSockets(), Fallbacks: stats.UpstreamFallbacks.Load()}
+	})
 	s.metrics.SetHalfOpenDrops(st.SynDropsInFlight)
 	s.metrics.SetReady(func() bool { return true })
 }

@@ -30,7 +30,8 @@ const (
 // held is a set of connections held open from the client to echo servers
 // in the application: one nwpeer echo server per port and one nwpeer hold
 // per server, each well under the open-file limit (a process may hold
-// RLIMIT_NOFILE sockets; netward's gVisor upstream leg holds none).
+// RLIMIT_NOFILE sockets; netward's kernel upstream leg holds one per flow
+// up to its own file limit, the rest take the gVisor leg, which holds none).
 type held struct {
 	servers, holders []*lab.Proc
 	n                int
@@ -253,15 +254,6 @@ func (b *bench) flows(n int) error {
 	b.declareSub(name, closeTimeRow, "s").prec = 1
 	b.declareSub(name, drainRow, "s").noRatio = true
 	for _, v := range b.columns() {
-		per, err := perProcess()
-		if err != nil {
-			return err
-		}
-		if v != nil && v.kernelUpstream() && n > per {
-			// That leg holds a kernel socket per flow in netward's process.
-			b.declare(name, "flows").note += fmt.Sprintf("%s: not run, --upstream kernel needs a file descriptor per flow, RLIMIT_NOFILE allows %d; ", v.name, per+2000)
-			continue
-		}
 		if err := b.flowsOne(name, v, n); err != nil {
 			return err
 		}

@@ -74,6 +74,7 @@ type bench struct {
 	// errors, limit hits, TUN drops, warnings it logged.
 	health []string
 	loaded map[string]string // column → what netward's metrics said it loaded
+	legs   map[string]string // column → netward_upstream_info{leg}
 }
 
 // row is one line of the result table: a value per column.
@@ -87,7 +88,7 @@ type row struct {
 }
 
 func main() {
-	b := &bench{secs: 10, loaded: map[string]string{}}
+	b := &bench{secs: 10, loaded: map[string]string{}, legs: map[string]string{}}
 	flag.StringVar(&b.netward, "netward", "", "netward `binary` (default: build ./cmd/netward)")
 	short := flag.Bool("short", false, "3 s per measurement instead of 10 s, churn for 3 s instead of 60 s, no 100,000-flow run unless -flows")
 	churn := flag.Duration("churn", 60*time.Second, "how long each connection-churn measurement runs (-short: 3s)")
@@ -310,6 +311,9 @@ type path struct {
 	v    *variant
 	nw   *lab.Netward
 	what string // the run, for health notes
+	// kernelLeg: netward's upstream leg is a kernel socket (metric
+	// netward_upstream_info), so only the client leg crosses the TUN.
+	kernelLeg bool
 }
 
 // start starts the variant's netward (nothing for kernel forwarding) with
@@ -330,6 +334,17 @@ func (b *bench) start(l *benchLab, v *variant, what string) (*path, error) {
 	}
 	if err := p.checkLoaded(); err != nil {
 		return nil, errors.Join(err, p.nw.Terminate(10*time.Second))
+	}
+	m, err := fetchMetrics(b.ctx, p.nw.AdminSocket)
+	if err != nil {
+		return nil, errors.Join(err, p.nw.Terminate(10*time.Second))
+	}
+	switch leg := m.label("netward_upstream_info", "leg"); leg {
+	case "kernel", "gvisor":
+		p.kernelLeg = leg == "kernel"
+		b.legs[p.col()] = leg
+	default:
+		return nil, errors.Join(fmt.Errorf("%s: netward_upstream_info has leg %q", p.col(), leg), p.nw.Terminate(10*time.Second))
 	}
 	return p, nil
 }
@@ -380,6 +395,10 @@ func (p *path) health() error {
 		p.col(), p.what, m.verdicts(), counts(m.by("netward_inspect_errors_total", "kind")),
 		m.value("netward_inspect_timeouts_total", nil), counts(m.by("netward_limit_hits_total", "limit")),
 		counts(m.by("netward_tun_dropped_total", "direction")))
+	if p.kernelLeg {
+		note += fmt.Sprintf("; kernel upstream sockets %.0f, fallbacks to the gVisor leg %.0f",
+			m.value("netward_upstream_kernel_sockets", nil), m.value("netward_upstream_fallbacks_total", nil))
+	}
 	if logged := loggedProblems(p.nw.Log()); logged != "" {
 		note += "; logged " + logged
 	}
@@ -447,7 +466,7 @@ func (p *path) measure(what string, minBytes int64, f func() (moved int64, err e
 	if moved > 0 {
 		want = moved * 9 / 10
 	}
-	if p.v.kernelUpstream() {
+	if p.kernelLeg {
 		// Only the client leg crosses the TUN; the server leg is a kernel
 		// socket. The payload crosses it once, in the direction it flows.
 		if max(int64(d.RxBytes), int64(d.TxBytes)) < want {
@@ -459,16 +478,6 @@ func (p *path) measure(what string, minBytes int64, f func() (moved int64, err e
 		return fmt.Errorf("%s %s: only %v crossed the TUN, want ≥ %d bytes each way: the kernel forwarded it", p.col(), what, d, want)
 	}
 	return nil
-}
-
-// kernelUpstream reports whether the variant runs `--upstream kernel`.
-func (v *variant) kernelUpstream() bool {
-	for i, a := range v.args {
-		if a == "--upstream=kernel" || a == "--upstream" && i+1 < len(v.args) && v.args[i+1] == "kernel" {
-			return true
-		}
-	}
-	return false
 }
 
 // appIP is the application's address in family fam ("4" or "6").
@@ -502,7 +511,7 @@ func (b *bench) print(took time.Duration) {
 		if loaded == "" {
 			loaded = "no rules"
 		}
-		fmt.Printf("column %s: netward run %s; loaded: %s\n", v.name, args, loaded)
+		fmt.Printf("column %s: netward run %s; upstream leg: %s; loaded: %s\n", v.name, args, b.legs[v.name], loaded)
 	}
 	cols := b.columns()
 	const nameW, cellW = 62, 17
