@@ -310,6 +310,7 @@ func (s *Stack) SynDropsInFlight() uint64 {
 // handshake, so that a closed port answers RST, an unreachable one stays
 // silent, and the client's SYN-ACK means the server is there.
 func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
+	GrowStack()
 	s.wg.Add(1)
 	defer s.wg.Done()
 	id := r.ID()

@@ -371,6 +371,7 @@ func (gf *guardFlow) setHalfClosed() {
 
 // copyDown relays server → client for the flow's whole life.
 func (gf *guardFlow) copyDown() {
+	netstack.GrowStack()
 	defer close(gf.downDone)
 	// As in copyHalf: a buffer only while the server has something to
 	// read, so an idle flow holds none.
