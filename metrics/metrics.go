@@ -52,6 +52,9 @@ type UpstreamStats struct {
 	Kernel        bool   // new flows take the kernel leg (else the gVisor leg)
 	KernelSockets int64  // kernel upstream sockets of flows in progress
 	Fallbacks     uint64 // flows that took the gVisor leg: socket cap or file limit reached
+	// Refused and Unreachable are admitted flows whose server answered
+	// the connect with a reset, or not at all (the client got the same).
+	Refused, Unreachable uint64
 }
 
 // EventStats mirrors event.Stats field for field, so that
@@ -297,6 +300,8 @@ var (
 		"Kernel upstream sockets (--upstream kernel) of flows in progress.", nil, nil)
 	upstreamFallbacksDesc = prometheus.NewDesc("netward_upstream_fallbacks_total",
 		"Flows that took the gVisor upstream leg although the kernel leg is on: its socket cap (file limit less a reserve) was reached.", nil, nil)
+	upstreamFailuresDesc = prometheus.NewDesc("netward_upstream_failures_total",
+		"Admitted flows whose server could not be reached, by reason (refused: it reset the connect, the client got a reset; unreachable: no answer within limits.connect_timeout, the client got none).", []string{"reason"}, nil)
 	bytesDesc = prometheus.NewDesc("netward_bytes_total",
 		"TCP payload bytes relayed, by direction (toserver, toclient).", []string{"direction"}, nil)
 	eventsDesc = prometheus.NewDesc("netward_events_total",
@@ -316,6 +321,7 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- upstreamInfoDesc
 	ch <- upstreamSocketsDesc
 	ch <- upstreamFallbacksDesc
+	ch <- upstreamFailuresDesc
 	ch <- eventsDesc
 }
 
@@ -346,6 +352,8 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(upstreamInfoDesc, prometheus.GaugeValue, 1, leg)
 		ch <- prometheus.MustNewConstMetric(upstreamSocketsDesc, prometheus.GaugeValue, float64(s.KernelSockets))
 		ch <- prometheus.MustNewConstMetric(upstreamFallbacksDesc, prometheus.CounterValue, float64(s.Fallbacks))
+		ch <- prometheus.MustNewConstMetric(upstreamFailuresDesc, prometheus.CounterValue, float64(s.Refused), "refused")
+		ch <- prometheus.MustNewConstMetric(upstreamFailuresDesc, prometheus.CounterValue, float64(s.Unreachable), "unreachable")
 	}
 	if f := c.eventStats.Load(); f != nil {
 		s := (*f)()

@@ -83,7 +83,9 @@ func TestCountersMoveExactly(t *testing.T) {
 		return TUNStats{RxPackets: 10, TxPackets: 9, RxDropped: 1, TxDropped: 2, AcksDelayed: 7, AcksMerged: 4}
 	})
 	m.SetEventStats(func() EventStats { return EventStats{Emitted: 7, Written: 5, Dropped: 1, Failed: 1} })
-	m.SetUpstreamStats(func() UpstreamStats { return UpstreamStats{Kernel: true, KernelSockets: 6, Fallbacks: 8} })
+	m.SetUpstreamStats(func() UpstreamStats {
+		return UpstreamStats{Kernel: true, KernelSockets: 6, Fallbacks: 8, Refused: 2, Unreachable: 3}
+	})
 
 	a := m.StartFlow(1, ap("192.0.2.1:40000"), ap("198.51.100.1:443"), t0)
 	b := m.StartFlow(2, ap("192.0.2.2:40001"), ap("198.51.100.2:80"), t0)
@@ -110,33 +112,35 @@ func TestCountersMoveExactly(t *testing.T) {
 
 	got := scrape(t, m.Handler(false))
 	want := map[string]float64{
-		"netward_flows_total":                              2,
-		"netward_flows_active":                             1,
-		"netward_bytes_total{direction=toserver}":          117,
-		"netward_bytes_total{direction=toclient}":          5000,
-		"netward_verdicts_total{action=allow,rule=web}":    1,
-		"netward_verdicts_total{action=deny,rule=default}": 2,
-		"netward_inspect_errors_total{kind=tls}":           2,
-		"netward_inspect_errors_total{kind=http}":          1,
-		"netward_inspect_timeouts_total":                   1,
-		"netward_limit_hits_total{limit=max_flows}":        1,
-		"netward_rule_reloads_total{result=ok}":            2,
-		"netward_rule_reloads_total{result=failed}":        1,
-		"netward_rules_info{hash=def456}":                  1,
-		"netward_rules":                                    43,
-		"netward_rules_loaded_timestamp_seconds":           float64(t0.Add(time.Minute).Unix()),
-		"netward_tun_packets_total{direction=rx}":          10,
-		"netward_tun_packets_total{direction=tx}":          9,
-		"netward_tun_dropped_total{direction=rx}":          1,
-		"netward_tun_dropped_total{direction=tx}":          2,
-		"netward_tun_acks_delayed_total{result=written}":   3,
-		"netward_tun_acks_delayed_total{result=merged}":    4,
-		"netward_upstream_info{leg=kernel}":                1,
-		"netward_upstream_kernel_sockets":                  6,
-		"netward_upstream_fallbacks_total":                 8,
-		"netward_events_total{result=written}":             5,
-		"netward_events_total{result=dropped}":             1,
-		"netward_events_total{result=failed}":              1,
+		"netward_flows_total":                                 2,
+		"netward_flows_active":                                1,
+		"netward_bytes_total{direction=toserver}":             117,
+		"netward_bytes_total{direction=toclient}":             5000,
+		"netward_verdicts_total{action=allow,rule=web}":       1,
+		"netward_verdicts_total{action=deny,rule=default}":    2,
+		"netward_inspect_errors_total{kind=tls}":              2,
+		"netward_inspect_errors_total{kind=http}":             1,
+		"netward_inspect_timeouts_total":                      1,
+		"netward_limit_hits_total{limit=max_flows}":           1,
+		"netward_rule_reloads_total{result=ok}":               2,
+		"netward_rule_reloads_total{result=failed}":           1,
+		"netward_rules_info{hash=def456}":                     1,
+		"netward_rules":                                       43,
+		"netward_rules_loaded_timestamp_seconds":              float64(t0.Add(time.Minute).Unix()),
+		"netward_tun_packets_total{direction=rx}":             10,
+		"netward_tun_packets_total{direction=tx}":             9,
+		"netward_tun_dropped_total{direction=rx}":             1,
+		"netward_tun_dropped_total{direction=tx}":             2,
+		"netward_tun_acks_delayed_total{result=written}":      3,
+		"netward_tun_acks_delayed_total{result=merged}":       4,
+		"netward_upstream_info{leg=kernel}":                   1,
+		"netward_upstream_kernel_sockets":                     6,
+		"netward_upstream_fallbacks_total":                    8,
+		"netward_upstream_failures_total{reason=refused}":     2,
+		"netward_upstream_failures_total{reason=unreachable}": 3,
+		"netward_events_total{result=written}":                5,
+		"netward_events_total{result=dropped}":                1,
+		"netward_events_total{result=failed}":                 1,
 	}
 	for k, v := range want {
 		if got[k] != v {

@@ -137,6 +137,9 @@ func main() {
 		} else {
 			fmt.Fprintln(os.Stderr, "bench: FAILED:", err)
 		}
+		for _, h := range b.health {
+			fmt.Fprintln(os.Stderr, "  "+h) // netward's own view of the runs so far
+		}
 		os.Exit(1)
 	}
 }
@@ -395,6 +398,7 @@ func (p *path) health() error {
 		p.col(), p.what, m.verdicts(), counts(m.by("netward_inspect_errors_total", "kind")),
 		m.value("netward_inspect_timeouts_total", nil), counts(m.by("netward_limit_hits_total", "limit")),
 		counts(m.by("netward_tun_dropped_total", "direction")))
+	note += "; upstream failures " + counts(m.by("netward_upstream_failures_total", "reason"))
 	if p.kernelLeg {
 		note += fmt.Sprintf("; kernel upstream sockets %.0f, fallbacks to the gVisor leg %.0f",
 			m.value("netward_upstream_kernel_sockets", nil), m.value("netward_upstream_fallbacks_total", nil))
