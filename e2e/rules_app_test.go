@@ -1,18 +1,12 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -137,7 +131,7 @@ type ruleAppRequest struct {
 func startRuleApp(t testing.TB, ns *lab.NS) *ruleApp {
 	t.Helper()
 	a := &ruleApp{hold: make(chan struct{})}
-	cert, err := ruleSelfSignedCert("good.example", "www.evil.example")
+	cert, err := peer.SelfSigned("good.example", "www.evil.example")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +152,7 @@ func startRuleApp(t testing.TB, ns *lab.NS) *ruleApp {
 		}
 		t.Fatalf("app server: %v", err)
 	}
-	tlsConf := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
+	tlsConf := &tls.Config{Certificates: []tls.Certificate{cert.TLS}, NextProtos: []string{"http/1.1"}}
 	var servers []*http.Server
 	for _, s := range []struct {
 		proto string
@@ -342,26 +336,4 @@ func (c *ruleCountingConn) Close() error {
 	err := c.Conn.Close()
 	c.rec.once.Do(func() { close(c.rec.closed) })
 	return err
-}
-
-// ruleSelfSignedCert makes a throwaway ECDSA certificate for names.
-func ruleSelfSignedCert(names ...string) (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: names[0]},
-		DNSNames:     names,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("self-signed certificate: %w", err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }

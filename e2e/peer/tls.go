@@ -20,6 +20,7 @@ import (
 type Cert struct {
 	TLS     tls.Certificate
 	CertPEM []byte // for clients that want to trust it (curl --cacert)
+	KeyPEM  []byte // for servers that read files (openssl s_server -key)
 }
 
 // SelfSigned makes an ECDSA P-256 certificate for names (the first is
@@ -49,9 +50,14 @@ func SelfSigned(names ...string) (*Cert, error) {
 	if err != nil {
 		return nil, fmt.Errorf("peer: certificate: %w", err)
 	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("peer: certificate key: %w", err)
+	}
 	return &Cert{
 		TLS:     tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
 		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}),
 	}, nil
 }
 
