@@ -42,7 +42,7 @@ const DefaultTUN = "netward0"
 // ExtraArgsEnv names an environment variable whose flags are added to every
 // `netward run` a lab starts, ahead of the test's own: the whole suite can
 // run against a non-default configuration, e.g.
-// NETWARD_E2E_ARGS="--upstream kernel" go test ./e2e.
+// NETWARD_E2E_ARGS="--upstream gvisor" go test ./e2e.
 const ExtraArgsEnv = "NETWARD_E2E_ARGS"
 
 // NetwardArgs returns the `netward run` command line StartNetward uses,

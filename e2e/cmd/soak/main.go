@@ -31,7 +31,7 @@ func main() {
 	settle := flag.Duration("settle", 30*time.Second, "`time` netward gets to return to its baseline after the traffic")
 	every := flag.Duration("every", 0, "sampling `interval` (default: duration/12, at least 5s)")
 	keep := flag.Bool("keep", false, "keep the lab's log directory")
-	args := flag.String("args", "", "more `flags` for netward run, e.g. \"--upstream kernel\"")
+	args := flag.String("args", "", "more `flags` for netward run, e.g. \"--upstream gvisor\"")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
