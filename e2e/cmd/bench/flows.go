@@ -289,7 +289,7 @@ func (b *bench) flowsOne(name string, v *variant, n int) error {
 			}
 		}
 		if h, err = b.openHeld(l, n, true); err != nil {
-			return 0, err
+			return 0, fmt.Errorf("%w\n%s", err, tcpCounters(b.ctx, l, p.nw))
 		}
 		b.set(subKey(name, fmt.Sprintf("time to open them (%d dials in flight per process)", holdDials)), "s", p.col(), h.open.Seconds())
 		progress("%-10s %d flows open after %v; holding %d s", p.col(), n, h.open.Round(100*time.Millisecond), b.secs)
@@ -346,6 +346,35 @@ func (b *bench) flowsOne(name string, v *variant, n int) error {
 		}
 	}
 	return errors.Join(err, p.stop())
+}
+
+var tcpFailureCounter = regexp.MustCompile(`^(Tcp|TcpExt|Ip6?|IpExt)\S*(Listen|ReqQFull|PAWS|AttemptFails|OutRsts|Timeouts|Syn|Retrans|TW|Backlog|InErrs|Drop|Reset|Abort|Challenge|OutOfWindow|NoRoute|Discard)\S*\s+\d+`)
+
+// tcpCounters is what the namespaces' kernels counted (nstat, the lab's
+// whole life) that could explain a connection that never came up, and
+// the TUN's own counters: for a failure report.
+func tcpCounters(ctx context.Context, l *benchLab, nw *lab.Netward) string {
+	var b strings.Builder
+	for _, ns := range []*lab.NS{l.Client, l.Appliance, l.App} {
+		out, err := ns.Run(ctx, "nstat", "-as")
+		if err != nil {
+			fmt.Fprintf(&b, "%s: nstat: %v\n", ns.Role, err)
+			continue
+		}
+		var kept []string
+		for _, line := range strings.Split(out, "\n") {
+			if tcpFailureCounter.MatchString(line) {
+				kept = append(kept, strings.Join(strings.Fields(line)[:2], " "))
+			}
+		}
+		fmt.Fprintf(&b, "%s kernel: %s\n", ns.Role, strings.Join(kept, ", "))
+	}
+	if nw != nil {
+		if st, err := nw.TUNStats(ctx); err == nil {
+			fmt.Fprintf(&b, "TUN (kernel counters): %s\n", st)
+		}
+	}
+	return b.String()
 }
 
 // newHTTPS makes one HTTPS request with curl (SNI benchSNI, judged by the
