@@ -368,6 +368,9 @@ func tcpCounters(ctx context.Context, l *benchLab, nw *lab.Netward) string {
 			}
 		}
 		fmt.Fprintf(&b, "%s kernel: %s\n", ns.Role, strings.Join(kept, ", "))
+		if out, err := ns.Run(ctx, "ip", "-s", "neigh", "show"); err == nil {
+			fmt.Fprintf(&b, "%s neighbours: %s\n", ns.Role, strings.Join(strings.Fields(out), " "))
+		}
 	}
 	if nw != nil {
 		if st, err := nw.TUNStats(ctx); err == nil {
