@@ -36,6 +36,7 @@ type held struct {
 	servers, holders []*lab.Proc
 	n                int
 	open             time.Duration // until every holder had all its connections up and echoed
+	redialed         int           // connections the holders opened again after a local ETIMEDOUT
 }
 
 // perProcess is how many connections one process may hold: the hard
@@ -96,10 +97,17 @@ func (b *bench) openHeld(l *benchLab, n int, bothFamilies bool) (*held, error) {
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Minute)
 	defer cancel()
+	readyLine := regexp.MustCompile(`\{[^\n]*"ready":\d+[^\n]*`)
 	for _, hp := range h.holders {
-		if _, err := hp.WaitLog(ctx, regexp.MustCompile(`"ready":\d+`)); err != nil {
+		line, err := hp.WaitLog(ctx, readyLine)
+		if err != nil {
 			return h, err
 		}
+		var r peer.HoldReport
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			return h, fmt.Errorf("%s: %q: %w", hp.Name, line, err)
+		}
+		h.redialed += r.Redialed
 	}
 	h.open = time.Since(start)
 	return h, nil
@@ -292,6 +300,12 @@ func (b *bench) flowsOne(name string, v *variant, n int) error {
 			return 0, fmt.Errorf("%w\n%s", err, tcpCounters(b.ctx, l, p.nw))
 		}
 		b.set(subKey(name, fmt.Sprintf("time to open them (%d dials in flight per process)", holdDials)), "s", p.col(), h.open.Seconds())
+		if h.redialed > 0 {
+			// The client's kernel gave up on its own packets: veth refused
+			// them (the appliance CPU's input backlog was full), so they
+			// never reached netward or the kernel's forwarding.
+			b.declare(name, "flows").note += fmt.Sprintf("%s: %d connections opened again after the client's kernel failed its own packets (ETIMEDOUT); ", p.col(), h.redialed)
+		}
 		progress("%-10s %d flows open after %v; holding %d s", p.col(), n, h.open.Round(100*time.Millisecond), b.secs)
 		if p.nw != nil {
 			after, err := p.nw.RSS()
