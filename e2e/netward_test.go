@@ -35,7 +35,7 @@ func TestNetward(t *testing.T) {
 }
 
 // checkUpstreamKernelDefault: without --upstream netward runs the kernel
-// upstream leg, and has raised its file limit (the lab's is 20,000 or so)
+// upstream leg (and writes the TUN from one writer goroutine), and has raised its file limit (the lab's is 20,000 or so)
 // to hold a socket per flow up to max_flows — or, without
 // CAP_SYS_RESOURCE, kept it and said that flows past it take the gVisor leg.
 func checkUpstreamKernelDefault(t testing.TB, d *datapath) {
@@ -43,8 +43,10 @@ func checkUpstreamKernelDefault(t testing.TB, d *datapath) {
 		t.Skipf("%s is set: not the default configuration", lab.ExtraArgsEnv)
 	}
 	log := d.nw.Log()
-	if !strings.Contains(log, `"upstream_kernel":true`) {
-		t.Errorf("netward's log lacks \"upstream_kernel\":true:\n%s", tailLines(log, 20))
+	for _, want := range []string{`"upstream_kernel":true`, `"tun_writers":1`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("netward's log lacks %s:\n%s", want, tailLines(log, 20))
+		}
 	}
 	proc := func(file, re string) string {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", d.nw.PID(), file))
@@ -85,6 +87,11 @@ func TestNetwardVariants(t *testing.T) {
 		{"OffloadOff", func(l *lab.Lab) lab.NetwardOptions {
 			return lab.NetwardOptions{Interfaces: []string{l.ApplianceClientIf, l.ApplianceAppIf}, Args: []string{"--offload=false"}}
 		}, `"offload":false`, basic},
+		// Each packet written to the TUN by the goroutine that sent it,
+		// without the writer queue netward uses by default.
+		{"TUNWritersInline", func(l *lab.Lab) lab.NetwardOptions {
+			return lab.NetwardOptions{Args: []string{"--tun-writers", "0"}}
+		}, `"tun_writers":0`, basic},
 		// The other upstream leg: gVisor, out through the TUN.
 		{"UpstreamGVisor", func(l *lab.Lab) lab.NetwardOptions {
 			return lab.NetwardOptions{Args: []string{"--upstream", "gvisor"}}

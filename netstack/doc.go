@@ -8,7 +8,10 @@
 // vouched for, and writes gVisor's own GSO packets back with a
 // virtio_net_hdr so that the kernel segments them (late, or in the output
 // device). With offloads asked for but refused by the kernel it moves plain
-// packets, one per read or write.
+// packets, one per read or write. With Options.TUNWriters a FIFO qdisc sits
+// in front of it: the kernel forwards each written packet inside the write
+// syscall, and writer goroutines take that off the relay's and gVisor's
+// goroutines.
 //
 // Without offloads (TUNOptions.Offload false, `--offload=false`) OpenTUN
 // creates the device with golang.zx2c4.com/wireguard/tun instead, and

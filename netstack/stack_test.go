@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -75,9 +76,17 @@ func forEach(t *testing.T, fn func(t *testing.T, fam family, vnet bool)) {
 }
 
 func TestRelayPreservesClientAddressAndBytes(t *testing.T) {
+	// writers 0: each packet written by its sender; 2: behind the FIFO
+	// queue (Options.TUNWriters), as netward run does by default.
+	for _, writers := range []int{0, 2} {
+		t.Run("writers"+strconv.Itoa(writers), func(t *testing.T) { testRelayPreservesClientAddressAndBytes(t, writers) })
+	}
+}
+
+func testRelayPreservesClientAddressAndBytes(t *testing.T, writers int) {
 	forEach(t, func(t *testing.T, fam family, vnet bool) {
 		h := &spliceHandler{}
-		l := newLab(t, labOptions{vnet: vnet, handler: h})
+		l := newLab(t, labOptions{vnet: vnet, handler: h, opts: func(o *Options) { o.TUNWriters = writers }})
 		ln := l.listen(fam.server, 80)
 		const size = 4 << 20
 		payload := make([]byte, size)

@@ -23,11 +23,6 @@ const maxIPPacket = 1<<16 - 1
 // virtio_net_hdr there (its tun_linux.go requires offset >= 10).
 const wgWriteOffset = virtioNetHdrLen
 
-// wgQueueLen is the length of the FIFO queue in front of a wgEndpoint: the
-// packets gVisor may have waiting to be written (more are dropped, and TCP
-// retransmits), as the TUN's txqueuelen is for the other direction.
-const wgQueueLen = 4096
-
 // wgDevices maps the file of a TUN that OpenTUN created with wireguard's
 // tun package (TUNOptions.Offload false) to its device, so that New, which
 // is given only the TUN's files, serves it with a wgEndpoint. New takes the

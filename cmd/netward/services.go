@@ -144,7 +144,7 @@ func (s *services) attach(st *netstack.Stack) {
 			RxPackets: stats.RxPackets.Load(),
 			TxPackets: stats.TxPackets.Load(),
 			RxDropped: stats.RxMalformed.Load() + stats.RxBadChecksum.Load() + stats.ReadErrors.Load(),
-			TxDropped: stats.TxErrors.Load(),
+			TxDropped: stats.TxErrors.Load() + st.TxQueueDrops(),
 
 			AcksDelayed: stats.TxAcksDelayed.Load(),
 			AcksMerged:  stats.TxAcksMerged.Load(),
