@@ -15,10 +15,14 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
-// maxPacketSize bounds one read from the TUN: an IP packet is at most 64 KiB
-// (GSO super-packets included: netward does not enable BIG TCP), plus the
+// maxIPPacketSize bounds one read from the TUN: an IP packet is at most
+// 64 KiB (GSO super-packets included: netward does not enable BIG TCP),
+// which is also gVisor's largest pooled chunk (buffer.MaxChunkSize).
+const maxIPPacketSize = 1 << 16
+
+// maxPacketSize is the most one read returns: an IP packet and the
 // virtio_net_hdr in front of it.
-const maxPacketSize = 1<<16 + virtioNetHdrLen
+const maxPacketSize = maxIPPacketSize + virtioNetHdrLen
 
 // maxGSOSize is the largest packet netward hands to the kernel as one GSO
 // super-packet. It leaves room below the 64 KiB IP limit for the IP and TCP
@@ -185,27 +189,52 @@ func (e *linkEndpoint) readLoop(q int) {
 		e.fail(fmt.Errorf("netstack: queue %d: %w", q, err))
 		return
 	}
-	buf := make([]byte, maxPacketSize)
+	// Each packet is read straight into a 64 KiB gVisor view (the largest
+	// pooled chunk), the virtio_net_hdr in front of it into hdr. A large
+	// payload is then handed to gVisor in that view, without a copy, and
+	// a fresh view is taken for the next read; small ones are copied out
+	// and the view is read into again (deliverPacket).
+	var hdr [virtioNetHdrLen]byte
+	pkt := buffer.NewViewSize(maxIPPacketSize)
+	defer func() { pkt.Release() }()
+	var iov [2]unix.Iovec
 	var rerr error
 	// read drains the queue until EAGAIN, then lets the poller wait. One
 	// closure for the life of the loop: no allocation per wakeup.
 	read := func(fd uintptr) bool {
 		for {
-			n, err := unix.Read(int(fd), buf)
-			switch err {
-			case nil:
+			b := pkt.AsSlice()
+			iovs := iov[:0]
+			if e.vnetHdr {
+				iovs = append(iovs, iovec(hdr[:]))
+			}
+			iovs = append(iovs, iovec(b))
+			r, _, errno := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&iovs[0])), uintptr(len(iovs)))
+			switch errno {
+			case 0:
 			case unix.EAGAIN:
 				return false
 			case unix.EINTR:
 				continue
 			default:
-				rerr = err
+				rerr = errno
 				return true
 			}
+			n := int(r)
 			if n == 0 {
 				continue
 			}
-			e.deliver(buf[:n])
+			var vh []byte
+			if e.vnetHdr {
+				if n < virtioNetHdrLen {
+					e.stats.RxMalformed.Add(1)
+					continue
+				}
+				vh, n = hdr[:], n-virtioNetHdrLen
+			}
+			if e.deliverPacket(vh, b[:n], pkt) {
+				pkt = buffer.NewViewSize(maxIPPacketSize)
+			}
 		}
 	}
 	for {
@@ -225,15 +254,37 @@ func (e *linkEndpoint) readLoop(q int) {
 	}
 }
 
-// deliver hands one packet read from the TUN to gVisor.
+// deliver hands one packet read from the TUN (with the virtio_net_hdr in
+// front when the endpoint has it) to gVisor, copying it.
 func (e *linkEndpoint) deliver(b []byte) {
-	var hdr virtioNetHdr
+	var vh []byte
 	if e.vnetHdr {
-		if err := hdr.decode(b); err != nil {
+		if len(b) < virtioNetHdrLen {
 			e.stats.RxMalformed.Add(1)
 			return
 		}
-		b = b[virtioNetHdrLen:]
+		vh, b = b[:virtioNetHdrLen], b[virtioNetHdrLen:]
+	}
+	e.deliverPacket(vh, b, nil)
+}
+
+// zeroCopyMin is the smallest payload deliverPacket hands to gVisor in the
+// read view itself: below it, copying the payload into a chunk its size
+// costs less than clearing the fresh 64 KiB view the next read then needs
+// (gVisor clears every chunk it takes from its pool).
+const zeroCopyMin = 16 << 10
+
+// deliverPacket hands one packet to gVisor: vh is its virtio_net_hdr (nil
+// without vnet_hdr), b the IP packet. If own is not nil, b is the start of
+// own's bytes and a large payload is handed over in own itself;
+// deliverPacket then reports true, and own belongs to gVisor.
+func (e *linkEndpoint) deliverPacket(vh, b []byte, own *buffer.View) (took bool) {
+	var hdr virtioNetHdr
+	if e.vnetHdr {
+		if err := hdr.decode(vh); err != nil {
+			e.stats.RxMalformed.Add(1)
+			return false
+		}
 	}
 	proto := packetProto(b)
 	if proto == 0 {
@@ -266,12 +317,20 @@ func (e *linkEndpoint) deliver(b []byte) {
 	// profile). Copying 40-120 bytes of headers instead is cheap.
 	split := tcpHeadersLen(b, proto)
 	payload := buffer.MakeWithData(b[:split])
-	if split < len(b) {
+	switch {
+	case split == len(b):
+	case own != nil && len(b)-split >= zeroCopyMin:
+		own.CapLength(len(b))
+		own.TrimFront(split)
+		payload.Append(own)
+		took = true
+	default:
 		payload.Append(buffer.NewViewWithData(b[split:]))
 	}
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: payload})
 	d.DeliverNetworkPacket(proto, pkt)
 	pkt.DecRef()
+	return took
 }
 
 // tcpHeadersLen returns the length of the IP and TCP headers at the start
