@@ -5,8 +5,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // returnsWithin fails the test if fn does not return within d.
@@ -107,4 +110,54 @@ func TestKernelConnWaitReadable(t *testing.T) {
 	peer.Close() // FIN: readable (EOF)
 	returnsWithin(t, 2*time.Second, "WaitReadable after FIN", func() { <-woke })
 	k.Close()
+}
+
+// TestDialKernelSocketOptions: the upstream socket is transparent, sends
+// without Nagle delays, and has no keep-alive probes (they would cost four
+// setsockopt calls per connection; idle flows end by the relay's timeout).
+// On loopback; IP_TRANSPARENT needs root (CAP_NET_ADMIN).
+func TestDialKernelSocketOptions(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("IP_TRANSPARENT needs root")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	s := &Stack{}
+	f := &Flow{Client: netip.MustParseAddrPort("127.0.0.1:0"), Server: ln.Addr().(*net.TCPAddr).AddrPort()}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := s.dialKernel(ctx, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rc, err := c.(*kernelConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"IP_TRANSPARENT", unix.SOL_IP, unix.IP_TRANSPARENT, 1},
+		{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0},
+	} {
+		var got int
+		var gerr error
+		rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), o.level, o.opt) })
+		if gerr != nil || got != o.want {
+			t.Errorf("%s = %d (%v), want %d", o.name, got, gerr, o.want)
+		}
+	}
 }

@@ -22,6 +22,10 @@ import (
 func (s *Stack) dialKernel(ctx context.Context, f *Flow) (Conn, error) {
 	d := net.Dialer{
 		LocalAddr: net.TCPAddrFromAddrPort(f.Client),
+		// No keep-alive probes: the relay ends flows that stay idle
+		// (limits.idle_timeout), and turning them on costs four
+		// setsockopt calls per connection.
+		KeepAlive: -1,
 		Control: func(network, address string, rc syscall.RawConn) error {
 			var serr error
 			err := rc.Control(func(fd uintptr) {
@@ -80,6 +84,11 @@ func newKernelConn(c *net.TCPConn) (*kernelConn, error) {
 	}
 	return k, nil
 }
+
+// CloseRead does nothing: the relay calls it only once the server's FIN
+// has been read, when shutdown(SHUT_RD) would change nothing a peer sees
+// and only cost a syscall per connection. Close releases the socket.
+func (k *kernelConn) CloseRead() error { return nil }
 
 // WaitReadable blocks until a Read would not block (see tcpConn). It
 // peeks, because the runtime poller is edge-triggered: after a partial read
