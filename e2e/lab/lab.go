@@ -256,10 +256,47 @@ func (l *Lab) build(opts Options) error {
 			return err
 		}
 	}
+	if err := l.waitLinksReady(ctx); err != nil {
+		return err
+	}
 	if !opts.NoInvalidDrop {
 		for _, ipt := range []string{"iptables", "ip6tables"} {
 			if err := l.Appliance.run(ctx, ipt, "-w", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"); err != nil {
 				return err
+			}
+		}
+	}
+	return nil
+}
+
+// waitLinksReady waits until every veth has its carrier (operstate UP)
+// and IPv6 is up on it (a link-local address). `ip link set up` returns
+// before that: a veth end stays NO-CARRIER for up to a second, and IPv6
+// ignores neighbour solicitations on it meanwhile, so the first IPv6
+// connection of a fresh lab waited a whole 1 s neighbour retry.
+func (l *Lab) waitLinksReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, link := range []struct {
+		ns  *NS
+		dev string
+	}{{l.Client, l.ClientIf}, {l.Appliance, l.ApplianceClientIf}, {l.Appliance, l.ApplianceAppIf}, {l.App, l.AppIf}} {
+		for {
+			state, err := link.ns.Run(ctx, "ip", "-o", "link", "show", "dev", link.dev)
+			if err != nil {
+				return err
+			}
+			ll, err := link.ns.Run(ctx, "ip", "-6", "-o", "addr", "show", "dev", link.dev, "scope", "link")
+			if err != nil {
+				return err
+			}
+			if strings.Contains(state, "state UP") && strings.Contains(ll, "fe80::") && !strings.Contains(ll, "tentative") {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("lab: %s in %s not up with IPv6 after 10 s: %s%s", link.dev, link.ns.Name, state, ll)
+			case <-time.After(20 * time.Millisecond):
 			}
 		}
 	}

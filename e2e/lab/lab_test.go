@@ -74,6 +74,28 @@ func TestTopology(t *testing.T) {
 	}
 }
 
+// TestFreshLabIPv6 pings across the lab right after New returns: each
+// leg answers its first packet at once, over IPv6 too (before New waited
+// for the veths' carrier, the first neighbour solicitation went unanswered
+// and the first IPv6 connection took a 1 s retry).
+func TestFreshLabIPv6(t *testing.T) {
+	l := labtest.New(t, lab.Options{})
+	for _, p := range []struct {
+		ns *lab.NS
+		to string
+	}{
+		{l.Client, l.Topo.ApplianceClientV6.Addr().String()},
+		{l.App, l.Topo.ApplianceAppV6.Addr().String()},
+		{l.Client, l.Topo.AppV6.Addr().String()},
+	} {
+		start := time.Now()
+		labtest.Run(t, p.ns, "ping", "-6", "-c", "1", "-W", "3", p.to)
+		if d := time.Since(start); d > 800*time.Millisecond {
+			t.Errorf("%s: first ping to %s took %v, want < 800ms (no 1 s neighbour retry)", p.ns.Role, p.to, d)
+		}
+	}
+}
+
 // TestOptions checks the options that change the appliance: no INVALID
 // rule, and the rp_filter value.
 func TestOptions(t *testing.T) {
