@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/cpu"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/qdisc/fifo"
@@ -139,14 +140,26 @@ type Stack struct {
 	doneCtx context.Context
 	cancel  context.CancelFunc
 
-	mu    sync.Mutex
-	flows map[*liveFlow]struct{}
-	wg    sync.WaitGroup // one per forwarder request in progress
+	flows [flowShards]flowShard // served flows, by Flow.ID
+	wg    sync.WaitGroup        // one per forwarder request in progress
 	once  sync.Once
 }
 
 // liveFlow is a served flow's legs, so Shutdown can close them.
 type liveFlow struct{ client, server Conn }
+
+// flowShards spreads the served flows over locks: every flow takes its
+// shard's lock twice (in and out of Serve), and one lock for all would make
+// new connections on all cores wait for each other.
+const flowShards = 64
+
+// flowShard is one lock's share of the served flows, padded to its own
+// cache line.
+type flowShard struct {
+	mu    sync.Mutex
+	flows map[*liveFlow]struct{}
+	_     cpu.CacheLinePad
+}
 
 // New builds the stack on the given TUN queues and starts reading them.
 func New(o Options) (*Stack, error) {
@@ -178,7 +191,9 @@ func New(o Options) (*Stack, error) {
 		done:    make(chan struct{}),
 
 		upstreamMark: o.UpstreamMark,
-		flows:        make(map[*liveFlow]struct{}),
+	}
+	for i := range s.flows {
+		s.flows[i].flows = make(map[*liveFlow]struct{})
 	}
 	s.upstreamKernel.Store(o.UpstreamKernel)
 	s.maxKernel = int64(o.MaxKernelSockets)
@@ -395,23 +410,26 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	client := newConn(&wq, ep)
 
 	lf := &liveFlow{client: client, server: server}
-	s.mu.Lock()
+	// Shutdown sets closing before it walks the shards: a flow either is
+	// in its shard when Shutdown gets there, or sees closing here.
+	shard := &s.flows[f.ID%flowShards]
+	shard.mu.Lock()
 	if s.closing.Load() {
-		s.mu.Unlock()
+		shard.mu.Unlock()
 		client.Close()
 		server.Close()
 		return
 	}
-	s.flows[lf] = struct{}{}
-	s.mu.Unlock()
+	shard.flows[lf] = struct{}{}
+	shard.mu.Unlock()
 	s.stats.FlowsServed.Add(1)
 	s.stats.FlowsActive.Add(1)
 	served = true
 	s.handler.Serve(f, client, server)
 	s.stats.FlowsActive.Add(-1)
-	s.mu.Lock()
-	delete(s.flows, lf)
-	s.mu.Unlock()
+	shard.mu.Lock()
+	delete(shard.flows, lf)
+	shard.mu.Unlock()
 }
 
 // FileReserve is how many file descriptors the kernel upstream leg leaves
@@ -566,12 +584,15 @@ func (s *Stack) Shutdown(ctx context.Context) error {
 		close(s.done)
 		s.cancel()
 	})
-	s.mu.Lock()
-	for lf := range s.flows {
-		abort(lf.client)
-		abort(lf.server)
+	for i := range s.flows {
+		shard := &s.flows[i]
+		shard.mu.Lock()
+		for lf := range shard.flows {
+			abort(lf.client)
+			abort(lf.server)
+		}
+		shard.mu.Unlock()
 	}
-	s.mu.Unlock()
 	waited := make(chan struct{})
 	go func() { s.wg.Wait(); close(waited) }()
 	select {
