@@ -11,8 +11,9 @@ import (
 //
 //   - each rule gets an anchor: one of its conditions that must hold for
 //     the rule to match and that an index can answer (a positive sni, host
-//     or domain condition; else a positive dst, else src condition; each
-//     with at most maxAnchorValues values);
+//     or domain condition; else a positive dst, else src, else method,
+//     else dst_port (single ports only), else app condition; each with at
+//     most maxAnchorValues values);
 //   - the index maps anchor values to the (sorted) rule numbers anchored
 //     on them: domain patterns by name, prefixes by (masked prefix) per
 //     prefix length;
@@ -40,7 +41,12 @@ type ruleIndex struct {
 	names map[string]*nameEntry // decide: rules anchored on domain patterns
 	dst   addrIndex             // decide: rules anchored on dst
 	src   addrIndex             // decide: rules anchored on src
-	free  []int32               // decide: rules without an anchor
+	// decide: rules anchored on methods, by the method upper-cased
+	// (ASCII, as cond.test compares them)
+	methods  map[string][]int32
+	dstPorts map[uint16][]int32 // decide: rules anchored on single dst ports
+	apps     [64][]int32        // decide: rules anchored on apps, by inspect.Proto
+	free     []int32            // decide: rules without an anchor
 	early struct {
 		dst, src addrIndex
 		free     []int32
@@ -197,6 +203,83 @@ func anchorName(r *rule) *cond {
 	return nil
 }
 
+// maxMethodKey bounds the methods the index holds; a rule with a longer
+// one is not anchored on its method, and a flow's longer method finds no
+// anchored rule (none could match it).
+const maxMethodKey = 32
+
+// anchorMethod returns the rule's positive method condition whose values
+// can all be keys (1 to maxMethodKey bytes), or nil.
+func anchorMethod(r *rule) *cond {
+	for i := range r.conds {
+		c := &r.conds[i]
+		if c.neg || c.kind != condMethod || len(c.methods) == 0 || len(c.methods) > maxAnchorValues {
+			continue
+		}
+		ok := true
+		for _, m := range c.methods {
+			ok = ok && len(m) >= 1 && len(m) <= maxMethodKey
+		}
+		if ok {
+			return c
+		}
+	}
+	return nil
+}
+
+// methodKey writes m upper-cased (ASCII letters only, as equalFoldASCII
+// folds) into buf and returns it, or nil if m is not 1 to maxMethodKey bytes.
+func methodKey(m string, buf *[maxMethodKey]byte) []byte {
+	if len(m) == 0 || len(m) > maxMethodKey {
+		return nil
+	}
+	for i := 0; i < len(m); i++ {
+		b := m[i]
+		if 'a' <= b && b <= 'z' {
+			b -= 'a' - 'A'
+		}
+		buf[i] = b
+	}
+	return buf[:len(m)]
+}
+
+// anchorDstPort returns the rule's positive dst_port condition made of at
+// most maxAnchorValues single ports (no ranges), or nil.
+func anchorDstPort(r *rule) *cond {
+	for i := range r.conds {
+		c := &r.conds[i]
+		if c.neg || c.kind != condDstPort || len(c.ports) == 0 || len(c.ports) > maxAnchorValues {
+			continue
+		}
+		single := true
+		for _, pr := range c.ports {
+			single = single && pr.lo == pr.hi
+		}
+		if single {
+			return c
+		}
+	}
+	return nil
+}
+
+// anchorApp returns the rule's positive app condition, or nil.
+func anchorApp(r *rule) *cond {
+	for i := range r.conds {
+		if c := &r.conds[i]; !c.neg && c.kind == condApp && c.apps != 0 {
+			return c
+		}
+	}
+	return nil
+}
+
+// appendRule appends r to a rule list built in rule order, once.
+func appendRule(l []int32, r int32) []int32 {
+	if n := len(l); n > 0 && l[n-1] == r {
+		return l
+	}
+	return append(l, r)
+}
+
 // anchorAddr returns the rule's positive condition of kind (dst or src)
 // with few enough prefixes to index, or nil.
 func anchorAddr(r *rule, kind condKind) *cond {
@@ -213,7 +296,7 @@ func (s *Set) buildIndex() {
 	if len(s.rules) < indexMinRules {
 		return
 	}
-	x := &ruleIndex{names: make(map[string]*nameEntry)}
+	x := &ruleIndex{names: make(map[string]*nameEntry), methods: make(map[string][]int32), dstPorts: make(map[uint16][]int32)}
 	for i := range s.rules {
 		r, ri := &s.rules[i], int32(i)
 		// Decide anchoring.
@@ -248,6 +331,22 @@ func (s *Set) buildIndex() {
 			for _, p := range c.ips.prefixes {
 				x.src.add(p, ri)
 			}
+		} else if c := anchorMethod(r); c != nil {
+			var buf [maxMethodKey]byte
+			for _, m := range c.methods {
+				k := string(methodKey(m, &buf))
+				x.methods[k] = appendRule(x.methods[k], ri)
+			}
+		} else if c := anchorDstPort(r); c != nil {
+			for _, pr := range c.ports {
+				x.dstPorts[pr.lo] = appendRule(x.dstPorts[pr.lo], ri)
+			}
+		} else if c := anchorApp(r); c != nil {
+			for b := range x.apps {
+				if c.apps&(1<<uint(b)) != 0 {
+					x.apps[b] = appendRule(x.apps[b], ri)
+				}
+			}
 		} else {
 			x.free = append(x.free, ri)
 		}
@@ -280,6 +379,18 @@ func (s *Set) decideIndexed(fl *flow) Verdict {
 	}
 	x.dst.lookup(fl.dst, &c)
 	x.src.lookup(fl.src, &c)
+	if len(x.methods) > 0 {
+		var buf [maxMethodKey]byte
+		if k := methodKey(fl.f.Method, &buf); k != nil {
+			c.add(x.methods[string(k)])
+		}
+	}
+	if len(x.dstPorts) > 0 {
+		c.add(x.dstPorts[fl.f.Dst.Port()])
+	}
+	if app := uint8(fl.f.App); app < 64 {
+		c.add(x.apps[app])
+	}
 	if c.overflow {
 		return s.decideWalk(fl)
 	}

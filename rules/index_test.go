@@ -19,6 +19,11 @@ func TestIndexMatchesWalk(t *testing.T) {
 	patterns := []string{"a.example", ".a.example", "'*.a.example'", "b.example", ".example", "'*.x.a.example'", "c.test", ".test"}
 	prefixes := []string{"10.0.0.0/8", "10.1.0.0/16", "10.1.2.3", "192.0.2.0/24", "2001:db8::/32", "2001:db8:1::/48", "0.0.0.0/0"}
 	addrs := []string{"10.1.2.3", "10.2.0.1", "192.0.2.5", "198.51.100.1", "2001:db8:1::1", "2001:db8:2::1"}
+	// Methods in mixed case: rules and requests compare them ASCII
+	// case-insensitively.
+	methods := []string{"GET", "get", "POST", "Delete", "PATCH"}
+	flowMethods := []string{"", "GET", "gEt", "post", "DELETE", "PATCH", "PUT", "ÄGET"}
+	apps := []inspect.Proto{inspect.ProtoTLS, inspect.ProtoHTTP1, inspect.ProtoSSH, inspect.ProtoUnknown}
 	pick := func(l []string, n int) string {
 		var out []string
 		for i := 0; i < n; i++ {
@@ -42,13 +47,24 @@ func TestIndexMatchesWalk(t *testing.T) {
 				fmt.Fprintf(&src, "    src: %s\n", pick(prefixes, 1+rng.Intn(2)))
 			}
 			if rng.Intn(4) == 0 {
-				fmt.Fprintf(&src, "    dst_port: %s\n", pick([]string{"80", "443", "1-1000"}, 1))
+				fmt.Fprintf(&src, "    dst_port: %s\n", pick([]string{"80", "443", "1-1000", "5000"}, 1+rng.Intn(2)))
+			}
+			if rng.Intn(4) == 0 {
+				fmt.Fprintf(&src, "    method: %s\n", pick(methods, 1+rng.Intn(2)))
+			}
+			if rng.Intn(4) == 0 {
+				fmt.Fprintf(&src, "    app: %s\n", pick([]string{"http", "tls", "ssh", "unknown"}, 1+rng.Intn(2)))
 			}
 			if rng.Intn(6) == 0 {
-				if rng.Intn(2) == 0 {
+				switch rng.Intn(4) {
+				case 0:
 					fmt.Fprintf(&src, "    not: {%s: %s}\n", []string{"sni", "domain"}[rng.Intn(2)], pick(patterns, 1))
-				} else {
+				case 1:
 					fmt.Fprintf(&src, "    not: {dst: %s}\n", pick(prefixes, 1))
+				case 2:
+					fmt.Fprintf(&src, "    not: {method: %s}\n", pick(methods, 1))
+				default:
+					fmt.Fprintf(&src, "    not: {app: %s}\n", pick([]string{"http", "tls"}, 1))
 				}
 			}
 		}
@@ -61,9 +77,10 @@ func TestIndexMatchesWalk(t *testing.T) {
 		}
 		for k := 0; k < 200; k++ {
 			f := &Facts{
-				Src: netip.AddrPortFrom(netip.MustParseAddr(addrs[rng.Intn(len(addrs))]), 1000),
-				Dst: netip.AddrPortFrom(netip.MustParseAddr(addrs[rng.Intn(len(addrs))]), []uint16{80, 443, 5000}[rng.Intn(3)]),
-				App: inspect.ProtoTLS,
+				Src:    netip.AddrPortFrom(netip.MustParseAddr(addrs[rng.Intn(len(addrs))]), 1000),
+				Dst:    netip.AddrPortFrom(netip.MustParseAddr(addrs[rng.Intn(len(addrs))]), []uint16{80, 443, 5000}[rng.Intn(3)]),
+				App:    apps[rng.Intn(len(apps))],
+				Method: flowMethods[rng.Intn(len(flowMethods))],
 			}
 			if rng.Intn(2) == 0 {
 				f.SNI = names[rng.Intn(len(names))]
