@@ -47,7 +47,7 @@ type ruleIndex struct {
 	dstPorts map[uint16][]int32 // decide: rules anchored on single dst ports
 	apps     [64][]int32        // decide: rules anchored on apps, by inspect.Proto
 	free     []int32            // decide: rules without an anchor
-	early struct {
+	early    struct {
 		dst, src addrIndex
 		free     []int32
 	}
