@@ -188,19 +188,29 @@ func (x *ruleIndex) lookupName(name []byte, fields [2]int, c *cands) {
 	}
 }
 
-// anchorName returns the rule's positive sni/host/domain condition with few
-// enough patterns to index, or nil.
-func anchorName(r *rule) *cond {
+// anchor returns the rule's first positive condition that ok accepts, or
+// nil.
+func anchor(r *rule, ok func(c *cond) bool) *cond {
 	for i := range r.conds {
-		c := &r.conds[i]
-		if c.neg || (c.kind != condSNI && c.kind != condHost && c.kind != condDomain) {
-			continue
-		}
-		if c.domains.len() <= maxAnchorValues {
+		if c := &r.conds[i]; !c.neg && ok(c) {
 			return c
 		}
 	}
 	return nil
+}
+
+// anchorName returns the rule's positive sni/host/domain condition with few
+// enough patterns to index, or nil.
+func anchorName(r *rule) *cond {
+	return anchor(r, func(c *cond) bool {
+		return (c.kind == condSNI || c.kind == condHost || c.kind == condDomain) && c.domains.len() <= maxAnchorValues
+	})
+}
+
+// anchorAddr returns the rule's positive condition of kind (dst or src)
+// with few enough prefixes to index, or nil.
+func anchorAddr(r *rule, kind condKind) *cond {
+	return anchor(r, func(c *cond) bool { return c.kind == kind && len(c.ips.prefixes) <= maxAnchorValues })
 }
 
 // maxMethodKey bounds the methods the index holds; a rule with a longer
@@ -211,20 +221,17 @@ const maxMethodKey = 32
 // anchorMethod returns the rule's positive method condition whose values
 // can all be keys (1 to maxMethodKey bytes), or nil.
 func anchorMethod(r *rule) *cond {
-	for i := range r.conds {
-		c := &r.conds[i]
-		if c.neg || c.kind != condMethod || len(c.methods) == 0 || len(c.methods) > maxAnchorValues {
-			continue
+	return anchor(r, func(c *cond) bool {
+		if c.kind != condMethod || len(c.methods) == 0 || len(c.methods) > maxAnchorValues {
+			return false
 		}
-		ok := true
 		for _, m := range c.methods {
-			ok = ok && len(m) >= 1 && len(m) <= maxMethodKey
+			if len(m) < 1 || len(m) > maxMethodKey {
+				return false
+			}
 		}
-		if ok {
-			return c
-		}
-	}
-	return nil
+		return true
+	})
 }
 
 // methodKey writes m upper-cased (ASCII letters only, as equalFoldASCII
@@ -246,30 +253,22 @@ func methodKey(m string, buf *[maxMethodKey]byte) []byte {
 // anchorDstPort returns the rule's positive dst_port condition made of at
 // most maxAnchorValues single ports (no ranges), or nil.
 func anchorDstPort(r *rule) *cond {
-	for i := range r.conds {
-		c := &r.conds[i]
-		if c.neg || c.kind != condDstPort || len(c.ports) == 0 || len(c.ports) > maxAnchorValues {
-			continue
+	return anchor(r, func(c *cond) bool {
+		if c.kind != condDstPort || len(c.ports) == 0 || len(c.ports) > maxAnchorValues {
+			return false
 		}
-		single := true
 		for _, pr := range c.ports {
-			single = single && pr.lo == pr.hi
+			if pr.lo != pr.hi {
+				return false
+			}
 		}
-		if single {
-			return c
-		}
-	}
-	return nil
+		return true
+	})
 }
 
 // anchorApp returns the rule's positive app condition, or nil.
 func anchorApp(r *rule) *cond {
-	for i := range r.conds {
-		if c := &r.conds[i]; !c.neg && c.kind == condApp && c.apps != 0 {
-			return c
-		}
-	}
-	return nil
+	return anchor(r, func(c *cond) bool { return c.kind == condApp && c.apps != 0 })
 }
 
 // appendRule appends r to a rule list built in rule order, once.
@@ -278,18 +277,6 @@ func appendRule(l []int32, r int32) []int32 {
 		return l
 	}
 	return append(l, r)
-}
-
-// anchorAddr returns the rule's positive condition of kind (dst or src)
-// with few enough prefixes to index, or nil.
-func anchorAddr(r *rule, kind condKind) *cond {
-	for i := range r.conds {
-		c := &r.conds[i]
-		if !c.neg && c.kind == kind && len(c.ips.prefixes) <= maxAnchorValues {
-			return c
-		}
-	}
-	return nil
 }
 
 func (s *Set) buildIndex() {
