@@ -101,3 +101,24 @@ func BenchmarkRealisticDecide(b *testing.B) {
 		s.Decide(&f)
 	}
 }
+
+// BenchmarkRealisticEarly is the verdict at the SYN (addresses and ports
+// only) bench's flows cost against the realistic 1,000-rule file.
+func BenchmarkRealisticEarly(b *testing.B) {
+	path, _, err := writeRealisticRules(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := rules.Load(path, rules.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := rules.Facts{
+		Src: netip.MustParseAddrPort("198.51.100.2:40000"),
+		Dst: netip.MustParseAddrPort("192.0.2.2:8080"),
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		s.Early(&f)
+	}
+}
