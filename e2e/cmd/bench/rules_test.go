@@ -73,10 +73,8 @@ func TestRealisticRules(t *testing.T) {
 	}
 }
 
-// BenchmarkRealisticDecide is the per-request verdict bench's HTTP churn
-// costs netward: one Decide of a GET with bench's Host against the
-// realistic 1,000-rule file.
-func BenchmarkRealisticDecide(b *testing.B) {
+// loadRealistic writes and loads the realistic 1,000-rule file.
+func loadRealistic(b *testing.B) *rules.Set {
 	path, _, err := writeRealisticRules(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
@@ -85,14 +83,22 @@ func BenchmarkRealisticDecide(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	f := rules.Facts{
-		Src:    netip.MustParseAddrPort("198.51.100.2:40000"),
-		Dst:    netip.MustParseAddrPort("192.0.2.2:8080"),
-		App:    inspect.ProtoHTTP1,
-		Host:   benchHost,
-		Method: "GET",
-		Path:   "/",
-	}
+	return s
+}
+
+// benchFlowFacts are the addresses of a bench flow (IPv4).
+var benchFlowFacts = rules.Facts{
+	Src: netip.MustParseAddrPort("198.51.100.2:40000"),
+	Dst: netip.MustParseAddrPort("192.0.2.2:8080"),
+}
+
+// BenchmarkRealisticDecide is the per-request verdict bench's HTTP churn
+// costs netward: one Decide of a GET with bench's Host against the
+// realistic 1,000-rule file.
+func BenchmarkRealisticDecide(b *testing.B) {
+	s := loadRealistic(b)
+	f := benchFlowFacts
+	f.App, f.Host, f.Method, f.Path = inspect.ProtoHTTP1, benchHost, "GET", "/"
 	if v := s.Decide(&f); v.Action != rules.ActionAllow {
 		b.Fatalf("verdict %v, want allow", v)
 	}
@@ -105,18 +111,8 @@ func BenchmarkRealisticDecide(b *testing.B) {
 // BenchmarkRealisticEarly is the verdict at the SYN (addresses and ports
 // only) bench's flows cost against the realistic 1,000-rule file.
 func BenchmarkRealisticEarly(b *testing.B) {
-	path, _, err := writeRealisticRules(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := rules.Load(path, rules.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	f := rules.Facts{
-		Src: netip.MustParseAddrPort("198.51.100.2:40000"),
-		Dst: netip.MustParseAddrPort("192.0.2.2:8080"),
-	}
+	s := loadRealistic(b)
+	f := benchFlowFacts
 	b.ReportAllocs()
 	for b.Loop() {
 		s.Early(&f)
