@@ -254,20 +254,6 @@ func (e *linkEndpoint) readLoop(q int) {
 	}
 }
 
-// deliver hands one packet read from the TUN (with the virtio_net_hdr in
-// front when the endpoint has it) to gVisor, copying it.
-func (e *linkEndpoint) deliver(b []byte) {
-	var vh []byte
-	if e.vnetHdr {
-		if len(b) < virtioNetHdrLen {
-			e.stats.RxMalformed.Add(1)
-			return
-		}
-		vh, b = b[:virtioNetHdrLen], b[virtioNetHdrLen:]
-	}
-	e.deliverPacket(vh, b, nil)
-}
-
 // zeroCopyMin is the smallest payload deliverPacket hands to gVisor in the
 // read view itself: below it, copying the payload into a chunk its size
 // costs less than clearing the fresh 64 KiB view the next read then needs
