@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"errors"
 	"net"
 	"syscall"
 
@@ -99,8 +98,9 @@ func classify(err error) error {
 	if err == nil {
 		return nil
 	}
-	var op *net.OpError
-	if errors.As(err, &op) && op.Err != nil {
+	// gonet returns its *net.OpError unwrapped; errors.As would cost an
+	// allocation per call, and every flow ends with an error (io.EOF).
+	if op, ok := err.(*net.OpError); ok && op.Err != nil {
 		if errno, ok := errnoOf[op.Err.Error()]; ok {
 			op.Err = errno
 		}

@@ -2,14 +2,17 @@ package netstack
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
 )
 
 // returnsWithin fails the test if fn does not return within d.
@@ -159,5 +162,24 @@ func TestDialKernelSocketOptions(t *testing.T) {
 		if gerr != nil || got != o.want {
 			t.Errorf("%s = %d (%v), want %d", o.name, got, gerr, o.want)
 		}
+	}
+}
+
+// Every flow's Read ends in an error (io.EOF at least), so classify must
+// not allocate; and it must still turn gonet's reset into ECONNRESET.
+func TestClassify(t *testing.T) {
+	reset := &net.OpError{Op: "read", Net: "tcp", Err: errors.New((&tcpip.ErrConnectionReset{}).String())}
+	if err := classify(reset); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("classify(reset) = %v, want ECONNRESET", err)
+	}
+	if err := classify(io.EOF); err != io.EOF {
+		t.Errorf("classify(io.EOF) = %v", err)
+	}
+	other := &net.OpError{Op: "read", Net: "tcp", Err: errors.New("something else")}
+	if allocs := testing.AllocsPerRun(100, func() {
+		_ = classify(io.EOF)
+		_ = classify(other)
+	}); allocs != 0 {
+		t.Errorf("classify allocates %.0f times per call pair, want 0", allocs)
 	}
 }

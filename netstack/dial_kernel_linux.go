@@ -19,9 +19,13 @@ import (
 // `-m socket --transparent -j MARK` ahead of netward's, an ip rule for that
 // mark and a `local default dev lo` route (see README). SO_MARK tags the
 // socket's own packets so raw OUTPUT can untrack them.
+//
+// The dial ends at Options.DialTimeout or when ctx is cancelled (netward's
+// shutdown). Addresses go in as netip values: no string to format and
+// resolve again per connection.
 func (s *Stack) dialKernel(ctx context.Context, f *Flow) (Conn, error) {
 	d := net.Dialer{
-		LocalAddr: net.TCPAddrFromAddrPort(f.Client),
+		Timeout: s.dialTO,
 		// No keep-alive probes: the relay ends flows that stay idle
 		// (limits.idle_timeout), and turning them on costs four
 		// setsockopt calls per connection.
@@ -56,11 +60,11 @@ func (s *Stack) dialKernel(ctx context.Context, f *Flow) (Conn, error) {
 			return serr
 		},
 	}
-	c, err := d.DialContext(ctx, "tcp", f.Server.String())
+	c, err := d.DialTCP(ctx, "tcp", f.Client, f.Server)
 	if err != nil {
 		return nil, fmt.Errorf("netstack: connect %s from %s: %w", f.Server, f.Client, err)
 	}
-	return newKernelConn(c.(*net.TCPConn))
+	return newKernelConn(c)
 }
 
 // kernelConn is a kernel upstream leg: a *net.TCPConn plus WaitReadable.

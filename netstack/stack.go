@@ -463,11 +463,9 @@ func (s *Stack) dialUpstream(f *Flow) (c Conn, kernel bool, err error) {
 		c, err = s.dial(f)
 		return c, false, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.dialTO)
-	stop := context.AfterFunc(s.doneCtx, cancel)
-	c, err = s.kernelDial(ctx, f)
-	stop()
-	cancel()
+	// dialKernel bounds the dial by DialTimeout itself; doneCtx ends it
+	// early when the stack shuts down.
+	c, err = s.kernelDial(s.doneCtx, f)
 	if err == nil {
 		return c, true, nil // the caller releases the socket's slot
 	}

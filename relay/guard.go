@@ -1003,7 +1003,9 @@ func (gf *guardFlow) end(res Result) {
 		}
 		ev.Flow(&e)
 	}
-	if gf.g.Log == nil {
+	// Formatting the line costs more than the rest of end; skip it when
+	// the level drops it anyway.
+	if gf.g.Log == nil || !gf.g.Log.Enabled(context.Background(), slog.LevelInfo) {
 		return
 	}
 	attrs := []slog.Attr{
