@@ -7,7 +7,8 @@
 #   make bench       kernel forwarding vs netward on one lab, IPv4 and IPv6,
 #                    netward with 1,000 rules + 10,000 domains (root; ~14 min;
 #                    -short ~2 min); BENCH_FLAGS="-short -rules none
-#                    -variant netward= -variant 'no-offload=--offload=false'"
+#                    -variant netward= -variant 'no-offload=--offload=false'";
+#                    -rounds 3: columns take turns, medians (kernel drifts)
 #   make bench-flows only the 100,000 concurrent flows part of bench (~2 min)
 #   make soak        SOAK_DURATION of mixed traffic, leak checks (root)
 #   make fuzz        every fuzz target, FUZZTIME each (default 1m)

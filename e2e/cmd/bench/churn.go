@@ -71,10 +71,12 @@ func (b *bench) churnAll() error {
 		r := b.declareSub(name, errs, "")
 		r.prec, r.noRatio = 0, true
 	}
-	for _, c := range churnCases {
-		for _, v := range b.columns() {
-			if err := b.churnOne(c, v); err != nil {
-				return err
+	for range b.rounds {
+		for _, c := range churnCases {
+			for _, v := range b.columns() {
+				if err := b.churnOne(c, v); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -114,7 +116,7 @@ func (b *bench) churnOne(c churnCase, v *variant) error {
 			b.set(subKey(name, first), "conn/s", p.col(), mean(windows[:e]))
 			b.set(subKey(name, last), "conn/s", p.col(), mean(windows[len(windows)-e:]))
 		}
-		b.set(subKey(name, errs), "", p.col(), float64(failed))
+		b.add(subKey(name, errs), "", p.col(), float64(failed))
 		return 0, nil
 	})
 	return errors.Join(err, p.stop())

@@ -28,6 +28,7 @@ import (
 	"os/signal"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -58,11 +59,14 @@ func (v *variants) Set(s string) error {
 const kernelColumn = "kernel"
 
 type bench struct {
-	ctx      context.Context
-	netward  string
-	peer     string
-	dir      string // temporary: binaries, rules, certificate
-	secs     int    // per throughput and latency measurement
+	ctx     context.Context
+	netward string
+	peer    string
+	dir     string // temporary: binaries, rules, certificate
+	secs    int    // per throughput and latency measurement
+	// rounds repeat the throughput, latency and churn measurements,
+	// alternating the columns each round; a cell is the median.
+	rounds   int
 	churn    time.Duration
 	variants variants
 	rules    *ruleFile
@@ -81,14 +85,15 @@ type bench struct {
 type row struct {
 	name, unit string // name is the row's key, and its label unless label is set
 	label      string
-	values     map[string]float64
+	values     map[string]float64   // the median of samples
+	samples    map[string][]float64 // per column, one per round, in order
 	note       string
 	noRatio    bool // the ratio to kernel means nothing (counts, netward-only)
 	prec       int  // decimals
 }
 
 func main() {
-	b := &bench{secs: 10, loaded: map[string]string{}, legs: map[string]string{}}
+	b := &bench{secs: 10, rounds: 1, loaded: map[string]string{}, legs: map[string]string{}}
 	flag.StringVar(&b.netward, "netward", "", "netward `binary` (default: build ./cmd/netward)")
 	short := flag.Bool("short", false, "3 s per measurement instead of 10 s, churn for 3 s instead of 60 s, no 100,000-flow run unless -flows")
 	churn := flag.Duration("churn", 60*time.Second, "how long each connection-churn measurement runs (-short: 3s)")
@@ -96,8 +101,13 @@ func main() {
 	flows := flag.Int("flows", 100000, "concurrent `flows` to hold (IPv4 and IPv6 half each); 0 skips it (-short: 0)")
 	only := flag.String("only", "", "run only these `parts`, comma-separated: throughput (and latency), churn, memory, flows")
 	rulesMode := flag.String("rules", "realistic", "rule file for every netward column: none, realistic (generated: 1,000 rules + 10,000 domains) or a `FILE`")
+	flag.IntVar(&b.rounds, "rounds", 1, "repeat the throughput, latency and churn measurements this many `times`, the columns taking turns each round, and report medians: kernel forwarding's own rate drifts between runs")
 	flag.Var(&b.variants, "variant", "netward column `NAME=FLAGS` (repeatable; default netward= with no extra flags)")
 	flag.Parse()
+	if b.rounds < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -rounds must be at least 1")
+		os.Exit(2)
+	}
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	b.churn = *churn
@@ -219,7 +229,7 @@ func (b *bench) declare(name, unit string) *row {
 			return r
 		}
 	}
-	r := &row{name: name, unit: unit, values: map[string]float64{}, prec: 2}
+	r := &row{name: name, unit: unit, values: map[string]float64{}, samples: map[string][]float64{}, prec: 2}
 	b.rows = append(b.rows, r)
 	return r
 }
@@ -233,10 +243,47 @@ func (b *bench) declareSub(parent, label, unit string) *row {
 
 func subKey(parent, label string) string { return parent + " / " + label }
 
+// set records one measurement of a cell: a sample of this round.
 func (b *bench) set(name, unit string, col string, v float64) *row {
 	r := b.declare(name, unit)
-	r.values[col] = v
+	r.samples[col] = append(r.samples[col], v)
+	r.values[col] = median(r.samples[col])
 	return r
+}
+
+// add records a count of a cell (failures): the cell is the sum over the
+// rounds, so that one bad round shows.
+func (b *bench) add(name, unit string, col string, v float64) *row {
+	r := b.declare(name, unit)
+	r.samples[col] = append(r.samples[col], v)
+	r.values[col] += v
+	return r
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if n := len(s); n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[len(s)/2]
+}
+
+// roundRatios are the column's ratios to kernel forwarding round by round,
+// when there was more than one round.
+func (r *row) roundRatios(col string) string {
+	k, v := r.samples[kernelColumn], r.samples[col]
+	if len(v) < 2 || len(k) != len(v) || r.noRatio {
+		return ""
+	}
+	parts := make([]string, len(v))
+	for i := range v {
+		parts[i] = "-"
+		if k[i] > 0 {
+			parts[i] = fmt.Sprintf("%.2f", v[i]/k[i])
+		}
+	}
+	return strings.Join(parts, " ")
 }
 
 // has reports whether any row in unit has a value.
@@ -560,12 +607,21 @@ func (b *bench) print(took time.Duration) {
 				fmt.Printf(" %6s", ratio)
 			}
 		}
-		if r.note != "" {
-			fmt.Printf("  %s", strings.TrimSuffix(r.note, "; "))
+		note := r.note
+		for _, c := range cols[1:] {
+			if rr := r.roundRatios(c.name); rr != "" {
+				note = fmt.Sprintf("%s: ratio by round %s; ", c.name, rr) + note
+			}
+		}
+		if note != "" {
+			fmt.Printf("  %s", strings.TrimSuffix(note, "; "))
 		}
 		fmt.Println()
 	}
 	fmt.Println("\nratio = column/kernel; every netward measurement was checked to have crossed netward's TUN.")
+	if b.rounds > 1 {
+		fmt.Printf("%d rounds: the columns took turns in each round; a cell is the median of its rounds, its ratio the ratio of the medians.\n", b.rounds)
+	}
 	if b.has("CPU-s/GB") {
 		fmt.Println("CPU-s/GB = CPU-seconds per 10^9 bytes iperf3 delivered. machine: all CPUs' busy time in /proc/stat (user+nice+system+irq+softirq+steal:\n" +
 			"  both iperf3 ends, the kernel's forwarding, netward, and anything else running); netward: its own utime+stime.")

@@ -171,23 +171,25 @@ func (b *bench) throughputAndLatency() error {
 		return err
 	}
 	defer l.Close()
-	for _, v := range b.columns() {
-		p, err := b.start(l, v, "throughput and latency")
-		if err != nil {
-			return err
-		}
-		for _, c := range iperfCases {
-			if err := p.iperf(c); err != nil {
-				return errors.Join(err, p.stop())
+	for range b.rounds {
+		for _, v := range b.columns() {
+			p, err := b.start(l, v, "throughput and latency")
+			if err != nil {
+				return err
 			}
-		}
-		for _, fam := range []string{"4", "6"} {
-			if err := p.latency(fam); err != nil {
-				return errors.Join(err, p.stop())
+			for _, c := range iperfCases {
+				if err := p.iperf(c); err != nil {
+					return errors.Join(err, p.stop())
+				}
 			}
-		}
-		if err := p.stop(); err != nil {
-			return err
+			for _, fam := range []string{"4", "6"} {
+				if err := p.latency(fam); err != nil {
+					return errors.Join(err, p.stop())
+				}
+			}
+			if err := p.stop(); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
