@@ -20,10 +20,6 @@ import (
 // which is also gVisor's largest pooled chunk (buffer.MaxChunkSize).
 const maxIPPacketSize = 1 << 16
 
-// maxPacketSize is the most one read returns: an IP packet and the
-// virtio_net_hdr in front of it.
-const maxPacketSize = maxIPPacketSize + virtioNetHdrLen
-
 // maxGSOSize is the largest packet netward hands to the kernel as one GSO
 // super-packet. It leaves room below the 64 KiB IP limit for the IP and TCP
 // headers that gVisor adds around a payload of this size.

@@ -18,6 +18,10 @@ import (
 
 // tcpPacket builds an IPv4 or IPv6 TCP packet with a correct checksum
 // (packet builders in the style of wireguard-go's tcp4Packet).
+// maxPacketSize is the most one TUN read returns: an IP packet and the
+// virtio_net_hdr in front of it (the tests' own read buffers).
+const maxPacketSize = maxIPPacketSize + virtioNetHdrLen
+
 func tcpPacket(src, dst netip.AddrPort, flags header.TCPFlags, payload []byte) []byte {
 	var ipLen int
 	if src.Addr().Is4() {
