@@ -137,8 +137,6 @@ type Stack struct {
 	nextID  atomic.Uint64
 	closing atomic.Bool
 	done    chan struct{} // closed by Shutdown: aborts dials
-	doneCtx context.Context
-	cancel  context.CancelFunc
 
 	flows [flowShards]flowShard // served flows, by Flow.ID
 	wg    sync.WaitGroup        // one per forwarder request in progress
@@ -158,7 +156,12 @@ const flowShards = 64
 type flowShard struct {
 	mu    sync.Mutex
 	flows map[*liveFlow]struct{}
-	_     cpu.CacheLinePad
+	// dialCtx ends the shard's kernel dials at Shutdown (cancelDials).
+	// Each dial's deadline context registers with its parent under the
+	// parent's lock, so the parent is per shard, not one for the stack.
+	dialCtx     context.Context
+	cancelDials context.CancelFunc
+	_           cpu.CacheLinePad
 }
 
 // New builds the stack on the given TUN queues and starts reading them.
@@ -193,7 +196,9 @@ func New(o Options) (*Stack, error) {
 		upstreamMark: o.UpstreamMark,
 	}
 	for i := range s.flows {
-		s.flows[i].flows = make(map[*liveFlow]struct{})
+		shard := &s.flows[i]
+		shard.flows = make(map[*liveFlow]struct{})
+		shard.dialCtx, shard.cancelDials = context.WithCancel(context.Background())
 	}
 	s.upstreamKernel.Store(o.UpstreamKernel)
 	s.maxKernel = int64(o.MaxKernelSockets)
@@ -238,7 +243,6 @@ func New(o Options) (*Stack, error) {
 	if o.wrapKernelDial != nil {
 		s.kernelDial = o.wrapKernelDial(s.dialKernel)
 	}
-	s.doneCtx, s.cancel = context.WithCancel(context.Background())
 
 	st := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
@@ -463,9 +467,9 @@ func (s *Stack) dialUpstream(f *Flow) (c Conn, kernel bool, err error) {
 		c, err = s.dial(f)
 		return c, false, err
 	}
-	// dialKernel bounds the dial by DialTimeout itself; doneCtx ends it
-	// early when the stack shuts down.
-	c, err = s.kernelDial(s.doneCtx, f)
+	// dialKernel bounds the dial by DialTimeout itself; the shard's
+	// dialCtx ends it early when the stack shuts down.
+	c, err = s.kernelDial(s.flows[f.ID%flowShards].dialCtx, f)
 	if err == nil {
 		return c, true, nil // the caller releases the socket's slot
 	}
@@ -580,7 +584,9 @@ func (s *Stack) Shutdown(ctx context.Context) error {
 	s.once.Do(func() {
 		s.closing.Store(true)
 		close(s.done)
-		s.cancel()
+		for i := range s.flows {
+			s.flows[i].cancelDials()
+		}
 	})
 	for i := range s.flows {
 		shard := &s.flows[i]

@@ -519,3 +519,46 @@ func TestUpstreamKernelCap(t *testing.T) {
 		t.Errorf("kernel dials %d, fallbacks %d; want 2 and 1", kernelDials.Load(), l.net.Stats().UpstreamFallbacks.Load())
 	}
 }
+
+// Shutdown ends a kernel dial still waiting for the server: its context
+// (the flow's shard's dialCtx) is cancelled, and Shutdown does not wait
+// for the dial timeout.
+func TestShutdownAbortsKernelDial(t *testing.T) {
+	dialing := make(chan struct{})
+	aborted := make(chan error, 1)
+	l := newLab(t, labOptions{vnet: true, handler: &spliceHandler{}, opts: func(o *Options) {
+		o.UpstreamKernel = true
+		o.DialTimeout = time.Minute
+		o.wrapKernelDial = func(func(context.Context, *Flow) (Conn, error)) func(context.Context, *Flow) (Conn, error) {
+			return func(ctx context.Context, _ *Flow) (Conn, error) {
+				close(dialing)
+				<-ctx.Done()
+				aborted <- ctx.Err()
+				return nil, ctx.Err()
+			}
+		}
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	go l.dial(ctx, netip.AddrPortFrom(serverV4, 22)) // fails once netward stops
+	select {
+	case <-dialing:
+	case <-ctx.Done():
+		t.Fatal("no kernel dial started")
+	}
+	start := time.Now()
+	if err := l.net.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	select {
+	case err := <-aborted:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("dial context ended with %v, want context.Canceled", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Shutdown left the kernel dial waiting")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("Shutdown took %v with a dial pending", d)
+	}
+}
