@@ -112,6 +112,7 @@ var checks = []check{
 	{"ClosedPortRefused", nil, checkClosedPort},
 	{"HalfClose", nil, func(t testing.TB, d *datapath) { checkXfer(t, d, "4", 64<<10, 8<<20) }},
 	{"ServerFirst", nil, checkBanner},
+	{"PortReuse", nil, checkPortReuse},
 	{"Concurrent1000", nil, checkConcurrent},
 	{"Ping", []string{"ping"}, checkPing},
 }
@@ -261,6 +262,23 @@ func checkBanner(t testing.TB, d *datapath) {
 		if r.Banner != peer.Banner {
 			t.Errorf("IPv%s banner via %s: got %q", fam, d.via(), r.Banner)
 		}
+	}
+}
+
+// checkPortReuse: a client that connects again at once from the port of
+// a connection the server closed first gets through without a SYN
+// retransmission (1 s) or a reset: netward's stack keeps that tuple in
+// TIME_WAIT, where the kernel accepts a new SYN.
+func checkPortReuse(t testing.TB, d *datapath) {
+	for _, fam := range []string{"4", "6"} {
+		var r peer.ReuseResult
+		d.crossing(t, 20, func() {
+			labtest.RunPeer(t, d.lab.Client, &r, "reuse", "-n", "20", "-addr", d.appAddr(fam, peer.HTTPPort))
+		})
+		if r.MaxMillis >= 500 {
+			t.Errorf("IPv%s via %s: slowest of 20 connects from port %d took %d ms, want < 500 (no SYN dropped)", fam, d.via(), r.Port, r.MaxMillis)
+		}
+		t.Logf("IPv%s via %s: 20 connects from port %d, slowest %d ms", fam, d.via(), r.Port, r.MaxMillis)
 	}
 }
 

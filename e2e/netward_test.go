@@ -95,7 +95,7 @@ func TestNetwardVariants(t *testing.T) {
 		// The other upstream leg: gVisor, out through the TUN.
 		{"UpstreamGVisor", func(l *lab.Lab) lab.NetwardOptions {
 			return lab.NetwardOptions{Args: []string{"--upstream", "gvisor"}}
-		}, `"upstream_kernel":false`, append(basic, "ClosedPortRefused")},
+		}, `"upstream_kernel":false`, append(basic, "ClosedPortRefused", "PortReuse")},
 		{"UpstreamGVisorOffloadOff", func(l *lab.Lab) lab.NetwardOptions {
 			return lab.NetwardOptions{Args: []string{"--upstream", "gvisor", "--offload=false"}}
 		}, `"upstream_kernel":false`, basic},

@@ -44,6 +44,12 @@ type TUNStats struct {
 	// AcksDelayed are pure ACKs the datapath held back; AcksMerged of
 	// them were never written because a later packet carried them.
 	AcksDelayed, AcksMerged uint64
+	// SynsHeld are client SYNs that reused the 4-tuple of a connection
+	// the stack still held in TIME_WAIT and waited for it to end;
+	// SynTimeouts of them were passed on still in TIME_WAIT, at the
+	// longest wait. SynOverflows found too many waiting and were passed
+	// on at once.
+	SynsHeld, SynTimeouts, SynOverflows uint64
 }
 
 // UpstreamStats describe the kernel upstream leg (netward run --upstream
@@ -294,6 +300,8 @@ var (
 		"Packets the TUN path dropped, by direction.", []string{"direction"}, nil)
 	tunAcksDesc = prometheus.NewDesc("netward_tun_acks_delayed_total",
 		"Pure ACKs held back by ack_delay, by outcome (written: after the delay or on a duplicate, merged: carried by a later packet).", []string{"result"}, nil)
+	synTimeWaitDesc = prometheus.NewDesc("netward_syn_time_wait_total",
+		"Client SYNs that reused the 4-tuple of a connection netward's stack still held in TIME_WAIT, by result (waited: held until it ended, then served as a new connection; timeout: still in TIME_WAIT after the longest wait, passed on and dropped; overflow: too many waiting, passed on and dropped). Dropped SYNs are retransmitted by the client.", []string{"result"}, nil)
 	upstreamInfoDesc = prometheus.NewDesc("netward_upstream_info",
 		"The upstream leg new flows take: leg=kernel (a kernel socket bound to the client's address) or gvisor (out through the TUN).", []string{"leg"}, nil)
 	upstreamSocketsDesc = prometheus.NewDesc("netward_upstream_kernel_sockets",
@@ -318,6 +326,7 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- tunPacketsDesc
 	ch <- tunDropsDesc
 	ch <- tunAcksDesc
+	ch <- synTimeWaitDesc
 	ch <- upstreamInfoDesc
 	ch <- upstreamSocketsDesc
 	ch <- upstreamFallbacksDesc
@@ -342,6 +351,9 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(tunDropsDesc, prometheus.CounterValue, float64(s.TxDropped), "tx")
 		ch <- prometheus.MustNewConstMetric(tunAcksDesc, prometheus.CounterValue, float64(s.AcksDelayed-min(s.AcksMerged, s.AcksDelayed)), "written")
 		ch <- prometheus.MustNewConstMetric(tunAcksDesc, prometheus.CounterValue, float64(s.AcksMerged), "merged")
+		ch <- prometheus.MustNewConstMetric(synTimeWaitDesc, prometheus.CounterValue, float64(s.SynsHeld-min(s.SynTimeouts, s.SynsHeld)), "waited")
+		ch <- prometheus.MustNewConstMetric(synTimeWaitDesc, prometheus.CounterValue, float64(s.SynTimeouts), "timeout")
+		ch <- prometheus.MustNewConstMetric(synTimeWaitDesc, prometheus.CounterValue, float64(s.SynOverflows), "overflow")
 	}
 	if f := c.upstream.Load(); f != nil {
 		s := (*f)()

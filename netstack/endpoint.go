@@ -284,7 +284,7 @@ func (e *linkEndpoint) deliverPacket(vh, b []byte, own *buffer.View) (took bool)
 		return
 	}
 	d := e.getDispatcher()
-	if d == nil {
+	if d == nil || e.gateHeld(proto, b) {
 		return
 	}
 	e.stats.RxPackets.Add(1)

@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -25,6 +26,10 @@ type linkBase struct {
 	started    bool
 	onClose    func()
 	wg         sync.WaitGroup // the endpoint's goroutines
+
+	// gate holds SYNs whose tuple gVisor keeps in TIME_WAIT; nil for
+	// none. Set (setGate) before the readers start.
+	gate *synGate
 
 	failOnce sync.Once
 	failed   chan struct{} // closed when the datapath stops on its own
@@ -110,6 +115,28 @@ func (b *linkBase) getDispatcher() stack.NetworkDispatcher {
 	d := b.dispatcher
 	b.mu.RUnlock()
 	return d
+}
+
+// setGate installs the SYN gate; before the first Attach.
+func (b *linkBase) setGate(g *synGate) { b.gate = g }
+
+// gateHeld reports whether the SYN gate took pkt, a received TCP packet,
+// to deliver later (deliverHeld).
+func (b *linkBase) gateHeld(proto tcpip.NetworkProtocolNumber, pkt []byte) bool {
+	return b.gate != nil && isPureSYN(pkt, proto) && b.gate.hold(proto, pkt)
+}
+
+// deliverHeld hands gVisor a packet the SYN gate held.
+func (b *linkBase) deliverHeld(proto tcpip.NetworkProtocolNumber, pkt []byte) {
+	d := b.getDispatcher()
+	if d == nil || b.isClosed() {
+		return
+	}
+	b.stats.RxPackets.Add(1)
+	b.stats.RxBytes.Add(uint64(len(pkt)))
+	p := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+	d.DeliverNetworkPacket(proto, p)
+	p.DecRef()
 }
 
 // fail records the first reader failure and closes failed: the datapath

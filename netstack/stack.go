@@ -39,12 +39,15 @@ const (
 	DefaultDialTimeout = 30 * time.Second
 	// DefaultTimeWait is how long gVisor keeps a closed connection's tuple
 	// in TIME_WAIT. gVisor's 60 s default stalls clients that reuse a
-	// source port: a SYN hitting a TIME_WAIT tuple is only handed to a
-	// listening endpoint, and the forwarder is not one, so it is dropped
-	// silently (datapath-notes.md: 128 conn/s, stalls after 1.5 s). The
-	// kernels at both ends keep their own TIME_WAIT, so the relay's copy
-	// only needs to absorb stray retransmissions.
-	DefaultTimeWait = 100 * time.Millisecond
+	// source port (datapath-notes.md: 128 conn/s, stalls after 1.5 s):
+	// such a SYN is not a new connection to gVisor. synGate now holds it
+	// until TIME_WAIT ends, so this is also how long such a client may
+	// wait. The kernels at both ends keep their own TIME_WAIT; the relay's
+	// copy only absorbs stray segments right behind the close (a client's
+	// retransmitted FIN comes after its minimum RTO of 200 ms, past any
+	// value worth keeping here, and then gets a reset, which only ends the
+	// client's already closed socket).
+	DefaultTimeWait = 10 * time.Millisecond
 	// DefaultBufferMax is the largest TCP send and receive buffer per leg
 	// that auto-tuning may reach (datapath-notes.md: 4 and 8 MiB equal,
 	// 16 MiB worse).
@@ -121,6 +124,7 @@ type Options struct {
 type Stack struct {
 	stack   *stack.Stack
 	link    tunLink
+	gate    *synGate
 	handler Handler
 	log     *slog.Logger
 	dialTO  time.Duration
@@ -271,6 +275,9 @@ func New(o Options) (*Stack, error) {
 			return fail(fmt.Errorf("netstack: set TCP option %T: %s", opt, terr))
 		}
 	}
+	// The gate too: it must see the first SYN the readers deliver.
+	s.gate = newSYNGate(st, o.TimeWait, &s.stats, link.deliverHeld)
+	link.setGate(s.gate)
 	// The forwarder is in place before the NIC exists: the NIC's readers
 	// start delivering packets as soon as it is created.
 	fwd := tcp.NewForwarder(st, 0, o.MaxInFlight, s.handleSYN)
@@ -316,6 +323,8 @@ type tunLink interface {
 	// failureReason says why.
 	failure() <-chan struct{}
 	failureReason() error
+	setGate(*synGate)
+	deliverHeld(tcpip.NetworkProtocolNumber, []byte)
 }
 
 // Failed is closed when the datapath stops on its own: a TUN queue can no
@@ -623,6 +632,7 @@ func (s *Stack) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := s.Shutdown(ctx)
+	s.gate.close()
 	s.stack.Close()
 	s.link.Close()
 	s.stack.Wait()

@@ -32,4 +32,12 @@ type Stats struct {
 	// although the kernel leg was on: Options.MaxKernelSockets were open,
 	// or the process was out of file descriptors.
 	UpstreamFallbacks atomic.Uint64
+	// SynsHeld are client SYNs whose 4-tuple gVisor still held in
+	// TIME_WAIT: they waited for it to end (synGate) instead of being
+	// dropped. SynGateTimeouts of them were delivered after the gate's
+	// longest wait anyway; SynGateOverflows found the gate full and went
+	// to gVisor at once.
+	SynsHeld         atomic.Uint64
+	SynGateTimeouts  atomic.Uint64
+	SynGateOverflows atomic.Uint64
 }

@@ -190,7 +190,7 @@ func (e *wgEndpoint) deliver(d stack.NetworkDispatcher, b []byte) {
 		e.stats.RxNotTCP.Add(1)
 		return
 	}
-	if d == nil {
+	if d == nil || e.gateHeld(proto, b) {
 		return
 	}
 	e.stats.RxPackets.Add(1)

@@ -225,7 +225,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		"syn_drops_in_flight", st.SynDropsInFlight(),
 		"rx_packets", s.RxPackets.Load(), "tx_packets", s.TxPackets.Load(),
 		"tx_acks_delayed", s.TxAcksDelayed.Load(), "tx_acks_merged", s.TxAcksMerged.Load(),
-		"upstream_fallbacks", s.UpstreamFallbacks.Load())
+		"upstream_fallbacks", s.UpstreamFallbacks.Load(), "syns_held_time_wait", s.SynsHeld.Load())
 	return errors.Join(errs...)
 }
 

@@ -148,6 +148,10 @@ func (s *services) attach(st *netstack.Stack) {
 
 			AcksDelayed: stats.TxAcksDelayed.Load(),
 			AcksMerged:  stats.TxAcksMerged.Load(),
+
+			SynsHeld:     stats.SynsHeld.Load(),
+			SynTimeouts:  stats.SynGateTimeouts.Load(),
+			SynOverflows: stats.SynGateOverflows.Load(),
 		}
 	})
 	s.metrics.SetUpstreamStats(func() metrics.UpstreamStats {

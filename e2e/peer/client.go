@@ -610,3 +610,85 @@ func echoByte(c net.Conn, timeout time.Duration) error {
 	}
 	return nil
 }
+
+// ReuseResult is what Reuse saw.
+type ReuseResult struct {
+	Port   int      `json:"port"` // the client port every connection used
+	OK     int      `json:"ok"`
+	Errors []string `json:"errors"`
+	// MaxMillis is the slowest connect, from its first attempt: a SYN an
+	// appliance drops costs the client's 1 s retransmission timeout.
+	MaxMillis int64 `json:"max_ms"`
+}
+
+// Reuse makes n HTTP requests with Connection: close to addr in a row, each
+// on a new connection from the same client port, and reads each answer to
+// the server's close. The server closes first, so every TCP stack that
+// terminates the connection on its side keeps the tuple in TIME_WAIT; the
+// next connection reuses the tuple at once, as a client short of ports or
+// a NAT may.
+func Reuse(ctx context.Context, src string, addr string, n int) ReuseResult {
+	var r ReuseResult
+	d := &net.Dialer{
+		// The previous connection's socket may still wait for the
+		// server's ACK of its FIN (LAST_ACK), and holds the port till then.
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		},
+	}
+	local := &net.TCPAddr{}
+	if src != "" {
+		local.IP = net.ParseIP(src)
+	}
+	for range n {
+		if ctx.Err() != nil {
+			break
+		}
+		start := time.Now()
+		d.LocalAddr = local
+		var c net.Conn
+		var err error
+		for {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			c, err = d.DialContext(cctx, "tcp", addr)
+			cancel()
+			// EADDRNOTAVAIL: the old socket of the same tuple is not gone
+			// yet; try again in a moment.
+			if !errors.Is(err, syscall.EADDRNOTAVAIL) || time.Since(start) > 2*time.Second {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		r.MaxMillis = max(r.MaxMillis, time.Since(start).Milliseconds())
+		if err != nil {
+			r.Errors = append(r.Errors, classify(err))
+			continue
+		}
+		if local.Port == 0 {
+			local = c.LocalAddr().(*net.TCPAddr)
+			r.Port = local.Port
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.WriteString(c, "GET / HTTP/1.1\r\nHost: reuse\r\nConnection: close\r\n\r\n")
+		var b []byte
+		if err == nil {
+			b, err = io.ReadAll(c)
+		}
+		c.Close()
+		switch {
+		case err != nil:
+			r.Errors = append(r.Errors, classify(err))
+		case !strings.HasPrefix(string(b), "HTTP/1.1 200 "):
+			r.Errors = append(r.Errors, fmt.Sprintf("answer %.40q", b))
+		default:
+			r.OK++
+		}
+	}
+	return r
+}

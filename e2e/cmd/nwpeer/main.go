@@ -20,7 +20,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: nwpeer serve|echo|xfer|dial|banner|conns|pingpong|churn|hold [flags]")
+		fmt.Fprintln(os.Stderr, "usage: nwpeer serve|echo|xfer|dial|reuse|banner|conns|pingpong|churn|hold [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -65,6 +65,15 @@ func main() {
 				return nil, err
 			}
 			return peer.Xfer(ctx, d, *addr, *send, *recv)
+		}
+	case "reuse":
+		n := fs.Int("n", 20, "HTTP requests, each on a new connection from the same client port")
+		run = func(ctx context.Context) (any, error) {
+			r := peer.Reuse(ctx, *src, *addr, *n)
+			if r.OK != *n {
+				return r, fmt.Errorf("%d of %d requests failed: %v", *n-r.OK, *n, r.Errors)
+			}
+			return r, nil
 		}
 	case "dial":
 		run = func(ctx context.Context) (any, error) {
