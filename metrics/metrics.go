@@ -50,6 +50,9 @@ type TUNStats struct {
 	// longest wait. SynOverflows found too many waiting and were passed
 	// on at once.
 	SynsHeld, SynTimeouts, SynOverflows uint64
+	// FINsMerged are FINs the stack sent right behind the last data of
+	// a connection that went out in that data's packet.
+	FINsMerged uint64
 }
 
 // UpstreamStats describe the kernel upstream leg (netward run --upstream
@@ -300,6 +303,8 @@ var (
 		"Packets the TUN path dropped, by direction.", []string{"direction"}, nil)
 	tunAcksDesc = prometheus.NewDesc("netward_tun_acks_delayed_total",
 		"Pure ACKs held back by ack_delay, by outcome (written: after the delay or on a duplicate, merged: carried by a later packet).", []string{"result"}, nil)
+	tunFINsMergedDesc = prometheus.NewDesc("netward_tun_fins_merged_total",
+		"FINs written in the packet of the connection's last data instead of a packet of their own, as a kernel sender does (the client then closes second and keeps no TIME_WAIT).", nil, nil)
 	synTimeWaitDesc = prometheus.NewDesc("netward_syn_time_wait_total",
 		"Client SYNs that reused the 4-tuple of a connection netward's stack still held in TIME_WAIT, by result (waited: held until it ended, then served as a new connection; timeout: still in TIME_WAIT after the longest wait, passed on and dropped; overflow: too many waiting, passed on and dropped). Dropped SYNs are retransmitted by the client.", []string{"result"}, nil)
 	upstreamInfoDesc = prometheus.NewDesc("netward_upstream_info",
@@ -327,6 +332,7 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- tunDropsDesc
 	ch <- tunAcksDesc
 	ch <- synTimeWaitDesc
+	ch <- tunFINsMergedDesc
 	ch <- upstreamInfoDesc
 	ch <- upstreamSocketsDesc
 	ch <- upstreamFallbacksDesc
@@ -351,6 +357,7 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(tunDropsDesc, prometheus.CounterValue, float64(s.TxDropped), "tx")
 		ch <- prometheus.MustNewConstMetric(tunAcksDesc, prometheus.CounterValue, float64(s.AcksDelayed-min(s.AcksMerged, s.AcksDelayed)), "written")
 		ch <- prometheus.MustNewConstMetric(tunAcksDesc, prometheus.CounterValue, float64(s.AcksMerged), "merged")
+		ch <- prometheus.MustNewConstMetric(tunFINsMergedDesc, prometheus.CounterValue, float64(s.FINsMerged))
 		ch <- prometheus.MustNewConstMetric(synTimeWaitDesc, prometheus.CounterValue, float64(s.SynsHeld-min(s.SynTimeouts, s.SynsHeld)), "waited")
 		ch <- prometheus.MustNewConstMetric(synTimeWaitDesc, prometheus.CounterValue, float64(s.SynTimeouts), "timeout")
 		ch <- prometheus.MustNewConstMetric(synTimeWaitDesc, prometheus.CounterValue, float64(s.SynOverflows), "overflow")

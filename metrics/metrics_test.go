@@ -80,7 +80,7 @@ func TestCountersMoveExactly(t *testing.T) {
 	now := t0
 	m := New(Options{Version: "1.2.3", Now: func() time.Time { return now }})
 	m.SetTUNStats(func() TUNStats {
-		return TUNStats{RxPackets: 10, TxPackets: 9, RxDropped: 1, TxDropped: 2, AcksDelayed: 7, AcksMerged: 4, SynsHeld: 6, SynTimeouts: 1, SynOverflows: 2}
+		return TUNStats{RxPackets: 10, TxPackets: 9, RxDropped: 1, TxDropped: 2, AcksDelayed: 7, AcksMerged: 4, SynsHeld: 6, SynTimeouts: 1, SynOverflows: 2, FINsMerged: 11}
 	})
 	m.SetEventStats(func() EventStats { return EventStats{Emitted: 7, Written: 5, Dropped: 1, Failed: 1} })
 	m.SetUpstreamStats(func() UpstreamStats {
@@ -134,6 +134,7 @@ func TestCountersMoveExactly(t *testing.T) {
 		"netward_tun_acks_delayed_total{result=written}":      3,
 		"netward_tun_acks_delayed_total{result=merged}":       4,
 		"netward_syn_time_wait_total{result=waited}":          5,
+		"netward_tun_fins_merged_total":                       11,
 		"netward_syn_time_wait_total{result=timeout}":         1,
 		"netward_syn_time_wait_total{result=overflow}":        2,
 		"netward_upstream_info{leg=kernel}":                   1,

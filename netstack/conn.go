@@ -69,6 +69,25 @@ func (c *tcpConn) PeerFinished() bool {
 	return err == nil && n == 0
 }
 
+// WriteFinal writes b and closes the write side, so that the FIN goes out
+// in the same segment as b's last bytes, as a kernel sender's FIN rides on
+// its last unsent data. gVisor queues a FIN as a segment of its own; corked,
+// the last bytes wait for it, and uncorking sends the two back to back,
+// where the TUN writer merges them (mergeFIN). A client that gets the FIN
+// with the answer closes second, so it does not keep TIME_WAIT: through
+// the relay half of the clients of a close-delimited HTTP server did,
+// against a fifth through the kernel (datapath-notes.md: port exhaustion).
+func (c *tcpConn) WriteFinal(b []byte) (int, error) {
+	opts := c.ep.SocketOptions()
+	opts.SetCorkOption(true)
+	n, err := c.Write(b)
+	if err == nil {
+		err = classify(c.CloseWrite())
+	}
+	opts.SetCorkOption(false) // sends what the cork held, FIN included
+	return n, err
+}
+
 // Read is gonet's Read with a reset reported as ECONNRESET.
 func (c *tcpConn) Read(b []byte) (int, error) {
 	n, err := c.TCPConn.Read(b)

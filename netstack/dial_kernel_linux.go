@@ -72,6 +72,8 @@ type kernelConn struct {
 	*net.TCPConn
 	rc     syscall.RawConn
 	peekFn func(fd uintptr) bool // made once: no allocation per wait
+	finFn  func(fd uintptr)      // PeerFinished's, made once; sets fin
+	fin    bool
 	peek   [1]byte
 }
 
@@ -86,7 +88,20 @@ func newKernelConn(c *net.TCPConn) (*kernelConn, error) {
 		_, _, err := unix.Recvfrom(int(fd), k.peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		return err != unix.EAGAIN
 	}
+	k.finFn = func(fd uintptr) {
+		n, _, err := unix.Recvfrom(int(fd), k.peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		k.fin = err == nil && n == 0
+	}
 	return k, nil
+}
+
+// PeerFinished reports whether the server's FIN has arrived and every byte
+// before it has been read (see tcpConn.PeerFinished). It costs a syscall
+// (a peek): a relay asks only after a read that drained the socket.
+func (k *kernelConn) PeerFinished() bool {
+	k.fin = false
+	k.rc.Control(k.finFn) // error: the conn is closed, no FIN to pass on
+	return k.fin
 }
 
 // CloseRead does nothing: the relay calls it only once the server's FIN

@@ -338,7 +338,9 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 		return 0, &tcpip.ErrClosedForSend{}
 	}
 	n := 0
-	for _, pkt := range pkts.AsSlice() {
+	list := pkts.AsSlice()
+	for i := 0; i < len(list); i++ {
+		pkt := list[i]
 		fd := e.fds[0]
 		if len(e.fds) > 1 {
 			fd = e.fds[pkt.Hash%uint32(len(e.fds))]
@@ -349,6 +351,7 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 				continue
 			}
 		}
+		merged := i+1 < len(list) && mergeFIN(pkt, list[i+1])
 		if err := e.writePacket(s, fd, pkt); err != nil {
 			if n == 0 {
 				return 0, err
@@ -359,6 +362,11 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 			e.acks.supersede(pkt)
 		}
 		n++
+		if merged {
+			e.stats.TxFINsMerged.Add(1)
+			i++
+			n++
+		}
 	}
 	return n, nil
 }

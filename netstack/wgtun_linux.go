@@ -218,12 +218,17 @@ func (e *wgEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
 	all := pkts.AsSlice()
+	skip := -1 // a FIN merged into the packet before it (mergeFIN)
 	for start := 0; start < len(all); start += e.batch {
 		out := e.wout[:0]
 		var size uint64
 		for i, pkt := range all[start:min(start+e.batch, len(all))] {
-			if pkt.Size() == 0 || pkt.Size() > maxIPPacket {
+			if start+i == skip || pkt.Size() == 0 || pkt.Size() > maxIPPacket {
 				continue
+			}
+			if start+i+1 < len(all) && mergeFIN(pkt, all[start+i+1]) {
+				skip = start + i + 1
+				e.stats.TxFINsMerged.Add(1)
 			}
 			b := appendPacket(e.wbufs[i][:wgWriteOffset], pkt)
 			size += uint64(len(b) - wgWriteOffset)

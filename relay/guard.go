@@ -399,7 +399,17 @@ func (gf *guardFlow) copyDown() {
 				}
 				gf.noteStatus(buf[:r])
 			}
-			w, werr := gf.client.Write(buf[:r])
+			// The server's FIN came right behind this data: the client
+			// gets its FIN with it (see copyHalf), unless the up side
+			// has taken over the client's write side to refuse.
+			last := !gf.refusing.Load() && finishedBehind(gf.server, r, len(buf), rerr)
+			var w int
+			var werr, cerr error
+			if last {
+				w, werr, cerr = writeLast(gf.client, buf[:r])
+			} else {
+				w, werr = gf.client.Write(buf[:r])
+			}
 			gf.downBytes.Add(int64(w))
 			gf.af.AddToClient(w)
 			if werr != nil {
@@ -408,10 +418,13 @@ func (gf *guardFlow) copyDown() {
 				}
 				return
 			}
-			if rerr == nil && peerFinished(gf.server) {
-				// The server's FIN came with this data: pass it on right
-				// behind it (see copyHalf).
-				rerr = io.EOF
+			if last {
+				gf.setHalfClosed()
+				if cerr != nil && !isClosed(cerr) {
+					gf.fail(&halfError{up: false, read: false, err: cerr})
+				}
+				gf.server.CloseRead()
+				return
 			}
 		}
 		if r < len(buf) {

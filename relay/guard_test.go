@@ -23,6 +23,7 @@ import (
 	"github.com/netward/netward/netstack"
 	"github.com/netward/netward/policy"
 	"github.com/netward/netward/rules"
+	"golang.org/x/sys/unix"
 )
 
 const guardRules = `default: allow
@@ -519,4 +520,90 @@ func TestGuardKeepAliveIdleHoldsNoBuffer(t *testing.T) {
 			t.Fatalf("after request %d, idle, the flow holds %d inspect buffers", i, n)
 		}
 	}
+}
+
+// finLeg is a server leg that reports the server's FIN as kernelConn does,
+// by a peek.
+type finLeg struct{ *net.TCPConn }
+
+func (c finLeg) PeerFinished() bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	fin := false
+	rc.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		fin = err == nil && n == 0
+	})
+	return fin
+}
+
+// finalLeg is a client leg that records WriteFinal, as netstack's gVisor
+// conn would send it (data, then FIN in the same segment).
+type finalLeg struct {
+	*net.TCPConn
+	final chan string
+}
+
+func (c finalLeg) WriteFinal(b []byte) (int, error) {
+	c.final <- string(b)
+	n, err := c.Write(b)
+	if err == nil {
+		err = c.CloseWrite()
+	}
+	return n, err
+}
+
+func TestGuardLastAnswerGoesWithFIN(t *testing.T) {
+	// The server answers and closes before the relay reads: the relay
+	// passes the answer and its FIN in one WriteFinal, not a Write and a
+	// CloseWrite one read later.
+	clientApp, clientLeg := tcpPair(t)
+	serverLeg, serverApp := tcpPair(t)
+	io.WriteString(serverApp, "220 bye\r\n")
+	serverApp.CloseWrite()
+	waitFIN := time.Now().Add(5 * time.Second)
+	for !finArrived(serverLeg) {
+		if time.Now().After(waitFIN) {
+			t.Fatal("the server's FIN never reached its leg")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	client := finalLeg{TCPConn: clientLeg, final: make(chan string, 1)}
+	g := newGuard(t)
+	f := &netstack.Flow{ID: 2, Client: netip.MustParseAddrPort("192.0.2.10:40001"),
+		Server: netip.MustParseAddrPort("192.0.2.20:25"), Start: time.Now()}
+	done := make(chan struct{})
+	go func() { g.Serve(f, client, finLeg{serverLeg}); close(done) }()
+	select {
+	case got := <-client.final:
+		if got != "220 bye\r\n" {
+			t.Errorf("WriteFinal(%q), want the whole answer", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the answer did not go out with WriteFinal")
+	}
+	b, err := readAllTimeout(clientApp, 5*time.Second)
+	if err != nil || string(b) != "220 bye\r\n" {
+		t.Fatalf("client read %q, %v; want the answer, then EOF", b, err)
+	}
+	clientApp.CloseWrite()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+}
+
+// finArrived reports whether the peer's FIN has reached c (CLOSE_WAIT).
+func finArrived(c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var info *unix.TCPInfo
+	rc.Control(func(fd uintptr) { info, _ = unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO) })
+	return info != nil && info.State == 8 // TCP_CLOSE_WAIT
 }

@@ -154,7 +154,14 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 		buf := *bp
 		r, rerr := src.Read(buf)
 		if r > 0 {
-			w, werr := dst.Write(buf[:r])
+			last := finishedBehind(src, r, len(buf), rerr)
+			var w int
+			var werr, cerr error
+			if last {
+				w, werr, cerr = writeLast(dst, buf[:r])
+			} else {
+				w, werr = dst.Write(buf[:r])
+			}
 			n += int64(w)
 			if count != nil {
 				count(w)
@@ -162,13 +169,12 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 			if werr != nil {
 				return n, &halfError{up: up, read: false, err: werr}
 			}
-			if rerr == nil && peerFinished(src) {
-				// The FIN came with (or right behind) this data: send
-				// ours now, right behind the data, not one more read
-				// later. A client that gets the FIN before it closes
-				// does not end up in TIME_WAIT (port exhaustion on
-				// connection churn, datapath-notes.md).
-				break
+			if last {
+				if cerr != nil && !isClosed(cerr) {
+					return n, &halfError{up: up, read: false, err: cerr}
+				}
+				src.CloseRead() // nothing more will come; error irrelevant
+				return n, nil
 			}
 		}
 		if r < len(buf) {
@@ -187,6 +193,39 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 	}
 	src.CloseRead() // nothing more will come; error irrelevant
 	return n, nil
+}
+
+// finishedBehind reports whether src's FIN came right behind the r bytes
+// a read into a buffer of size just returned (with rerr): then the relay
+// sends its own FIN with them (writeLast), not one more read later. Only
+// after a read that drained src: for a kernel leg the check is a syscall.
+func finishedBehind(src netstack.Conn, r, size int, rerr error) bool {
+	return rerr == nil && r < size && peerFinished(src)
+}
+
+// finalWriter is implemented by netstack's gVisor conns (tcpConn).
+type finalWriter interface {
+	WriteFinal(b []byte) (int, error)
+}
+
+// writeLast writes b, the last bytes of the other side, to dst and closes
+// dst's write side; werr is the write's error, cerr the close's. Where dst
+// can, the FIN goes in the same segment as b: a client that gets the FIN
+// with the answer closes second and keeps no TIME_WAIT, as behind a kernel
+// router (port exhaustion on connection churn, datapath-notes.md).
+func writeLast(dst netstack.Conn, b []byte) (n int, werr, cerr error) {
+	if fw, ok := dst.(finalWriter); ok {
+		n, err := fw.WriteFinal(b)
+		if n < len(b) {
+			return n, err, nil
+		}
+		return n, nil, err
+	}
+	n, werr = dst.Write(b)
+	if werr != nil {
+		return n, werr, nil
+	}
+	return n, nil, dst.CloseWrite()
 }
 
 // readWaiter is implemented by netstack's conns (both kinds of leg).

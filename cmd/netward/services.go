@@ -152,6 +152,7 @@ func (s *services) attach(st *netstack.Stack) {
 			SynsHeld:     stats.SynsHeld.Load(),
 			SynTimeouts:  stats.SynGateTimeouts.Load(),
 			SynOverflows: stats.SynGateOverflows.Load(),
+			FINsMerged:   stats.TxFINsMerged.Load(),
 		}
 	})
 	s.metrics.SetUpstreamStats(func() metrics.UpstreamStats {
