@@ -64,6 +64,9 @@ type UpstreamStats struct {
 	// Refused and Unreachable are admitted flows whose server answered
 	// the connect with a reset, or not at all (the client got the same).
 	Refused, Unreachable uint64
+	// ClientGone are flows whose server connected but whose client did
+	// not complete the handshake.
+	ClientGone uint64
 }
 
 // EventStats mirrors event.Stats field for field, so that
@@ -315,6 +318,8 @@ var (
 		"Flows that took the gVisor upstream leg although the kernel leg is on: its socket cap (file limit less a reserve) was reached.", nil, nil)
 	upstreamFailuresDesc = prometheus.NewDesc("netward_upstream_failures_total",
 		"Admitted flows whose server could not be reached, by reason (refused: it reset the connect, the client got a reset; unreachable: no answer within limits.connect_timeout, the client got none).", []string{"reason"}, nil)
+	clientHandshakeFailuresDesc = prometheus.NewDesc("netward_client_handshake_failures_total",
+		"Admitted flows whose server connected but whose client did not complete the handshake (it reset, or never answered the SYN-ACK); the server's connection was closed again.", nil, nil)
 	bytesDesc = prometheus.NewDesc("netward_bytes_total",
 		"TCP payload bytes relayed, by direction (toserver, toclient).", []string{"direction"}, nil)
 	eventsDesc = prometheus.NewDesc("netward_events_total",
@@ -337,6 +342,7 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- upstreamSocketsDesc
 	ch <- upstreamFallbacksDesc
 	ch <- upstreamFailuresDesc
+	ch <- clientHandshakeFailuresDesc
 	ch <- eventsDesc
 }
 
@@ -373,6 +379,7 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(upstreamFallbacksDesc, prometheus.CounterValue, float64(s.Fallbacks))
 		ch <- prometheus.MustNewConstMetric(upstreamFailuresDesc, prometheus.CounterValue, float64(s.Refused), "refused")
 		ch <- prometheus.MustNewConstMetric(upstreamFailuresDesc, prometheus.CounterValue, float64(s.Unreachable), "unreachable")
+		ch <- prometheus.MustNewConstMetric(clientHandshakeFailuresDesc, prometheus.CounterValue, float64(s.ClientGone))
 	}
 	if f := c.eventStats.Load(); f != nil {
 		s := (*f)()

@@ -84,7 +84,7 @@ func TestCountersMoveExactly(t *testing.T) {
 	})
 	m.SetEventStats(func() EventStats { return EventStats{Emitted: 7, Written: 5, Dropped: 1, Failed: 1} })
 	m.SetUpstreamStats(func() UpstreamStats {
-		return UpstreamStats{Kernel: true, KernelSockets: 6, Fallbacks: 8, Refused: 2, Unreachable: 3}
+		return UpstreamStats{Kernel: true, KernelSockets: 6, Fallbacks: 8, Refused: 2, Unreachable: 3, ClientGone: 4}
 	})
 
 	a := m.StartFlow(1, ap("192.0.2.1:40000"), ap("198.51.100.1:443"), t0)
@@ -142,6 +142,7 @@ func TestCountersMoveExactly(t *testing.T) {
 		"netward_upstream_fallbacks_total":                    8,
 		"netward_upstream_failures_total{reason=refused}":     2,
 		"netward_upstream_failures_total{reason=unreachable}": 3,
+		"netward_client_handshake_failures_total":             4,
 		"netward_events_total{result=written}":                5,
 		"netward_events_total{result=dropped}":                1,
 		"netward_events_total{result=failed}":                 1,

@@ -415,6 +415,7 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	ep, terr := r.CreateEndpoint(&wq)
 	if terr != nil {
 		// The client went away meanwhile (RST, or a stale SYN).
+		s.stats.ClientHandshakeFailures.Add(1)
 		r.Complete(true)
 		server.Close()
 		return

@@ -26,9 +26,14 @@ type Stats struct {
 	FlowsRefused     atomic.Uint64 // upstream answered RST: client got RST
 	FlowsUnreachable atomic.Uint64 // upstream never answered / unreachable: client got nothing
 	FlowsServed      atomic.Uint64 // both legs up, handed to Serve
-	FlowsActive      atomic.Int64  // currently in Serve
-	SynDropsInFlight atomic.Uint64 // SYNs dropped because MaxInFlight handshakes were pending
-	DialErrors       atomic.Uint64 // upstream dial failed locally (bind, endpoint)
+	// ClientHandshakeFailures are flows whose server connected but whose
+	// client did not complete the handshake (it reset, or never
+	// answered the SYN-ACK): the client got a reset, the server's
+	// connection was closed again.
+	ClientHandshakeFailures atomic.Uint64
+	FlowsActive             atomic.Int64  // currently in Serve
+	SynDropsInFlight        atomic.Uint64 // SYNs dropped because MaxInFlight handshakes were pending
+	DialErrors              atomic.Uint64 // upstream dial failed locally (bind, endpoint)
 	// UpstreamFallbacks are flows that took the gVisor upstream leg
 	// although the kernel leg was on: Options.MaxKernelSockets were open,
 	// or the process was out of file descriptors.

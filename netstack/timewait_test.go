@@ -139,7 +139,7 @@ func TestIsPureSYN(t *testing.T) {
 }
 
 // synPacket builds a TCP packet client:40001 → server:80 with the given
-// flags and no payload.
+// flags, no payload and valid checksums.
 func synPacket(t *testing.T, proto tcpip.NetworkProtocolNumber, flags header.TCPFlags) []byte {
 	t.Helper()
 	var ipLen int
@@ -159,8 +159,39 @@ func synPacket(t *testing.T, proto tcpip.NetworkProtocolNumber, flags header.TCP
 			SrcAddr: fromAddr(clientV6), DstAddr: fromAddr(serverV6),
 		})
 	}
-	header.TCP(b[ipLen:]).Encode(&header.TCPFields{
+	th := header.TCP(b[ipLen:])
+	th.Encode(&header.TCPFields{
 		SrcPort: 40001, DstPort: 80, SeqNum: 1, DataOffset: header.TCPMinimumSize, Flags: flags, WindowSize: 1024,
 	})
+	src, dst := fromAddr(clientV4), fromAddr(serverV4)
+	if proto == header.IPv6ProtocolNumber {
+		src, dst = fromAddr(clientV6), fromAddr(serverV6)
+	} else {
+		header.IPv4(b).SetChecksum(^header.IPv4(b).CalculateChecksum())
+	}
+	th.SetChecksum(^th.CalculateChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, header.TCPMinimumSize)))
 	return b
+}
+
+func TestClientGoneAfterUpstreamConnected(t *testing.T) {
+	// A SYN the client stack never sent: netward connects to the server,
+	// answers SYN-ACK, and the client stack, which knows no such
+	// connection, resets it. The flow is counted, not served.
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			l := newLab(t, labOptions{handler: &spliceHandler{}})
+			l.listen(fam.server, 80)
+			proto := header.IPv4ProtocolNumber
+			if fam.server.Is6() {
+				proto = header.IPv6ProtocolNumber
+			}
+			if _, err := l.wire.Write(synPacket(t, proto, header.TCPFlagSyn)); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "a client handshake failure", func() bool { return l.net.Stats().ClientHandshakeFailures.Load() == 1 })
+			if n := l.net.Stats().FlowsServed.Load(); n != 0 {
+				t.Errorf("%d flows served, want 0", n)
+			}
+		})
+	}
 }

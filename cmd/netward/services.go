@@ -157,7 +157,8 @@ func (s *services) attach(st *netstack.Stack) {
 	})
 	s.metrics.SetUpstreamStats(func() metrics.UpstreamStats {
 		return metrics.UpstreamStats{Kernel: st.UpstreamKernel(), KernelSockets: st.KernelSockets(), Fallbacks: stats.UpstreamFallbacks.Load(),
-			Refused: stats.FlowsRefused.Load(), Unreachable: stats.FlowsUnreachable.Load()}
+			Refused: stats.FlowsRefused.Load(), Unreachable: stats.FlowsUnreachable.Load(),
+			ClientGone: stats.ClientHandshakeFailures.Load()}
 	})
 	s.metrics.SetHalfOpenDrops(st.SynDropsInFlight)
 	s.metrics.SetReady(func() bool { return true })
