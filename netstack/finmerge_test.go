@@ -117,17 +117,7 @@ func TestLastAnswerCarriesFIN(t *testing.T) {
 	// and every byte.
 	forEach(t, func(t *testing.T, fam family, vnet bool) {
 		l := newLab(t, labOptions{vnet: vnet, handler: &finalHandler{}, opts: func(o *Options) { o.TUNWriters = 1 }})
-		ln := l.listen(fam.server, 80)
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Write([]byte("answer"))
-				c.Close()
-			}
-		}()
+		l.serveAndClose(fam.server, 80, "answer")
 		const flows = 10
 		for i := range flows {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)

@@ -232,6 +232,22 @@ func (l *lab) listen(addr netip.Addr, port uint16) *gonet.TCPListener {
 	return ln
 }
 
+// serveAndClose listens on the server stack and answers every connection
+// with msg, then closes it (the server closes first).
+func (l *lab) serveAndClose(addr netip.Addr, port uint16, msg string) {
+	ln := l.listen(addr, port)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte(msg))
+			c.Close()
+		}
+	}()
+}
+
 // dial connects from the client stack.
 func (l *lab) dial(ctx context.Context, to netip.AddrPort) (*gonet.TCPConn, error) {
 	proto := header.IPv4ProtocolNumber

@@ -315,17 +315,7 @@ func TestClientPortReuseAfterClose(t *testing.T) {
 	// The same client port again right after a flow closed: gVisor's
 	// TIME_WAIT must not swallow the new SYN (datapath-notes.md).
 	l := newLab(t, labOptions{handler: &spliceHandler{}})
-	ln := l.listen(serverV4, 80)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("hi"))
-			c.Close()
-		}
-	}()
+	l.serveAndClose(serverV4, 80, "hi")
 	for i := range 3 {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		c, err := dialFrom(ctx, l, netip.AddrPortFrom(clientV4, 40000), netip.AddrPortFrom(serverV4, 80))

@@ -19,17 +19,7 @@ func TestClientPortReuseInTimeWait(t *testing.T) {
 	// client retransmits after its 1 s RTO) or resets it.
 	forEach(t, func(t *testing.T, fam family, vnet bool) {
 		l := newLab(t, labOptions{vnet: vnet, handler: &spliceHandler{}})
-		ln := l.listen(fam.server, 80)
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Write([]byte("hi"))
-				c.Close()
-			}
-		}()
+		l.serveAndClose(fam.server, 80, "hi")
 		from := netip.AddrPortFrom(fam.client, 40001)
 		to := netip.AddrPortFrom(fam.server, 80)
 		for i := range 4 {
