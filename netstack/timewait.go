@@ -82,7 +82,11 @@ func (g *synGate) hold(proto tcpip.NetworkProtocolNumber, b []byte) bool {
 		return false
 	}
 	g.mu.Lock()
-	if g.closed || len(g.held) >= maxHeldSYNs {
+	if g.closed {
+		g.mu.Unlock()
+		return false
+	}
+	if len(g.held) >= maxHeldSYNs {
 		g.mu.Unlock()
 		g.stats.SynGateOverflows.Add(1)
 		return false
