@@ -80,7 +80,7 @@ func TestTCPConnWaitReadable(t *testing.T) {
 	returnsWithin(t, 2*time.Second, "WaitReadable after Close", func() { <-woke })
 }
 
-func TestKernelConnWaitReadable(t *testing.T) {
+func TestKernelConnWaitReadableAndPeerFinished(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -108,11 +108,23 @@ func TestKernelConnWaitReadable(t *testing.T) {
 	// still see it.
 	k.Read(make([]byte, 1))
 	returnsWithin(t, time.Second, "WaitReadable after a partial read", func() { k.WaitReadable() })
+	if k.PeerFinished() {
+		t.Errorf("PeerFinished with 2 bytes unread")
+	}
 	k.Read(make([]byte, 2))
+	if k.PeerFinished() {
+		t.Errorf("PeerFinished on a drained socket without FIN")
+	}
 	woke = blocks(t, 100*time.Millisecond, "WaitReadable on a drained socket", func() { k.WaitReadable() })
 	peer.Close() // FIN: readable (EOF)
 	returnsWithin(t, 2*time.Second, "WaitReadable after FIN", func() { <-woke })
+	if !k.PeerFinished() {
+		t.Errorf("PeerFinished false after the peer's FIN")
+	}
 	k.Close()
+	if k.PeerFinished() {
+		t.Errorf("PeerFinished true on a closed conn")
+	}
 }
 
 // TestDialKernelSocketOptions: the upstream socket is transparent, sends

@@ -70,11 +70,15 @@ func (s *Stack) dialKernel(ctx context.Context, f *Flow) (Conn, error) {
 // kernelConn is a kernel upstream leg: a *net.TCPConn plus WaitReadable.
 type kernelConn struct {
 	*net.TCPConn
-	rc     syscall.RawConn
-	peekFn func(fd uintptr) bool // made once: no allocation per wait
-	finFn  func(fd uintptr)      // PeerFinished's, made once; sets fin
-	fin    bool
-	peek   [1]byte
+	rc syscall.RawConn
+	// peekFn (WaitReadable's) and peekCtl (PeerFinished's) run peekAt,
+	// made once: no allocation per call. peekAt leaves its result in
+	// peekN and peekErr; only the server leg's one reader calls them.
+	peekFn  func(fd uintptr) bool
+	peekCtl func(fd uintptr)
+	peekN   int
+	peekErr error
+	peek    [1]byte
 }
 
 func newKernelConn(c *net.TCPConn) (*kernelConn, error) {
@@ -84,24 +88,28 @@ func newKernelConn(c *net.TCPConn) (*kernelConn, error) {
 		return nil, fmt.Errorf("netstack: upstream socket: %w", err)
 	}
 	k := &kernelConn{TCPConn: c, rc: rc}
+	k.peekCtl = k.peekAt
 	k.peekFn = func(fd uintptr) bool {
-		_, _, err := unix.Recvfrom(int(fd), k.peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		return err != unix.EAGAIN
-	}
-	k.finFn = func(fd uintptr) {
-		n, _, err := unix.Recvfrom(int(fd), k.peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		k.fin = err == nil && n == 0
+		k.peekAt(fd)
+		return k.peekErr != unix.EAGAIN
 	}
 	return k, nil
+}
+
+// peekAt peeks at one byte without taking it or blocking: n 0 and no error
+// is the server's FIN with nothing before it, EAGAIN nothing yet.
+func (k *kernelConn) peekAt(fd uintptr) {
+	k.peekN, _, k.peekErr = unix.Recvfrom(int(fd), k.peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 }
 
 // PeerFinished reports whether the server's FIN has arrived and every byte
 // before it has been read (see tcpConn.PeerFinished). It costs a syscall
 // (a peek): a relay asks only after a read that drained the socket.
 func (k *kernelConn) PeerFinished() bool {
-	k.fin = false
-	k.rc.Control(k.finFn) // error: the conn is closed, no FIN to pass on
-	return k.fin
+	if k.rc.Control(k.peekCtl) != nil {
+		return false // closed: no FIN to pass on
+	}
+	return k.peekErr == nil && k.peekN == 0
 }
 
 // CloseRead does nothing: the relay calls it only once the server's FIN

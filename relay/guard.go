@@ -403,13 +403,7 @@ func (gf *guardFlow) copyDown() {
 			// gets its FIN with it (see copyHalf), unless the up side
 			// has taken over the client's write side to refuse.
 			last := !gf.refusing.Load() && finishedBehind(gf.server, r, len(buf), rerr)
-			var w int
-			var werr, cerr error
-			if last {
-				w, werr, cerr = writeLast(gf.client, buf[:r])
-			} else {
-				w, werr = gf.client.Write(buf[:r])
-			}
+			w, werr, cerr := writeChunk(gf.client, buf[:r], last)
 			gf.downBytes.Add(int64(w))
 			gf.af.AddToClient(w)
 			if werr != nil {

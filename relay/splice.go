@@ -155,13 +155,7 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 		r, rerr := src.Read(buf)
 		if r > 0 {
 			last := finishedBehind(src, r, len(buf), rerr)
-			var w int
-			var werr, cerr error
-			if last {
-				w, werr, cerr = writeLast(dst, buf[:r])
-			} else {
-				w, werr = dst.Write(buf[:r])
-			}
+			w, werr, cerr := writeChunk(dst, buf[:r], last)
 			n += int64(w)
 			if count != nil {
 				count(w)
@@ -206,6 +200,16 @@ func finishedBehind(src netstack.Conn, r, size int, rerr error) bool {
 // finalWriter is implemented by netstack's gVisor conns (tcpConn).
 type finalWriter interface {
 	WriteFinal(b []byte) (int, error)
+}
+
+// writeChunk writes b to dst, and closes dst's write side with it when
+// b is the other side's last (writeLast).
+func writeChunk(dst netstack.Conn, b []byte, last bool) (n int, werr, cerr error) {
+	if last {
+		return writeLast(dst, b)
+	}
+	n, werr = dst.Write(b)
+	return n, werr, nil
 }
 
 // writeLast writes b, the last bytes of the other side, to dst and closes
