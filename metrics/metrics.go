@@ -53,6 +53,9 @@ type TUNStats struct {
 	// FINsMerged are FINs the stack sent right behind the last data of
 	// a connection that went out in that data's packet.
 	FINsMerged uint64
+	// Direct are packets written by the goroutine that sent them, not
+	// by a TUN writer: small ones that found the queue empty.
+	Direct uint64
 }
 
 // UpstreamStats describe the kernel upstream leg (netward run --upstream
@@ -308,6 +311,8 @@ var (
 		"Pure ACKs held back by ack_delay, by outcome (written: after the delay or on a duplicate, merged: carried by a later packet).", []string{"result"}, nil)
 	tunFINsMergedDesc = prometheus.NewDesc("netward_tun_fins_merged_total",
 		"FINs written in the packet of the connection's last data instead of a packet of their own, as a kernel sender does (the client then closes second and keeps no TIME_WAIT).", nil, nil)
+	tunDirectDesc = prometheus.NewDesc("netward_tun_direct_writes_total",
+		"Packets written to the TUN by the goroutine that sent them instead of a TUN writer: small packets (requests, answers, ACKs) that found the write queue empty, so they did not wait for a writer to wake.", nil, nil)
 	synTimeWaitDesc = prometheus.NewDesc("netward_syn_time_wait_total",
 		"Client SYNs that reused the 4-tuple of a connection netward's stack still held in TIME_WAIT, by result (waited: held until it ended, then served as a new connection; timeout: still in TIME_WAIT after the longest wait, passed on and dropped; overflow: too many waiting, passed on and dropped). Dropped SYNs are retransmitted by the client.", []string{"result"}, nil)
 	upstreamInfoDesc = prometheus.NewDesc("netward_upstream_info",
@@ -338,6 +343,7 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- tunAcksDesc
 	ch <- synTimeWaitDesc
 	ch <- tunFINsMergedDesc
+	ch <- tunDirectDesc
 	ch <- upstreamInfoDesc
 	ch <- upstreamSocketsDesc
 	ch <- upstreamFallbacksDesc
@@ -364,6 +370,7 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(tunAcksDesc, prometheus.CounterValue, float64(s.AcksDelayed-min(s.AcksMerged, s.AcksDelayed)), "written")
 		ch <- prometheus.MustNewConstMetric(tunAcksDesc, prometheus.CounterValue, float64(s.AcksMerged), "merged")
 		ch <- prometheus.MustNewConstMetric(tunFINsMergedDesc, prometheus.CounterValue, float64(s.FINsMerged))
+		ch <- prometheus.MustNewConstMetric(tunDirectDesc, prometheus.CounterValue, float64(s.Direct))
 		ch <- prometheus.MustNewConstMetric(synTimeWaitDesc, prometheus.CounterValue, float64(s.SynsHeld-min(s.SynTimeouts, s.SynsHeld)), "waited")
 		ch <- prometheus.MustNewConstMetric(synTimeWaitDesc, prometheus.CounterValue, float64(s.SynTimeouts), "timeout")
 		ch <- prometheus.MustNewConstMetric(synTimeWaitDesc, prometheus.CounterValue, float64(s.SynOverflows), "overflow")

@@ -18,6 +18,7 @@ type tcpConn struct {
 	*gonet.TCPConn
 	ep tcpip.Endpoint
 	wq *waiter.Queue
+	tx *txQueue // the NIC's queue, nil without one (WriteFinal)
 
 	// readEntry and readCh are WaitReadable's, made once per conn.
 	readEntry waiter.Entry
@@ -26,8 +27,8 @@ type tcpConn struct {
 
 var _ Conn = (*tcpConn)(nil)
 
-func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *tcpConn {
-	return &tcpConn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq}
+func newConn(wq *waiter.Queue, ep tcpip.Endpoint, tx *txQueue) *tcpConn {
+	return &tcpConn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq, tx: tx}
 }
 
 // WaitReadable blocks until a Read would not block: data, the peer's FIN,
@@ -73,11 +74,16 @@ func (c *tcpConn) PeerFinished() bool {
 // in the same segment as b's last bytes, as a kernel sender's FIN rides on
 // its last unsent data. gVisor queues a FIN as a segment of its own; corked,
 // the last bytes wait for it, and uncorking sends the two back to back,
-// where the TUN writer merges them (mergeFIN). A client that gets the FIN
+// where the TUN writer merges them (mergeFIN); the TUN queue holds direct
+// writes meanwhile, so both reach the writer (txQueue). A client that gets the FIN
 // with the answer closes second, so it does not keep TIME_WAIT: through
 // the relay half of the clients of a close-delimited HTTP server did,
 // against a fifth through the kernel (datapath-notes.md: port exhaustion).
 func (c *tcpConn) WriteFinal(b []byte) (int, error) {
+	if c.tx != nil {
+		c.tx.beginBatch()
+		defer c.tx.endBatch()
+	}
 	opts := c.ep.SocketOptions()
 	opts.SetCorkOption(true)
 	n, err := c.Write(b)

@@ -9,9 +9,11 @@
 // virtio_net_hdr so that the kernel segments them (late, or in the output
 // device). With offloads asked for but refused by the kernel it moves plain
 // packets, one per read or write. With Options.TUNWriters a FIFO qdisc sits
-// in front of it: the kernel forwards each written packet inside the write
-// syscall, and writer goroutines take that off the relay's and gVisor's
-// goroutines.
+// in front of it (txQueue): the kernel forwards each written packet inside
+// the write syscall, and writer goroutines take that off the relay's and
+// gVisor's goroutines; a small packet that finds the queue empty is
+// written by its sender, which saves a wake-up where there is nothing to
+// batch.
 //
 // Without offloads (TUNOptions.Offload false, `--offload=false`) OpenTUN
 // creates the device with golang.zx2c4.com/wireguard/tun instead, and

@@ -16,7 +16,6 @@ import (
 	"golang.org/x/sys/cpu"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/qdisc/fifo"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -110,7 +109,8 @@ type Options struct {
 	// TCP processor's). A TUN write runs the kernel's forwarding of the
 	// packet inline, so writing behind a queue lets the relay read and
 	// segment the next chunk on the other core meanwhile: one stream
-	// app→client 5.0 → 8.5 Gbit/s on the lab (README). The wireguard
+	// app→client 5.0 → 8.5 Gbit/s on the lab (README). Small packets
+	// that find the queue empty skip it (txQueue). The wireguard
 	// endpoint (no offloads) always has one writer.
 	TUNWriters int
 	// SACK enables selective acknowledgements in gVisor's TCP. Off by
@@ -124,6 +124,7 @@ type Options struct {
 type Stack struct {
 	stack   *stack.Stack
 	link    tunLink
+	tx      *txQueue // in front of link; nil when every sender writes
 	gate    *synGate
 	handler Handler
 	log     *slog.Logger
@@ -287,9 +288,12 @@ func New(o Options) (*Stack, error) {
 		// gVisor writes one packet per call; a FIFO queue with one
 		// dispatcher hands them to the wireguard endpoint in batches.
 		// The NIC closes it.
-		nicOpts.QDisc = fifo.New(wl, 1, txQueueLen)
+		s.tx = newTxQueue(wl, 1, txQueueLen, &s.stats)
 	} else if o.TUNWriters > 0 {
-		nicOpts.QDisc = fifo.New(link, o.TUNWriters, txQueueLen)
+		s.tx = newTxQueue(link, o.TUNWriters, txQueueLen, &s.stats)
+	}
+	if s.tx != nil {
+		nicOpts.QDisc = s.tx
 	}
 	if terr := st.CreateNICWithOptions(nicID, link, nicOpts); terr != nil {
 		if nicOpts.QDisc != nil {
@@ -421,7 +425,7 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		return
 	}
 	r.Complete(false)
-	client := newConn(&wq, ep)
+	client := newConn(&wq, ep, s.tx)
 
 	lf := &liveFlow{client: client, server: server}
 	// Shutdown sets closing before it walks the shards: a flow either is
@@ -569,7 +573,7 @@ func (s *Stack) dial(f *Flow) (Conn, error) {
 		ep.Abort()
 		return nil, fmt.Errorf("netstack: connect %s from %s: %w", f.Server, f.Client, &tcpipError{terr})
 	}
-	return newConn(&wq, ep), nil
+	return newConn(&wq, ep, s.tx), nil
 }
 
 func toAddr(a tcpip.Address) netip.Addr {

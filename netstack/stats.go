@@ -19,6 +19,7 @@ type Stats struct {
 	TxAcksDelayed atomic.Uint64 // pure ACKs held back (ackDelayer)
 	TxAcksMerged  atomic.Uint64 // of which never written: a later packet of the connection carried them
 	TxFINsMerged  atomic.Uint64 // bare FINs not written: the data segment before them carried them (mergeFIN)
+	TxDirect      atomic.Uint64 // packets their sender wrote, past an empty TUN queue (txQueue)
 
 	FlowsAdmitted    atomic.Uint64 // SYNs the Handler accepted
 	FlowsReset       atomic.Uint64 // SYNs the Handler answered with RST

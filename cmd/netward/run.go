@@ -29,7 +29,7 @@ func runMain(args []string) int {
 	fs := flag.NewFlagSet("netward run", flag.ContinueOnError)
 	cf := config.NewFlags(fs)
 	queues := fs.Int("queues", 1, "TUN queues, each read by its own goroutine (IFF_MULTI_QUEUE when > 1)")
-	tunWriters := fs.Int("tun-writers", 1, "goroutines that write packets to the TUN from a queue, so the relay goes on while the kernel forwards what it sent; 0 writes each packet in the goroutine that sent it (lower latency when idle, less throughput)")
+	tunWriters := fs.Int("tun-writers", 1, "goroutines that write packets to the TUN from a queue, so the relay goes on while the kernel forwards what it sent; small packets that find the queue empty skip it; 0 writes each packet in the goroutine that sent it (less throughput)")
 	upstream := fs.String("upstream", "kernel", "how to reach the server: kernel (an IP_TRANSPARENT kernel socket bound to the client's address; netward installs the rules it needs, see steer/doc.go; if they cannot be installed and the flag was not given, netward warns and uses gvisor) or gvisor (a gVisor endpoint out through the TUN)")
 	upstreamMark := fs.Uint("upstream-mark", 0x4e59, "SO_MARK of the kernel upstream sockets (--upstream kernel); must differ from mark")
 	fs.Usage = func() {

@@ -153,6 +153,7 @@ func (s *services) attach(st *netstack.Stack) {
 			SynTimeouts:  stats.SynGateTimeouts.Load(),
 			SynOverflows: stats.SynGateOverflows.Load(),
 			FINsMerged:   stats.TxFINsMerged.Load(),
+			Direct:       stats.TxDirect.Load(),
 		}
 	})
 	s.metrics.SetUpstreamStats(func() metrics.UpstreamStats {
