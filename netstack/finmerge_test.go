@@ -116,7 +116,7 @@ func TestLastAnswerCarriesFIN(t *testing.T) {
 	// run writes), the client gets the answer and the FIN in one segment,
 	// and every byte.
 	forEach(t, func(t *testing.T, fam family, vnet bool) {
-		l := newLab(t, labOptions{vnet: vnet, handler: &finalHandler{}, opts: func(o *Options) { o.TUNWriters = 1 }})
+		l := newLab(t, labOptions{vnet: vnet, handler: &finalHandler{}, opts: func(o *Options) { o.TUNWriters, o.TUNDirectMax = 1, DefaultTUNDirectMax }})
 		l.serveAndClose(fam.server, 80, "answer")
 		const flows = 10
 		for i := range flows {

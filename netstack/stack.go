@@ -109,10 +109,14 @@ type Options struct {
 	// TCP processor's). A TUN write runs the kernel's forwarding of the
 	// packet inline, so writing behind a queue lets the relay read and
 	// segment the next chunk on the other core meanwhile: one stream
-	// app→client 5.0 → 8.5 Gbit/s on the lab (README). Small packets
-	// that find the queue empty skip it (txQueue). The wireguard
+	// app→client 5.0 → 8.5 Gbit/s on the lab (README). The wireguard
 	// endpoint (no offloads) always has one writer.
 	TUNWriters int
+	// TUNDirectMax is the largest packet (bytes) that skips the queue in
+	// front of the TUN when the queue is empty: its sender writes it, with
+	// no writer to wake (txQueue). Pure ACKs always queue. 0 queues every
+	// packet; netward run uses DefaultTUNDirectMax.
+	TUNDirectMax int
 	// SACK enables selective acknowledgements in gVisor's TCP. Off by
 	// default: with it on, gVisor made thousands of spurious
 	// retransmissions per 10 s on the lab and ran slower
@@ -288,9 +292,9 @@ func New(o Options) (*Stack, error) {
 		// gVisor writes one packet per call; a FIFO queue with one
 		// dispatcher hands them to the wireguard endpoint in batches.
 		// The NIC closes it.
-		s.tx = newTxQueue(wl, 1, txQueueLen, &s.stats)
+		s.tx = newTxQueue(wl, 1, txQueueLen, o.TUNDirectMax, &s.stats)
 	} else if o.TUNWriters > 0 {
-		s.tx = newTxQueue(link, o.TUNWriters, txQueueLen, &s.stats)
+		s.tx = newTxQueue(link, o.TUNWriters, txQueueLen, o.TUNDirectMax, &s.stats)
 	}
 	if s.tx != nil {
 		nicOpts.QDisc = s.tx

@@ -86,7 +86,7 @@ func TestRelayPreservesClientAddressAndBytes(t *testing.T) {
 func testRelayPreservesClientAddressAndBytes(t *testing.T, writers int) {
 	forEach(t, func(t *testing.T, fam family, vnet bool) {
 		h := &spliceHandler{}
-		l := newLab(t, labOptions{vnet: vnet, handler: h, opts: func(o *Options) { o.TUNWriters = writers }})
+		l := newLab(t, labOptions{vnet: vnet, handler: h, opts: func(o *Options) { o.TUNWriters, o.TUNDirectMax = writers, DefaultTUNDirectMax }})
 		ln := l.listen(fam.server, 80)
 		const size = 4 << 20
 		payload := make([]byte, size)

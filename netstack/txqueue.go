@@ -9,12 +9,11 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
-// directMaxSize is the largest packet that txQueue may write in its
-// sender's goroutine. Requests, answers, ACKs and handshakes of
-// interactive flows fit; bulk data (MTU-size or GSO segments) does not,
-// and keeps the queue that lets the relay go on while a writer runs the
-// kernel's forwarding.
-const directMaxSize = 1024
+// DefaultTUNDirectMax is the default Options.TUNDirectMax: requests,
+// answers and handshakes of interactive flows fit; bulk data (MTU-size or
+// GSO segments) does not, and keeps the queue that lets the relay go on
+// while a writer runs the kernel's forwarding.
+const DefaultTUNDirectMax = 1024
 
 // txQueue is the NIC's queueing discipline in front of the TUN: gVisor's
 // FIFO queue and its writer goroutines, except that a small packet that
@@ -22,14 +21,15 @@ const directMaxSize = 1024
 // Handing a lone packet to a writer costs a goroutine wake-up (another
 // thread, when the writer sleeps) for nothing to batch with: on the lab
 // a 64-byte request/response took 206 µs at p50 through the queue and
-// 180 µs written directly. Bulk keeps the queue (directMaxSize).
+// 180 µs written directly. Bulk keeps the queue (directMax).
 //
 // Order within a connection holds: gVisor sends a connection's packets
 // under its endpoint lock, and a packet goes direct only when no packet
 // is queued or being written (pending), so it cannot pass an earlier one.
 type txQueue struct {
-	fifo stack.QueueingDiscipline
-	link stack.LinkWriter
+	fifo      stack.QueueingDiscipline
+	link      stack.LinkWriter
+	directMax int // largest packet written directly; 0: none
 
 	// pending counts packets handed to the FIFO that its writers have not
 	// finished writing.
@@ -42,8 +42,8 @@ type txQueue struct {
 	lists    sync.Pool // *stack.PacketBufferList, for direct writes
 }
 
-func newTxQueue(link stack.LinkWriter, writers, queueLen int, stats *Stats) *txQueue {
-	q := &txQueue{link: link, stats: stats}
+func newTxQueue(link stack.LinkWriter, writers, queueLen, directMax int, stats *Stats) *txQueue {
+	q := &txQueue{link: link, directMax: directMax, stats: stats}
 	q.lists.New = func() any { return new(stack.PacketBufferList) }
 	q.fifo = fifo.New(queueWriter{q}, writers, queueLen)
 	return q
@@ -74,7 +74,7 @@ func (q *txQueue) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 // by gVisor's TCP processor they slowed a one-stream upload through the
 // lab from 7.5 to 6.4 Gbit/s.
 func (q *txQueue) direct(pkt *stack.PacketBuffer) bool {
-	if pkt.Size() > directMaxSize || q.pending.Load() != 0 || q.batching.Load() != 0 {
+	if pkt.Size() > q.directMax || q.pending.Load() != 0 || q.batching.Load() != 0 {
 		return false
 	}
 	_, _, ack := pureAck(pkt)

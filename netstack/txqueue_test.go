@@ -61,7 +61,7 @@ func TestTxQueueDirect(t *testing.T) {
 	close(open)
 	link := &gatedLink{gate: open}
 	var stats Stats
-	q := newTxQueue(link, 1, 16, &stats)
+	q := newTxQueue(link, 1, 16, DefaultTUNDirectMax, &stats)
 	defer q.Close()
 	// write writes pkt and checks whether its sender wrote it (TxDirect).
 	write := func(pkt *stack.PacketBuffer, direct bool) {
@@ -91,16 +91,16 @@ func TestTxQueueDirect(t *testing.T) {
 	gate := make(chan struct{})
 	link.setGate(gate)
 	write(outPacket(src, dst, header.TCPFlagAck, 10, 0), false)
-	write(data(11, directMaxSize-header.IPv4MinimumSize-header.TCPMinimumSize), false)
+	write(data(11, DefaultTUNDirectMax-header.IPv4MinimumSize-header.TCPMinimumSize), false)
 	close(gate)
 	waitFor(t, "the queue to drain", func() bool { return q.pending.Load() == 0 })
 	if got := link.written(); !slices.Equal(got, []uint32{1, 2, 3, 10, 11}) {
 		t.Fatalf("written %v, want [1 2 3 10 11]", got)
 	}
 
-	// Over directMaxSize always queues, and so does everything between
+	// Over DefaultTUNDirectMax always queues, and so does everything between
 	// beginBatch and endBatch (WriteFinal); after it, direct again.
-	write(data(20, directMaxSize), false)
+	write(data(20, DefaultTUNDirectMax), false)
 	waitFor(t, "the queue to drain", func() bool { return q.pending.Load() == 0 })
 	q.beginBatch()
 	write(data(21, 10), false)
@@ -109,6 +109,25 @@ func TestTxQueueDirect(t *testing.T) {
 	write(data(22, 10), true)
 	if got := link.written(); !slices.Equal(got[5:], []uint32{20, 21, 22}) {
 		t.Fatalf("written %v, want [... 20 21 22]", got)
+	}
+}
+
+func TestTxQueueDirectOff(t *testing.T) {
+	// TUNDirectMax 0 (--tun-direct-max 0): every packet queues.
+	open := make(chan struct{})
+	close(open)
+	link := &gatedLink{gate: open}
+	var stats Stats
+	q := newTxQueue(link, 1, 16, 0, &stats)
+	defer q.Close()
+	pkt := outPacket(netip.MustParseAddrPort("192.0.2.2:80"), netip.MustParseAddrPort("198.51.100.7:40000"), header.TCPFlagAck|header.TCPFlagPsh, 1, 1)
+	if err := q.WritePacket(pkt); err != nil {
+		t.Fatalf("WritePacket: %s", err)
+	}
+	pkt.DecRef()
+	waitFor(t, "the queue to drain", func() bool { return q.pending.Load() == 0 })
+	if got := link.written(); stats.TxDirect.Load() != 0 || !slices.Equal(got, []uint32{1}) {
+		t.Fatalf("TxDirect %d, written %v: want the packet written by the queue", stats.TxDirect.Load(), got)
 	}
 }
 
@@ -122,7 +141,7 @@ func (discardLink) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 // allocation.
 func BenchmarkTxQueueDirect(b *testing.B) {
 	var stats Stats
-	q := newTxQueue(discardLink{}, 1, 16, &stats)
+	q := newTxQueue(discardLink{}, 1, 16, DefaultTUNDirectMax, &stats)
 	defer q.Close()
 	pkt := outPacket(netip.MustParseAddrPort("192.0.2.2:80"), netip.MustParseAddrPort("198.51.100.7:40000"), header.TCPFlagAck|header.TCPFlagPsh, 1, 64)
 	defer pkt.DecRef()

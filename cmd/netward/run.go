@@ -29,7 +29,8 @@ func runMain(args []string) int {
 	fs := flag.NewFlagSet("netward run", flag.ContinueOnError)
 	cf := config.NewFlags(fs)
 	queues := fs.Int("queues", 1, "TUN queues, each read by its own goroutine (IFF_MULTI_QUEUE when > 1)")
-	tunWriters := fs.Int("tun-writers", 1, "goroutines that write packets to the TUN from a queue, so the relay goes on while the kernel forwards what it sent; small packets that find the queue empty skip it; 0 writes each packet in the goroutine that sent it (less throughput)")
+	tunWriters := fs.Int("tun-writers", 1, "goroutines that write packets to the TUN from a queue, so the relay goes on while the kernel forwards what it sent; 0 writes each packet in the goroutine that sent it (less throughput)")
+	tunDirectMax := fs.Int("tun-direct-max", netstack.DefaultTUNDirectMax, "largest packet (bytes) that skips the TUN writers' queue when it is empty, written by the goroutine that sent it (no writer wake-up: lower latency for requests and answers); pure ACKs always queue; 0 queues every packet")
 	upstream := fs.String("upstream", "kernel", "how to reach the server: kernel (an IP_TRANSPARENT kernel socket bound to the client's address; netward installs the rules it needs, see steer/doc.go; if they cannot be installed and the flag was not given, netward warns and uses gvisor) or gvisor (a gVisor endpoint out through the TUN)")
 	upstreamMark := fs.Uint("upstream-mark", 0x4e59, "SO_MARK of the kernel upstream sockets (--upstream kernel); must differ from mark")
 	fs.Usage = func() {
@@ -55,12 +56,12 @@ func runMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "netward run: --upstream %q is not gvisor or kernel\n", *upstream)
 		return 2
 	}
-	if *queues < 1 || *tunWriters < 0 {
-		fmt.Fprintf(os.Stderr, "netward run: --queues must be at least 1 (got %d) and --tun-writers at least 0 (got %d)\n", *queues, *tunWriters)
+	if *queues < 1 || *tunWriters < 0 || *tunDirectMax < 0 {
+		fmt.Fprintf(os.Stderr, "netward run: --queues must be at least 1 (got %d), --tun-writers and --tun-direct-max at least 0 (got %d, %d)\n", *queues, *tunWriters, *tunDirectMax)
 		return 2
 	}
 	log := newLogger(cfg.Log)
-	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark)}
+	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, tunDirectMax: *tunDirectMax, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark)}
 	fs.Visit(func(f *flag.Flag) { dp.upstreamAsked = dp.upstreamAsked || f.Name == "upstream" })
 	if err := run(cfg, dp, log); err != nil {
 		log.Error("netward run failed", "error", err)
@@ -126,6 +127,7 @@ func kernelUpstreamSteer(sc *steer.Config, upstreamMark uint32) {
 type datapathOptions struct {
 	queues         int
 	tunWriters     int
+	tunDirectMax   int
 	upstreamKernel bool
 	upstreamAsked  bool // --upstream was given: no fallback from kernel to gvisor
 	upstreamMark   uint32
@@ -167,15 +169,16 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		log.Warn("TUN offloads unavailable; using plain packets (slower)", "tun", tun.Name)
 	}
 	st, err := netstack.New(netstack.Options{
-		Files:       tun.Files,
-		MTU:         tun.MTU,
-		VnetHdr:     tun.VnetHdr,
-		Handler:     svc.guard,
-		Logger:      log,
-		MaxInFlight: cfg.Limits.MaxHalfOpen,
-		DialTimeout: cfg.Limits.ConnectTimeout,
-		AckDelay:    cfg.AckDelay,
-		TUNWriters:  dp.tunWriters,
+		Files:        tun.Files,
+		MTU:          tun.MTU,
+		VnetHdr:      tun.VnetHdr,
+		Handler:      svc.guard,
+		Logger:       log,
+		MaxInFlight:  cfg.Limits.MaxHalfOpen,
+		DialTimeout:  cfg.Limits.ConnectTimeout,
+		AckDelay:     cfg.AckDelay,
+		TUNWriters:   dp.tunWriters,
+		TUNDirectMax: dp.tunDirectMax,
 
 		UpstreamKernel: dp.upstreamKernel,
 		UpstreamMark:   dp.upstreamMark,
@@ -190,7 +193,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		return fmt.Errorf("install steering: %w", err)
 	}
 	svc.attach(st)
-	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files), "tun_writers", dp.tunWriters,
+	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files), "tun_writers", dp.tunWriters, "tun_direct_max", dp.tunDirectMax,
 		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

@@ -54,7 +54,7 @@ func TestSteerConfigFromFlags(t *testing.T) {
 }
 
 func TestRunRejectsBadFlags(t *testing.T) {
-	for _, args := range [][]string{{"--offload", "maybe"}, {"--tun", ""}, {"extra"}, {"--queues", "x"}, {"--queues", "0"}, {"--tun-writers", "-1"}} {
+	for _, args := range [][]string{{"--offload", "maybe"}, {"--tun", ""}, {"extra"}, {"--queues", "x"}, {"--queues", "0"}, {"--tun-writers", "-1"}, {"--tun-direct-max", "-1"}} {
 		if code := runMain(args); code != 2 {
 			t.Errorf("runMain(%q) = %d, want 2", args, code)
 		}
