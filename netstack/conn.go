@@ -74,11 +74,12 @@ func (c *tcpConn) PeerFinished() bool {
 // in the same segment as b's last bytes, as a kernel sender's FIN rides on
 // its last unsent data. gVisor queues a FIN as a segment of its own; corked,
 // the last bytes wait for it, and uncorking sends the two back to back,
-// where the TUN writer merges them (mergeFIN); the TUN queue holds direct
-// writes meanwhile, so both reach the writer (txQueue). A client that gets the FIN
-// with the answer closes second, so it does not keep TIME_WAIT: through
-// the relay half of the clients of a close-delimited HTTP server did,
-// against a fifth through the kernel (datapath-notes.md: port exhaustion).
+// where the TUN writer merges them (mergeFIN); no packet skips the TUN
+// queue meanwhile (txQueue), so both reach the writer in one batch. A
+// client that gets the FIN with the answer closes second, so it does not
+// keep TIME_WAIT: through the relay half of the clients of a
+// close-delimited HTTP server did, against a fifth through the kernel
+// (datapath-notes.md: port exhaustion).
 func (c *tcpConn) WriteFinal(b []byte) (int, error) {
 	if c.tx != nil {
 		c.tx.beginBatch()
