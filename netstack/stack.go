@@ -148,8 +148,14 @@ type Stack struct {
 	done    chan struct{} // closed by Shutdown: aborts dials
 
 	flows [flowShards]flowShard // served flows, by Flow.ID
-	wg    sync.WaitGroup        // one per forwarder request in progress
-	once  sync.Once
+	// wg counts forwarder requests in progress. A request joins it under
+	// enterMu's read lock only while closing is false, and Shutdown sets
+	// closing under the write lock before it waits: an Add from zero never
+	// races the Wait (sync.WaitGroup's rule; SYNs keep arriving during a
+	// shutdown, and the race detector caught one).
+	wg      sync.WaitGroup
+	enterMu sync.RWMutex
+	once    sync.Once
 }
 
 // liveFlow is a served flow's legs, so Shutdown can close them.
@@ -372,7 +378,10 @@ func (s *Stack) SynDropsInFlight() uint64 {
 // silent, and the client's SYN-ACK means the server is there.
 func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	GrowStack()
-	s.wg.Add(1)
+	if !s.enter() {
+		r.Complete(false)
+		return
+	}
 	defer s.wg.Done()
 	id := r.ID()
 	f := &Flow{
@@ -380,10 +389,6 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		Client: netip.AddrPortFrom(toAddr(id.RemoteAddress), id.RemotePort),
 		Server: netip.AddrPortFrom(toAddr(id.LocalAddress), id.LocalPort),
 		Start:  time.Now(),
-	}
-	if s.closing.Load() {
-		r.Complete(false)
-		return
 	}
 	switch s.handler.Admit(f) {
 	case AdmitAccept:
@@ -600,7 +605,9 @@ func fromAddr(a netip.Addr) tcpip.Address {
 // return, or for ctx.
 func (s *Stack) Shutdown(ctx context.Context) error {
 	s.once.Do(func() {
+		s.enterMu.Lock()
 		s.closing.Store(true)
+		s.enterMu.Unlock()
 		close(s.done)
 		for i := range s.flows {
 			s.flows[i].cancelDials()
@@ -623,6 +630,17 @@ func (s *Stack) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("netstack: shutdown: %d flows still open: %w", s.stats.FlowsActive.Load(), ctx.Err())
 	}
+}
+
+// enter joins a forwarder request to wg, unless Shutdown has begun.
+func (s *Stack) enter() bool {
+	s.enterMu.RLock()
+	defer s.enterMu.RUnlock()
+	if s.closing.Load() {
+		return false
+	}
+	s.wg.Add(1)
+	return true
 }
 
 // abort closes c with a reset: a flow cut short must not look finished to
