@@ -426,6 +426,12 @@ func TestOps(t *testing.T) {
 		if a := after.Value("netward_flows_active"); a != 0 {
 			t.Errorf("netward_flows_active %g after the flow ended, want 0", a)
 		}
+		// On an idle lab the flow's small packets (the SYN-ACK at least)
+		// find the TUN queue empty and are written by their senders
+		// (default flags only: --tun-writers 0 has no queue).
+		if d := after.Value("netward_tun_direct_writes_total") - before.Value("netward_tun_direct_writes_total"); d < 1 && os.Getenv(lab.ExtraArgsEnv) == "" {
+			t.Errorf("netward_tun_direct_writes_total +%g for the flow, want at least 1", d)
+		}
 	}
 	t.Run("HTTPAllowed", func(t *testing.T) {
 		httpCase(t, false, "app.example", 12345, opsWantFlow{app: "http", verdict: "allow", rule: "default",
