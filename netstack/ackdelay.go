@@ -117,14 +117,24 @@ func (d *ackDelayer) flush() {
 	}
 }
 
-// pureAck reports whether pkt is an ACK with nothing else (no data, no
-// SYN/FIN/RST) and returns its headers.
-func pureAck(pkt *stack.PacketBuffer) (nh, th []byte, ok bool) {
+// isPureAck reports whether pkt is an ACK with nothing else (no data, no
+// SYN/FIN/RST) and returns its TCP header.
+func isPureAck(pkt *stack.PacketBuffer) (th []byte, ok bool) {
 	if pkt.Data().Size() != 0 {
-		return nil, nil, false
+		return nil, false
 	}
 	th = pkt.TransportHeader().Slice()
 	if len(th) < header.TCPMinimumSize || header.TCPFlags(th[13])&^header.TCPFlagPsh != header.TCPFlagAck {
+		return nil, false
+	}
+	return th, true
+}
+
+// pureAck is isPureAck for the ackDelayer: it also returns the network
+// header, and refuses an ACK whose headers do not fit a held slot.
+func pureAck(pkt *stack.PacketBuffer) (nh, th []byte, ok bool) {
+	th, ok = isPureAck(pkt)
+	if !ok {
 		return nil, nil, false
 	}
 	nh = pkt.NetworkHeader().Slice()

@@ -77,7 +77,7 @@ func (q *txQueue) direct(pkt *stack.PacketBuffer) bool {
 	if pkt.Size() > q.directMax || q.pending.Load() != 0 || q.batching.Load() != 0 {
 		return false
 	}
-	_, _, ack := pureAck(pkt)
+	_, ack := isPureAck(pkt)
 	return !ack
 }
 
