@@ -8,7 +8,8 @@
 #                    netward with 1,000 rules + 10,000 domains (root; ~14 min;
 #                    -short ~2 min); BENCH_FLAGS="-short -rules none
 #                    -variant netward= -variant 'no-offload=--offload=false'";
-#                    -rounds 3: columns take turns, medians (kernel drifts)
+#                    -rounds 3: columns take turns, medians (kernel drifts);
+#                    -relay: a column for the cheapest terminating relay
 #   make bench-flows only the 100,000 concurrent flows part of bench (~2 min)
 #   make soak        SOAK_DURATION of mixed traffic, leak checks (root)
 #   make fuzz        every fuzz target, FUZZTIME each (default 1m)

@@ -15,6 +15,10 @@
 // Each -variant adds a netward column with its own flags, e.g.
 //
 //	bench -variant netward= -variant 'no-offload=--offload=false'
+//
+// -relay adds a column for the cheapest relay that terminates flows at all
+// (relayColumn): the floor under what netward, which terminates every flow,
+// can cost.
 package main
 
 import (
@@ -40,8 +44,9 @@ import (
 
 // variant is one netward configuration under test (a table column).
 type variant struct {
-	name string
-	args []string // more flags for netward run
+	name  string
+	args  []string // more flags for netward run
+	relay bool     // not netward: the reference relay (relayColumn)
 }
 
 type variants []variant
@@ -49,8 +54,8 @@ type variants []variant
 func (v *variants) String() string { return fmt.Sprint(*v) }
 func (v *variants) Set(s string) error {
 	name, args, ok := strings.Cut(s, "=")
-	if !ok || name == "" || name == kernelColumn {
-		return fmt.Errorf("want NAME=FLAGS (NAME not %q), got %q", kernelColumn, s)
+	if !ok || name == "" || name == kernelColumn || name == relayColumn {
+		return fmt.Errorf("want NAME=FLAGS (NAME not %q or %q), got %q", kernelColumn, relayColumn, s)
 	}
 	*v = append(*v, variant{name: name, args: strings.Fields(args)})
 	return nil
@@ -103,6 +108,7 @@ func main() {
 	rulesMode := flag.String("rules", "realistic", "rule file for every netward column: none, realistic (generated: 1,000 rules + 10,000 domains) or a `FILE`")
 	flag.IntVar(&b.rounds, "rounds", 1, "repeat the throughput, latency and churn measurements this many `times`, the columns taking turns each round, and report medians: kernel forwarding's own rate drifts between runs")
 	flag.Var(&b.variants, "variant", "netward column `NAME=FLAGS` (repeatable; default netward= with no extra flags)")
+	relay := flag.Bool("relay", false, "add a column for the cheapest relay that terminates flows (kernel sockets on both legs, TPROXY, splice, no inspection) to throughput, latency and churn: what terminating a flow costs before netward's stack and inspection")
 	flag.Parse()
 	if b.rounds < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -rounds must be at least 1")
@@ -122,6 +128,9 @@ func main() {
 	}
 	if len(b.variants) == 0 {
 		b.variants = variants{{name: "netward"}}
+	}
+	if *relay {
+		b.variants = append(b.variants, variant{name: relayColumn, relay: true})
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -198,6 +207,9 @@ func (b *bench) main(rulesMode string, parts map[string]bool, idle, flows int) e
 	for _, v := range b.variants {
 		if !parts["memory"] || idle <= 0 {
 			break
+		}
+		if v.relay {
+			continue // netward's memory per flow; the relay's is the kernel's
 		}
 		if err := b.memory(v, idle); err != nil {
 			return err
@@ -353,14 +365,15 @@ func waitPort(ctx context.Context, ns *lab.NS, port int) error {
 	return fmt.Errorf("nothing listens on port %d", port)
 }
 
-// path is one column's datapath on a lab: kernel forwarding (nw nil) or a
-// running netward variant.
+// path is one column's datapath on a lab: kernel forwarding (nw and relay
+// nil), a running netward variant, or the reference relay.
 type path struct {
-	b    *bench
-	l    *benchLab
-	v    *variant
-	nw   *lab.Netward
-	what string // the run, for health notes
+	b     *bench
+	l     *benchLab
+	v     *variant
+	nw    *lab.Netward
+	relay *lab.Proc // the -relay column's relay (relayColumn)
+	what  string    // the run, for health notes
 	// kernelLeg: netward's upstream leg is a kernel socket (metric
 	// netward_upstream_info), so only the client leg crosses the TUN.
 	kernelLeg bool
@@ -372,6 +385,9 @@ func (b *bench) start(l *benchLab, v *variant, what string) (*path, error) {
 	p := &path{b: b, l: l, v: v, what: what}
 	if v == nil {
 		return p, nil
+	}
+	if v.relay {
+		return p, p.startRelay()
 	}
 	args := []string{"--log-level", "warn"}
 	if b.rules.path != "" {
@@ -421,6 +437,9 @@ func (p *path) checkLoaded() error {
 
 // stop checks netward's counters (see health) and stops it.
 func (p *path) stop() error {
+	if p.v != nil && p.v.relay {
+		return p.stopRelay()
+	}
 	if p.nw == nil {
 		return nil
 	}
@@ -493,17 +512,39 @@ func (p *path) col() string {
 func (p *path) measure(what string, minBytes int64, f func() (moved int64, err error)) error {
 	var before lab.LinkStats
 	var err error
+	var relayFromClient, relayFromServer int64
 	if p.nw != nil {
 		if before, err = p.nw.TUNStats(p.b.ctx); err != nil {
 			return err
 		}
 	} else if ok, _ := p.l.Appliance.HasLink(p.b.ctx, lab.DefaultTUN); ok {
-		return errors.New("kernel run, but a TUN exists in the appliance")
+		return fmt.Errorf("%s run, but a TUN exists in the appliance", p.col())
+	}
+	if p.relay != nil {
+		if relayFromClient, relayFromServer, err = p.relayBytes(); err != nil {
+			return err
+		}
 	}
 	progress("%-10s %s", p.col(), what)
 	moved, err := f()
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", p.col(), what, err)
+	}
+	want := minBytes
+	if moved > 0 {
+		want = moved * 9 / 10
+	}
+	if p.relay != nil {
+		c, s, err := p.relayBytes()
+		if err != nil {
+			return err
+		}
+		// The payload crosses the relay once, in the direction it flows.
+		if c, s = c-relayFromClient, s-relayFromServer; max(c, s) < want {
+			return fmt.Errorf("%s %s: the relay got only %d bytes from the client and %d from the server, want ≥ %d one way: the kernel forwarded it",
+				p.col(), what, c, s, want)
+		}
+		return nil
 	}
 	if p.nw == nil {
 		return nil
@@ -513,10 +554,6 @@ func (p *path) measure(what string, minBytes int64, f func() (moved int64, err e
 		return err
 	}
 	d := after.Sub(before)
-	want := minBytes
-	if moved > 0 {
-		want = moved * 9 / 10
-	}
 	if p.kernelLeg {
 		// Only the client leg crosses the TUN; the server leg is a kernel
 		// socket. The payload crosses it once, in the direction it flows.
@@ -554,6 +591,10 @@ func (b *bench) print(took time.Duration) {
 	}
 	fmt.Println(b.rules.describe())
 	for _, v := range b.variants {
+		if v.relay {
+			fmt.Printf("column %s: nwpeer relay in the appliance: kernel sockets on both legs, TPROXY, splice, no inspection (the cheapest relay that terminates flows)\n", v.name)
+			continue
+		}
 		args := strings.Join(v.args, " ")
 		if args == "" {
 			args = "(default flags)"
@@ -619,6 +660,11 @@ func (b *bench) print(took time.Duration) {
 		fmt.Println()
 	}
 	fmt.Println("\nratio = column/kernel; every netward measurement was checked to have crossed netward's TUN.")
+	for _, v := range b.variants {
+		if v.relay {
+			fmt.Printf("%s: every measurement was checked to have crossed the relay (its TPROXY and MARK rules' byte counters).\n", v.name)
+		}
+	}
 	if b.rounds > 1 {
 		fmt.Printf("%d rounds: the columns took turns in each round; a cell is the median of its rounds, its ratio the ratio of the medians.\n", b.rounds)
 	}

@@ -47,7 +47,7 @@ func (c iperfCase) name() string {
 // Labels of the CPU cost under each throughput row.
 const (
 	machineCPURow = "machine CPU per GB"
-	netwardCPURow = "netward's own CPU per GB"
+	netwardCPURow = "own CPU per GB (netward's, or the relay's)"
 )
 
 func (b *bench) declareThroughput() {
@@ -108,8 +108,11 @@ func (p *path) iperf(c iperfCase) error {
 		ctx, cancel := context.WithTimeout(p.b.ctx, time.Duration(p.b.secs+30)*time.Second)
 		defer cancel()
 		pid := 0
-		if p.nw != nil {
+		switch {
+		case p.nw != nil:
 			pid = p.nw.PID()
+		case p.relay != nil:
+			pid = p.relay.PID()
 		}
 		cpu, err := startCPU(pid)
 		if err != nil {
@@ -135,7 +138,7 @@ func (p *path) iperf(c iperfCase) error {
 		if moved > 0 {
 			gb := float64(moved) / 1e9
 			p.b.set(subKey(c.name(), machineCPURow), "CPU-s/GB", p.col(), machine/gb)
-			if p.nw != nil {
+			if pid != 0 {
 				p.b.set(subKey(c.name(), netwardCPURow), "CPU-s/GB", p.col(), netwrd/gb)
 			}
 		}

@@ -1,5 +1,6 @@
 // Command nwpeer is the lab's traffic peer. `nwpeer serve` runs every test
-// server (package peer) until SIGTERM; the other subcommands are clients
+// server (package peer) until SIGTERM, `nwpeer relay` the bench's reference
+// relay (peer.ServeRelay) in the appliance; the other subcommands are clients
 // that print one JSON result line and exit non-zero on failure. The e2e
 // tests, the demo and the benchmark run it under `ip netns exec`.
 package main
@@ -20,7 +21,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: nwpeer serve|echo|xfer|dial|reuse|banner|conns|pingpong|churn|hold [flags]")
+		fmt.Fprintln(os.Stderr, "usage: nwpeer serve|relay|echo|xfer|dial|reuse|banner|conns|pingpong|churn|hold [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -48,6 +49,13 @@ func main() {
 				opts.TLSPort, opts.TLS = *tlsPort, cfg
 			}
 			return nil, peer.Serve(ctx, opts)
+		}
+	case "relay":
+		port := fs.Int("port", 0, "TPROXY `port` to listen on, every address (the caller installs the TPROXY rules)")
+		run = func(ctx context.Context) (any, error) {
+			return nil, peer.ServeRelay(ctx, *port, func() {
+				fmt.Fprintln(os.Stderr, "nwpeer: serving")
+			})
 		}
 	case "echo":
 		listen := fs.String("listen", "", "`address` to listen on, e.g. :9100 (dual-stack)")

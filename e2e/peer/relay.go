@@ -1,0 +1,124 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ServeRelay is the cheapest terminating transparent relay there is, the
+// bench's reference for what terminating a flow costs at all: the kernel's
+// TCP on both legs, TPROXY in, a socket bound to the client's own address
+// (IP_TRANSPARENT) out, and splice(2) between the two (io.Copy of one
+// *net.TCPConn into another), with no inspection. netward terminates the
+// client's leg in gVisor instead and reads what the flow says; whatever
+// netward costs above this relay is the price of that, and a target below
+// this relay's cost is out of reach for any design that terminates flows.
+//
+// It listens on port on every IPv4 and IPv6 address. The caller installs
+// the TPROXY rules that hand it the flows (see the bench's relay column).
+func ServeRelay(ctx context.Context, port int, ready func()) error {
+	lc := net.ListenConfig{Control: transparent}
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	for _, a := range []struct{ network, addr string }{{"tcp4", "0.0.0.0"}, {"tcp6", "::"}} {
+		ln, err := lc.Listen(ctx, a.network, net.JoinHostPort(a.addr, fmt.Sprint(port)))
+		if err != nil {
+			return fmt.Errorf("relay: listen: %w", err)
+		}
+		lns = append(lns, ln)
+	}
+	if ready != nil {
+		ready()
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					errc <- err
+					return
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					relayTransparent(c.(*net.TCPConn))
+				}()
+			}
+		}()
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return fmt.Errorf("relay: accept: %w", err)
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	wg.Wait()
+	return nil
+}
+
+// relayTransparent connects to the address the client dialled (TPROXY
+// leaves it as c's local address), from the client's own address and port,
+// and relays.
+func relayTransparent(c *net.TCPConn) {
+	d := net.Dialer{LocalAddr: c.RemoteAddr(), Control: transparent, KeepAlive: -1, Timeout: 10 * time.Second}
+	u, err := d.Dial("tcp", c.LocalAddr().String())
+	if err != nil {
+		c.SetLinger(0) // the client sees a reset, as from the server itself
+		c.Close()
+		return
+	}
+	Relay(c, u.(*net.TCPConn))
+}
+
+// Relay copies a to b and b to a until both are done, passing each side's
+// FIN on as a half-close, then closes both. Between two *net.TCPConn, Go's
+// io.Copy moves the bytes with splice(2): they never enter userspace.
+func Relay(a, b *net.TCPConn) {
+	done := make(chan struct{})
+	go func() {
+		io.Copy(a, b)
+		a.CloseWrite() // errors only on a connection already gone
+		close(done)
+	}()
+	io.Copy(b, a)
+	b.CloseWrite()
+	<-done
+	a.Close()
+	b.Close()
+}
+
+// transparent lets a socket accept TPROXY'd flows (listener) or bind to an
+// address not its own (the client's, upstream); SO_REUSEADDR, because the
+// client may reuse its port while this side still holds the last
+// connection on it in TIME_WAIT.
+func transparent(network, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+		if network == "tcp6" {
+			level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+		}
+		if serr = unix.SetsockoptInt(int(fd), level, opt, 1); serr != nil {
+			serr = fmt.Errorf("IP_TRANSPARENT: %w", serr)
+			return
+		}
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	})
+	return errors.Join(err, serr)
+}
