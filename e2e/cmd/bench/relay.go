@@ -119,22 +119,30 @@ func (p *path) relayBytes() (fromClient, fromServer int64, err error) {
 		if err != nil {
 			return 0, 0, err
 		}
-		for _, line := range strings.Split(out, "\n") {
-			f := strings.Fields(line)
-			if len(f) < 3 {
-				continue
-			}
-			n, err := strconv.ParseInt(f[1], 10, 64)
-			if err != nil {
-				continue // a header line
-			}
-			switch f[2] {
-			case "TPROXY":
-				fromClient += n
-			case "MARK":
-				fromServer += n
-			}
-		}
+		c, s := relayCounters(out)
+		fromClient, fromServer = fromClient+c, fromServer+s
 	}
 	return fromClient, fromServer, nil
+}
+
+// relayCounters sums the byte counters of the TPROXY and MARK rules in
+// `iptables -n -v -x -L` output.
+func relayCounters(out string) (tproxy, mark int64) {
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			continue // a header line
+		}
+		switch f[2] {
+		case "TPROXY":
+			tproxy += n
+		case "MARK":
+			mark += n
+		}
+	}
+	return tproxy, mark
 }
