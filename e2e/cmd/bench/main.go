@@ -528,6 +528,11 @@ func (p *path) measure(what string, minBytes int64, f func() (moved int64, err e
 	progress("%-10s %s", p.col(), what)
 	moved, err := f()
 	if err != nil {
+		if p.relay != nil {
+			if exited, xerr := p.relay.Exited(); exited {
+				err = fmt.Errorf("%w; the relay exited (%v), its log:\n%s", err, xerr, p.relay.Log())
+			}
+		}
 		return fmt.Errorf("%s %s: %w", p.col(), what, err)
 	}
 	want := minBytes

@@ -171,7 +171,7 @@ func main() {
 		os.Exit(2)
 	}
 	fs.Parse(os.Args[2:])
-	if os.Args[1] != "serve" && os.Args[1] != "echo" && os.Args[1] != "hold" {
+	if os.Args[1] != "serve" && os.Args[1] != "relay" && os.Args[1] != "echo" && os.Args[1] != "hold" {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *timeout)
 		defer cancel()
