@@ -42,7 +42,14 @@ func ServeRelay(ctx context.Context, port int, ready func()) error {
 	if ready != nil {
 		ready()
 	}
-	var wg sync.WaitGroup
+	// Flows still open at the end are cut (closed), so that a SIGTERM
+	// ends the relay at once.
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		open   = map[net.Conn]bool{}
+		closed bool
+	)
 	errc := make(chan error, len(lns))
 	for _, ln := range lns {
 		go func() {
@@ -52,24 +59,42 @@ func ServeRelay(ctx context.Context, port int, ready func()) error {
 					errc <- err
 					return
 				}
+				mu.Lock()
+				if closed {
+					mu.Unlock()
+					c.Close()
+					continue
+				}
+				open[c] = true
 				wg.Add(1)
+				mu.Unlock()
 				go func() {
 					defer wg.Done()
 					relayTransparent(c.(*net.TCPConn))
+					mu.Lock()
+					delete(open, c)
+					mu.Unlock()
 				}()
 			}
 		}()
 	}
+	var err error
 	select {
 	case <-ctx.Done():
-	case err := <-errc:
-		return fmt.Errorf("relay: accept: %w", err)
+	case err = <-errc:
+		err = fmt.Errorf("relay: accept: %w", err)
 	}
 	for _, ln := range lns {
 		ln.Close()
 	}
+	mu.Lock()
+	closed = true
+	for c := range open {
+		c.Close() // its relay then ends and closes the upstream leg
+	}
+	mu.Unlock()
 	wg.Wait()
-	return nil
+	return err
 }
 
 // relayTransparent connects to the address the client dialled (TPROXY
@@ -87,20 +112,29 @@ func relayTransparent(c *net.TCPConn) {
 }
 
 // Relay copies a to b and b to a until both are done, passing each side's
-// FIN on as a half-close, then closes both. Between two *net.TCPConn, Go's
-// io.Copy moves the bytes with splice(2): they never enter userspace.
+// FIN on as a half-close, then closes both; an error on either side (a
+// reset, a Close) ends both at once. Between two *net.TCPConn, Go's io.Copy
+// moves the bytes with splice(2): they never enter userspace.
 func Relay(a, b *net.TCPConn) {
 	done := make(chan struct{})
 	go func() {
-		io.Copy(a, b)
-		a.CloseWrite() // errors only on a connection already gone
+		copyHalf(a, b)
 		close(done)
 	}()
-	io.Copy(b, a)
-	b.CloseWrite()
+	copyHalf(b, a)
 	<-done
 	a.Close()
 	b.Close()
+}
+
+// copyHalf is one direction of Relay.
+func copyHalf(dst, src *net.TCPConn) {
+	if _, err := io.Copy(dst, src); err != nil {
+		dst.Close()
+		src.Close() // the other direction's copy then ends too
+		return
+	}
+	dst.CloseWrite() // errors only on a connection already gone
 }
 
 // transparent lets a socket accept TPROXY'd flows (listener) or bind to an

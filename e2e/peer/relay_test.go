@@ -67,3 +67,46 @@ func listen(t *testing.T) net.Listener {
 	t.Cleanup(func() { ln.Close() })
 	return ln
 }
+
+// TestRelayCloseEndsBoth: closing one side ends the relay even while the
+// other side is idle (how ServeRelay cuts the flows still open at its end).
+func TestRelayCloseEndsBoth(t *testing.T) {
+	server := listen(t)
+	idle := make(chan net.Conn, 1)
+	go func() {
+		c, err := server.Accept()
+		if err == nil {
+			idle <- c // never writes
+		}
+	}()
+	front := listen(t)
+	ended := make(chan struct{})
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := front.Accept()
+		if err != nil {
+			return
+		}
+		accepted <- c
+		u, err := net.Dial("tcp", server.Addr().String())
+		if err != nil {
+			c.Close()
+			return
+		}
+		Relay(c.(*net.TCPConn), u.(*net.TCPConn))
+		close(ended)
+	}()
+	c, err := net.Dial("tcp", front.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := <-idle
+	defer s.Close()
+	(<-accepted).Close()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Relay still running 5 s after one of its conns was closed")
+	}
+}
