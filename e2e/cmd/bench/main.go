@@ -372,8 +372,8 @@ type path struct {
 	l     *benchLab
 	v     *variant
 	nw    *lab.Netward
-	relay *lab.Proc // the -relay column's relay (relayColumn)
-	what  string    // the run, for health notes
+	relay *lab.Relay // the -relay column's relay (relayColumn)
+	what  string     // the run, for health notes
 	// kernelLeg: netward's upstream leg is a kernel socket (metric
 	// netward_upstream_info), so only the client leg crosses the TUN.
 	kernelLeg bool
@@ -437,8 +437,8 @@ func (p *path) checkLoaded() error {
 
 // stop checks netward's counters (see health) and stops it.
 func (p *path) stop() error {
-	if p.v != nil && p.v.relay {
-		return p.stopRelay()
+	if p.relay != nil {
+		return p.relay.Stop(10 * time.Second)
 	}
 	if p.nw == nil {
 		return nil
@@ -521,7 +521,7 @@ func (p *path) measure(what string, minBytes int64, f func() (moved int64, err e
 		return fmt.Errorf("%s run, but a TUN exists in the appliance", p.col())
 	}
 	if p.relay != nil {
-		if relayFromClient, relayFromServer, err = p.relayBytes(); err != nil {
+		if relayFromClient, relayFromServer, err = p.relay.Bytes(p.b.ctx); err != nil {
 			return err
 		}
 	}
@@ -540,7 +540,7 @@ func (p *path) measure(what string, minBytes int64, f func() (moved int64, err e
 		want = moved * 9 / 10
 	}
 	if p.relay != nil {
-		c, s, err := p.relayBytes()
+		c, s, err := p.relay.Bytes(p.b.ctx)
 		if err != nil {
 			return err
 		}

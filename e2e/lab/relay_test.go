@@ -1,4 +1,4 @@
-package main
+package lab
 
 import "testing"
 
@@ -9,8 +9,8 @@ func TestRelayCounters(t *testing.T) {
     2000     120000 MARK       6    --  nw-1-fa *       0.0.0.0/0            0.0.0.0/0            socket --transparent MARK or 0x7e1a
        7        420 ACCEPT     6    --  *      *       0.0.0.0/0            0.0.0.0/0
 `
-	c, s := relayCounters(out)
+	c, s := RelayCounters(out)
 	if c != 1500000000 || s != 120000 {
-		t.Fatalf("relayCounters = %d, %d; want 1500000000, 120000", c, s)
+		t.Fatalf("RelayCounters = %d, %d; want 1500000000, 120000", c, s)
 	}
 }
