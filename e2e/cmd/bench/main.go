@@ -675,7 +675,7 @@ func (b *bench) print(took time.Duration) {
 	}
 	if b.has("CPU-s/GB") {
 		fmt.Println("CPU-s/GB = CPU-seconds per 10^9 bytes iperf3 delivered. machine: all CPUs' busy time in /proc/stat (user+nice+system+irq+softirq+steal:\n" +
-			"  both iperf3 ends, the kernel's forwarding, netward, and anything else running); netward: its own utime+stime.")
+			"  both iperf3 ends, the kernel's forwarding, netward, and anything else running); own: netward's (or the relay's) utime+stime.")
 	}
 	if b.has("conn/s") {
 		fmt.Println("server accepts/s = the application namespace's Tcp PassiveOpens per 1-s window, read from /proc while the client runs (first window left out).")
