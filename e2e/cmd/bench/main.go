@@ -387,7 +387,9 @@ func (b *bench) start(l *benchLab, v *variant, what string) (*path, error) {
 		return p, nil
 	}
 	if v.relay {
-		return p, p.startRelay()
+		var err error
+		p.relay, err = l.StartRelay(b.ctx, b.peer)
+		return p, err
 	}
 	args := []string{"--log-level", "warn"}
 	if b.rules.path != "" {

@@ -8,9 +8,3 @@ package main
 // flows.
 const relayColumn = "tproxy-relay"
 
-// startRelay starts the relay column's relay on the path's lab.
-func (p *path) startRelay() error {
-	var err error
-	p.relay, err = p.l.StartRelay(p.b.ctx, p.b.peer)
-	return err
-}
