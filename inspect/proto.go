@@ -9,6 +9,9 @@ const (
 	ProtoHTTP1                // HTTP/1.0 or HTTP/1.1 request
 	ProtoHTTP2                // HTTP/2 prior-knowledge connection preface (RFC 9113 §3.4)
 	ProtoSSH                  // SSH identification string (RFC 4253 §4.2)
+	ProtoQUIC                 // UDP: a QUIC Initial (RFC 9000 §17.2.2, v1 or v2)
+	ProtoDNS                  // a DNS query (UDP or TCP, port 53)
+	ProtoUDP                  // UDP that is neither QUIC nor DNS
 )
 
 // String returns the name rules use for the protocol (the rule "app:" value).
@@ -22,6 +25,12 @@ func (p Proto) String() string {
 		return "h2"
 	case ProtoSSH:
 		return "ssh"
+	case ProtoQUIC:
+		return "quic"
+	case ProtoDNS:
+		return "dns"
+	case ProtoUDP:
+		return "udp"
 	}
 	return "unknown"
 }

@@ -50,6 +50,67 @@ type Verdict struct {
 	// Alerts names the alert rules that matched before the decision, in
 	// rule order. nil when none did (the common case; no allocation).
 	Alerts []string
+	// DNSAnswer is what a DNS query the verdict denies is told (the
+	// deciding rule's dns_answer:); the zero value is NXDOMAIN.
+	DNSAnswer DNSAnswer
+}
+
+// DNSAnswer is the answer netward gives, in the server's name, to a DNS
+// query a rule denies. NXDOMAIN is the default because every stub resolver
+// stops on it; REFUSED makes some try the next server; NODATA (NOERROR with
+// no answer) says the name exists but has no record of that type, as Route
+// 53 DNS Firewall's NODATA does.
+type DNSAnswer uint8
+
+const (
+	DNSAnswerNXDOMAIN DNSAnswer = iota
+	DNSAnswerRefused
+	DNSAnswerNODATA
+)
+
+var dnsAnswerNames = [...]string{"nxdomain", "refused", "nodata"}
+
+func (a DNSAnswer) String() string {
+	if int(a) < len(dnsAnswerNames) {
+		return dnsAnswerNames[a]
+	}
+	return "dns_answer(" + strconv.Itoa(int(a)) + ")"
+}
+
+// ParseDNSAnswer parses a dns_answer: value (case-insensitive).
+func ParseDNSAnswer(s string) (DNSAnswer, bool) {
+	for i, n := range dnsAnswerNames {
+		if strings.EqualFold(s, n) {
+			return DNSAnswer(i), true
+		}
+	}
+	return 0, false
+}
+
+// Transport is a flow's layer-4 protocol (the rule "proto:" values).
+type Transport uint8
+
+const (
+	TransportTCP Transport = iota
+	TransportUDP
+)
+
+func (t Transport) String() string {
+	if t == TransportUDP {
+		return "udp"
+	}
+	return "tcp"
+}
+
+// ParseTransport parses a proto: value (case-insensitive).
+func ParseTransport(s string) (Transport, bool) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "tcp":
+		return TransportTCP, true
+	case "udp":
+		return TransportUDP, true
+	}
+	return 0, false
 }
 
 // RuleOnInvalid is Verdict.Rule for a verdict given by the on_invalid

@@ -49,7 +49,7 @@ type Case struct {
 	HasEarly bool
 }
 
-var caseKeys = []string{"name", "src", "dst", "src_port", "dst_port", "app", "sni", "host", "method", "path",
+var caseKeys = []string{"name", "src", "dst", "src_port", "dst_port", "proto", "app", "sni", "host", "dns", "method", "path",
 	"src_country", "dst_country", "src_asn", "dst_asn", "expect", "rule", "alerts", "early"}
 
 // ParseCases reads a cases file. Errors come as an ErrorList with
@@ -163,6 +163,14 @@ func (l *loader) parseCase(n *yaml.Node) (Case, bool) {
 		}
 		c.Facts.App = p
 	}
+	if s, v, ok := str("proto"); ok {
+		t, ok := ParseTransport(s)
+		if !ok {
+			l.errorf(v, "proto: bad proto %q (want tcp or udp)", s)
+		}
+		c.Facts.Transport = t
+	}
+	c.Facts.DNSName, _, _ = str("dns")
 	c.Facts.SNI, _, _ = str("sni")
 	c.Facts.Host, _, _ = str("host")
 	c.Facts.Method, _, _ = str("method")
@@ -256,9 +264,17 @@ func ParseEndpoint(s string, port int) (netip.AddrPort, error) {
 }
 
 // InferApp guesses the protocol of a hand-written flow: TLS if it has an
-// SNI, HTTP if it has a Host, method or path, else unknown.
+// SNI, HTTP if it has a Host, method or path, else unknown; for UDP
+// (proto: udp): DNS with a dns: name, QUIC with an SNI, else udp. A dns:
+// name alone means DNS over either transport.
 func InferApp(f *Facts) inspect.Proto {
 	switch {
+	case f.DNSName != "":
+		return inspect.ProtoDNS
+	case f.Transport == TransportUDP && f.SNI != "":
+		return inspect.ProtoQUIC
+	case f.Transport == TransportUDP:
+		return inspect.ProtoUDP
 	case f.SNI != "":
 		return inspect.ProtoTLS
 	case f.Host != "" || f.Method != "" || f.Path != "":

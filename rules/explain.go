@@ -98,6 +98,8 @@ func (c *cond) fact(fl *flow) (string, bool) {
 		return addrOrNone("AS"+strconv.FormatUint(uint64(f.DstGeo.ASN), 10), f.DstGeo.ASN != 0, "destination ASN")
 	case condSrcASN:
 		return addrOrNone("AS"+strconv.FormatUint(uint64(f.SrcGeo.ASN), 10), f.SrcGeo.ASN != 0, "source ASN")
+	case condProto:
+		return f.Transport.String(), true
 	case condApp:
 		return f.App.String(), true
 	case condMethod:
@@ -114,8 +116,12 @@ func (c *cond) fact(fl *flow) (string, bool) {
 			return string(fl.sni), true
 		case fl.hasHost:
 			return string(fl.host), true
+		case fl.hasDNS:
+			return string(fl.dns) + " (DNS)", true
 		}
-		return "SNI or Host", false
+		return "SNI, Host or DNS name", false
+	case condDNS:
+		return addrOrNone(string(fl.dns), fl.hasDNS, "DNS name")
 	case condPath:
 		return addrOrNone(strconv.Quote(string(fl.path)), fl.hasPath, "path")
 	}

@@ -12,6 +12,8 @@ import (
 // full decision also has what inspect found in the first client bytes.
 type Facts struct {
 	Src, Dst netip.AddrPort
+	// Transport is TCP (the zero value) or UDP.
+	Transport Transport
 	// App is the protocol inspect detected (ProtoUnknown if none).
 	App inspect.Proto
 	// SNI is the TLS server_name; Host the HTTP Host header (a port in it
@@ -21,6 +23,9 @@ type Facts struct {
 	// Method and Path are from the HTTP request line; Path is the
 	// request-target as sent (origin or absolute form).
 	Method, Path string
+	// DNSName is the name a DNS query asks for (rules dns: and domain:);
+	// DNSType its type as EVE names it ("A", "AAAA"), for events only.
+	DNSName, DNSType string
 	// ALPN lists the protocols the TLS client offered (not matched by rules;
 	// carried for events).
 	ALPN []string

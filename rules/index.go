@@ -58,11 +58,12 @@ const (
 	fieldSNI = iota
 	fieldHost
 	fieldDomain
+	fieldDNS
 )
 
 // nameEntry holds, for one pattern name, the rules anchored on it per
-// field (sni, host, domain) and pattern kind (exact, apex, sub).
-type nameEntry [3][3][]int32
+// field (sni, host, domain, dns) and pattern kind (exact, apex, sub).
+type nameEntry [4][3][]int32
 
 func kindSlot(k domainFlags) int {
 	switch k {
@@ -203,7 +204,7 @@ func anchor(r *rule, ok func(c *cond) bool) *cond {
 // enough patterns to index, or nil.
 func anchorName(r *rule) *cond {
 	return anchor(r, func(c *cond) bool {
-		return (c.kind == condSNI || c.kind == condHost || c.kind == condDomain) && c.domains.len() <= maxAnchorValues
+		return (c.kind == condSNI || c.kind == condHost || c.kind == condDomain || c.kind == condDNS) && c.domains.len() <= maxAnchorValues
 	})
 }
 
@@ -294,6 +295,8 @@ func (s *Set) buildIndex() {
 				field = fieldSNI
 			case condHost:
 				field = fieldHost
+			case condDNS:
+				field = fieldDNS
 			}
 			for name, flags := range c.domains.m {
 				e := x.names[name]
@@ -363,6 +366,9 @@ func (s *Set) decideIndexed(fl *flow) Verdict {
 	}
 	if fl.hasHost {
 		x.lookupName(fl.host, [2]int{fieldHost, fieldDomain}, &c)
+	}
+	if fl.hasDNS {
+		x.lookupName(fl.dns, [2]int{fieldDNS, fieldDomain}, &c)
 	}
 	x.dst.lookup(fl.dst, &c)
 	x.src.lookup(fl.src, &c)

@@ -92,7 +92,8 @@ func readLimited(name string, limit int64) ([]byte, error) {
 type valueClass uint8
 
 const (
-	classPort valueClass = iota
+	classProto valueClass = iota
+	classPort
 	classIP
 	classCountry
 	classASN
@@ -104,18 +105,20 @@ const (
 )
 
 var classOf = [numCondKinds]valueClass{
+	condProto:   classProto,
 	condDstPort: classPort, condSrcPort: classPort,
 	condDst: classIP, condSrc: classIP,
 	condDstCountry: classCountry, condSrcCountry: classCountry,
 	condDstASN: classASN, condSrcASN: classASN,
 	condApp:    classApp,
 	condMethod: classMethod,
-	condSNI:    classDomain, condHost: classDomain, condDomain: classDomain,
+	condSNI:    classDomain, condHost: classDomain, condDomain: classDomain, condDNS: classDomain,
 	condPath: classPath,
 }
 
 // values holds parsed values of one class.
 type values struct {
+	protos    uint8
 	ports     []portRange
 	prefixes  []netip.Prefix
 	countries []string
@@ -127,6 +130,7 @@ type values struct {
 }
 
 func (v *values) add(o *values) {
+	v.protos |= o.protos
 	v.ports = append(v.ports, o.ports...)
 	v.prefixes = append(v.prefixes, o.prefixes...)
 	v.countries = append(v.countries, o.countries...)
@@ -140,6 +144,12 @@ func (v *values) add(o *values) {
 // parseValue parses one value of a class into v.
 func parseValue(v *values, class valueClass, s string) error {
 	switch class {
+	case classProto:
+		t, ok := ParseTransport(s)
+		if !ok {
+			return fmt.Errorf("bad proto %q (want tcp or udp)", s)
+		}
+		v.protos |= 1 << t
 	case classPort:
 		r, err := parsePortRange(s)
 		if err != nil {
@@ -245,7 +255,7 @@ func newLoader(path string, opts Options) *loader {
 
 var topKeys = []string{"default", "on_invalid", "deny_page", "lists", "rules"}
 var ruleKeys = func() []string {
-	k := []string{"name", "action", "description", "not"}
+	k := []string{"name", "action", "description", "dns_answer", "not"}
 	for _, c := range condKeys {
 		k = append(k, c)
 	}
@@ -638,6 +648,18 @@ func (l *loader) loadRule(n *yaml.Node) {
 	if v, ok := m["description"]; ok {
 		l.scalar(v, "a description (text)")
 	}
+	if v, ok := m["dns_answer"]; ok {
+		if s, ok := l.scalar(v, "a DNS answer (nxdomain, refused or nodata)"); ok {
+			if a, ok := ParseDNSAnswer(s); ok {
+				r.dnsAnswer = a
+			} else {
+				l.errorf(v, "bad dns_answer %q (want nxdomain, refused or nodata)%s", s, suggest(s, dnsAnswerNames[:]))
+				valid = false
+			}
+		} else {
+			valid = false
+		}
+	}
 	for k := condKind(0); k < numCondKinds; k++ {
 		if v, ok := m[condKeys[k]]; ok {
 			c, ok := l.condition(k, l.keyNode(n, condKeys[k]), v, false)
@@ -778,6 +800,8 @@ func (l *loader) condition(k condKind, key, n *yaml.Node, neg bool) (cond, bool)
 		vals = *only.parsed[class]
 	}
 	switch class {
+	case classProto:
+		c.protos = vals.protos
 	case classPort:
 		c.ports = newPortSet(vals.ports)
 	case classIP:

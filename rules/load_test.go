@@ -74,7 +74,7 @@ rules:
 			`rules.yaml:10:25: dst_port: bad port "70000" (want 0-65535 or a range like 8000-8999)`,
 			`rules.yaml:13:23: src_country: bad country code "UK" (did you mean "GB"?)`,
 			`rules.yaml:13:27: src_country: bad country code "XX" (want an ISO 3166-1 alpha-2 code like US or DE)`,
-			`rules.yaml:14:11: app: bad app "tsl" (want one of h2, http, ssh, tls, unknown) (did you mean "tls"?)`}},
+			`rules.yaml:14:11: app: bad app "tsl" (want one of dns, h2, http, quic, ssh, tls, udp, unknown) (did you mean "tls"?)`}},
 		{"empty rule, duplicate name, missing parts", `default: deny
 rules:
   -

@@ -11,7 +11,8 @@ import (
 type condKind uint8
 
 const (
-	condDstPort condKind = iota
+	condProto condKind = iota
+	condDstPort
 	condSrcPort
 	condDst
 	condSrc
@@ -25,6 +26,7 @@ const (
 	condSNI
 	condHost
 	condDomain
+	condDNS
 	condPath
 	numCondKinds
 )
@@ -33,6 +35,7 @@ const firstL7 = condApp
 
 // condKeys are the rule file keys, indexed by condKind.
 var condKeys = [numCondKinds]string{
+	condProto:      "proto",
 	condDstPort:    "dst_port",
 	condSrcPort:    "src_port",
 	condDst:        "dst",
@@ -46,6 +49,7 @@ var condKeys = [numCondKinds]string{
 	condSNI:        "sni",
 	condHost:       "host",
 	condDomain:     "domain",
+	condDNS:        "dns",
 	condPath:       "path",
 }
 
@@ -62,6 +66,7 @@ type cond struct {
 	line int  // position of the key, for explain
 	col  int
 
+	protos    uint8 // bit per Transport
 	ports     portSet
 	ips       *ipSet
 	countries *countrySet
@@ -76,12 +81,13 @@ type cond struct {
 
 // rule is one compiled rule.
 type rule struct {
-	name   string
-	action Action
-	line   int
-	col    int
-	conds  []cond // sorted by kind; L3/L4/geo first
-	nL34   int    // conds[:nL34] are address/port/geo conditions
+	name      string
+	action    Action
+	dnsAnswer DNSAnswer // dns_answer: what a denied DNS query is told
+	line      int
+	col       int
+	conds     []cond // sorted by kind; L3/L4/geo first
+	nL34      int    // conds[:nL34] are address/port/geo conditions
 }
 
 func (r *rule) hasL7() bool { return r.nL34 < len(r.conds) }
@@ -165,15 +171,17 @@ type flow struct {
 	f               *Facts
 	src, dst        netip.Addr
 	sni, host, path []byte
+	dns             []byte
 	hasSNI, hasHost bool
+	hasDNS          bool
 	hasPath         bool
 }
 
 // flowBufs holds a flow's normalised names and path. The caller keeps it on
 // its stack; flow slices point into it.
 type flowBufs struct {
-	sni, host [maxNameLen]byte
-	path      [maxPathLen]byte
+	sni, host, dns [maxNameLen]byte
+	path           [maxPathLen]byte
 }
 
 // prepare builds the flow for f. It returns the flow by value and writes
@@ -188,6 +196,9 @@ func (s *Set) prepare(f *Facts, early bool, bufs *flowBufs) flow {
 	}
 	if s.needs[condHost] || s.needs[condDomain] {
 		fl.host, fl.hasHost = normName(&bufs.host, f.Host, true)
+	}
+	if s.needs[condDNS] || s.needs[condDomain] {
+		fl.dns, fl.hasDNS = normName(&bufs.dns, f.DNSName, false)
 	}
 	if s.needs[condPath] {
 		fl.path, fl.hasPath = normPath(&bufs.path, f.Path)
@@ -206,6 +217,8 @@ func (c *cond) holds(fl *flow) bool {
 func (c *cond) test(fl *flow) bool {
 	f := fl.f
 	switch c.kind {
+	case condProto:
+		return c.protos&(1<<f.Transport) != 0
 	case condDstPort:
 		return c.ports.contains(f.Dst.Port())
 	case condSrcPort:
@@ -236,7 +249,10 @@ func (c *cond) test(fl *flow) bool {
 	case condHost:
 		return fl.hasHost && c.domains.match(fl.host)
 	case condDomain:
-		return fl.hasSNI && c.domains.match(fl.sni) || fl.hasHost && c.domains.match(fl.host)
+		return fl.hasSNI && c.domains.match(fl.sni) || fl.hasHost && c.domains.match(fl.host) ||
+			fl.hasDNS && c.domains.match(fl.dns)
+	case condDNS:
+		return fl.hasDNS && c.domains.match(fl.dns)
 	case condPath:
 		if !fl.hasPath {
 			return false
@@ -336,7 +352,7 @@ func (s *Set) decideOver(fl *flow, o *ruleOrder) Verdict {
 			alerts = append(alerts, r.name)
 			continue
 		}
-		return Verdict{Action: r.action, Rule: r.name, Alerts: alerts}
+		return Verdict{Action: r.action, Rule: r.name, Alerts: alerts, DNSAnswer: r.dnsAnswer}
 	}
 	return Verdict{Action: s.def, Alerts: alerts}
 }
@@ -377,7 +393,7 @@ func (s *Set) earlyOver(fl *flow, o *ruleOrder) (Verdict, bool) {
 			alerts = append(alerts, r.name)
 			continue
 		}
-		return Verdict{Action: r.action, Rule: r.name, Alerts: alerts}, true
+		return Verdict{Action: r.action, Rule: r.name, Alerts: alerts, DNSAnswer: r.dnsAnswer}, true
 	}
 	return Verdict{Action: s.def, Alerts: alerts}, true
 }

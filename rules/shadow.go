@@ -150,6 +150,8 @@ func subset(x, y *cond) bool {
 			}
 		}
 		return true
+	case classProto:
+		return x.protos&^y.protos == 0
 	case classApp:
 		return x.apps&^y.apps == 0
 	case classMethod:

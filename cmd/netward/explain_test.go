@@ -141,7 +141,7 @@ func TestExplainUsage(t *testing.T) {
 		{[]string{"--src", "10.0.0.1", "--dst", "10.0.0.2"}, "netward explain: --rules, --src and --dst are required\n"},
 		{[]string{"--rules", exampleRules, "--src", "nope", "--dst", "10.0.0.2:1"}, "netward explain: --src: bad address \"nope\" (want IP or IP:PORT)\n"},
 		{[]string{"--rules", exampleRules, "--src", "10.0.0.1:5", "--src-port", "6", "--dst", "10.0.0.2:1"}, "netward explain: --src: \"10.0.0.1:5\" has port 5, and port 6 is also given\n"},
-		{[]string{"--rules", exampleRules, "--src", "10.0.0.1", "--dst", "10.0.0.2:1", "--app", "gopher"}, "netward explain: --app: want one of h2, http, ssh, tls, unknown\n"},
+		{[]string{"--rules", exampleRules, "--src", "10.0.0.1", "--dst", "10.0.0.2:1", "--app", "gopher"}, "netward explain: --app: want one of dns, h2, http, quic, ssh, tls, udp, unknown\n"},
 		{[]string{"--rules", exampleRules, "--src", "10.0.0.1", "--dst", "10.0.0.2:1", "extra"}, "netward explain: unexpected argument \"extra\" (the flow is given by flags)\n"},
 	} {
 		code, _, errOut := runRulesTool(explainTool, tt.args...)

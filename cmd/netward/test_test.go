@@ -82,7 +82,7 @@ func TestTestCaseFileErrors(t *testing.T) {
 		cases + `:7:5: case "b" has no expect: (allow, deny or drop)`,
 		cases + `:10:5: unknown case key "expcet" (did you mean "expect"?)`,
 		cases + `:12:10: src: bad address "nope" (want IP or IP:PORT)`,
-		cases + `:14:10: app: bad app "tsl" (want one of h2, http, ssh, tls, unknown) (did you mean "tls"?)`,
+		cases + `:14:10: app: bad app "tsl" (want one of dns, h2, http, quic, ssh, tls, udp, unknown) (did you mean "tls"?)`,
 		cases + `:15:18: src_country: bad country code "UK" (did you mean "GB"?)`,
 		cases + `:16:13: bad action "reject" (want allow, deny, drop)`,
 		cases + `:17:12: early: want true or false`,
