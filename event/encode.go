@@ -32,6 +32,8 @@ type Header struct {
 	// default action decided.
 	Verdict string
 	Rule    string
+	// UDP writes proto "UDP" instead of "TCP".
+	UDP bool
 }
 
 // Geo is where an address is, as far as the geo databases know. It has the
@@ -131,6 +133,31 @@ type TLS struct {
 	ECH bool
 }
 
+// QUIC is an EVE "quic" event, logged once per ClientHello read from a
+// flow's Initial packets (a Retry or a new connection on the same 5-tuple
+// gives another).
+type QUIC struct {
+	Header
+	// Version is the QUIC version of the Initial: written as Suricata
+	// does, "1" for v1, "6b3343cf" for v2 (hex without leading zeros).
+	Version uint32
+	SNI     string
+	ALPN    []string // quic.client_alpns (netward's name, as tls.client_alpns)
+	JA4     string   // quic.ja4
+}
+
+// DNS is an EVE "dns" event for one query (Suricata's version 2 request
+// format: type "request", id, rrname, rrtype).
+type DNS struct {
+	Header
+	ID     uint16
+	RRName string // the query name as normalised (lower case, no trailing dot)
+	RRType string // "A", "AAAA", "HTTPS", ...
+	// Answer, when netward answered the query itself (a deny), is the
+	// rcode it sent: "NXDOMAIN", "REFUSED" or "NOERROR" (NODATA).
+	Answer string
+}
+
 // HTTP is an EVE "http" event, logged once per inspected HTTP/1.x request.
 type HTTP struct {
 	Header
@@ -219,7 +246,11 @@ func (l *Log) appendHeader(o *object, h *Header, eventType string) {
 		o.addr("dest_ip", h.Dst.Addr())
 		o.uint("dest_port", uint64(h.Dst.Port()))
 	}
-	o.str("proto", "TCP")
+	if h.UDP {
+		o.str("proto", "UDP")
+	} else {
+		o.str("proto", "TCP")
+	}
 	o.strNonEmpty("app_proto", h.AppProto)
 }
 
@@ -366,6 +397,38 @@ func (l *Log) appendHTTP(dst []byte, e *HTTP) []byte {
 	if e.Length != 0 {
 		o.int("length", e.Length)
 	}
+	o.close()
+	appendTrailer(&o, &e.Header, false)
+	return o.b
+}
+
+func (l *Log) appendQUIC(dst []byte, e *QUIC) []byte {
+	o := object{b: dst}
+	l.appendHeader(&o, &e.Header, "quic")
+	o.child("quic")
+	if e.Version != 0 {
+		o.str("version", strconv.FormatUint(uint64(e.Version), 16))
+	}
+	o.strNonEmpty("sni", e.SNI)
+	o.strNonEmpty("ja4", e.JA4)
+	if len(e.ALPN) > 0 {
+		o.strArray("client_alpns", e.ALPN)
+	}
+	o.close()
+	appendTrailer(&o, &e.Header, false)
+	return o.b
+}
+
+func (l *Log) appendDNS(dst []byte, e *DNS) []byte {
+	o := object{b: dst}
+	l.appendHeader(&o, &e.Header, "dns")
+	o.child("dns")
+	o.int("version", 2)
+	o.str("type", "request")
+	o.uint("id", uint64(e.ID))
+	o.str("rrname", e.RRName)
+	o.strNonEmpty("rrtype", e.RRType)
+	o.strNonEmpty("netward_answer", e.Answer)
 	o.close()
 	appendTrailer(&o, &e.Header, false)
 	return o.b

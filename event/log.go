@@ -193,6 +193,26 @@ func (l *Log) HTTP(e *HTTP) {
 	l.enqueue(b)
 }
 
+// QUIC logs a quic event. e is read before QUIC returns and not kept.
+func (l *Log) QUIC(e *QUIC) {
+	if l == nil {
+		return
+	}
+	b := bufPool.Get().(*buffer)
+	b.b = l.appendQUIC(b.b[:0], e)
+	l.enqueue(b)
+}
+
+// DNS logs a dns event. e is read before DNS returns and not kept.
+func (l *Log) DNS(e *DNS) {
+	if l == nil {
+		return
+	}
+	b := bufPool.Get().(*buffer)
+	b.b = l.appendDNS(b.b[:0], e)
+	l.enqueue(b)
+}
+
 // enqueue hands b to the writer or, if the queue is full (by count or by
 // bytes) or the log is closed, drops it. It never blocks.
 func (l *Log) enqueue(b *buffer) {

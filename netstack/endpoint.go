@@ -274,8 +274,15 @@ func (e *linkEndpoint) deliverPacket(vh, b []byte, own *buffer.View) (took bool)
 		return
 	}
 	if !isTCP(b, proto) {
+		var vh *virtioNetHdr
+		if e.vnetHdr {
+			vh = &hdr
+		}
+		if e.handleUDP(b, proto, vh) {
+			return
+		}
 		// The kernel's own packets on the TUN (IPv6 MLD/ND, for
-		// example): steering only ever routes TCP here.
+		// example): steering only ever routes TCP and UDP here.
 		e.stats.RxNotTCP.Add(1)
 		return
 	}

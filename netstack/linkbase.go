@@ -30,6 +30,9 @@ type linkBase struct {
 	// gate holds SYNs whose tuple gVisor keeps in TIME_WAIT; nil for
 	// none. Set (setGate) before the readers start.
 	gate *synGate
+	// datagrams takes the UDP packets; nil drops them. Set before the
+	// readers start.
+	datagrams DatagramHandler
 
 	failOnce sync.Once
 	failed   chan struct{} // closed when the datapath stops on its own
@@ -119,6 +122,8 @@ func (b *linkBase) getDispatcher() stack.NetworkDispatcher {
 
 // setGate installs the SYN gate; before the first Attach.
 func (b *linkBase) setGate(g *synGate) { b.gate = g }
+
+func (b *linkBase) setDatagrams(h DatagramHandler) { b.datagrams = h }
 
 // gateHeld reports whether the SYN gate took pkt, a received TCP packet,
 // to deliver later (deliverHeld).

@@ -71,6 +71,9 @@ type Options struct {
 	VnetHdr bool
 	// Handler admits and serves flows. Required.
 	Handler Handler
+	// Datagrams takes the UDP packets steering sends to the TUN; nil
+	// drops them (counted in Stats.RxUDPDropped).
+	Datagrams DatagramHandler
 	// Logger for errors outside any flow; nil discards.
 	Logger *slog.Logger
 	// MaxInFlight: see DefaultMaxInFlight.
@@ -289,6 +292,7 @@ func New(o Options) (*Stack, error) {
 	// The gate too: it must see the first SYN the readers deliver.
 	s.gate = newSYNGate(st, o.TimeWait, &s.stats, link.deliverHeld)
 	link.setGate(s.gate)
+	link.setDatagrams(o.Datagrams)
 	// The forwarder is in place before the NIC exists: the NIC's readers
 	// start delivering packets as soon as it is created.
 	fwd := tcp.NewForwarder(st, 0, o.MaxInFlight, s.handleSYN)
@@ -338,6 +342,10 @@ type tunLink interface {
 	failure() <-chan struct{}
 	failureReason() error
 	setGate(*synGate)
+	setDatagrams(DatagramHandler)
+	// writeDatagram writes one whole IP packet (checksums complete) to
+	// the TUN, for the kernel to route on.
+	writeDatagram(pkt []byte) error
 	deliverHeld(tcpip.NetworkProtocolNumber, []byte)
 }
 
@@ -353,6 +361,20 @@ func (s *Stack) Err() error {
 	default:
 		return nil
 	}
+}
+
+// WriteDatagram writes one whole IP packet, its checksums complete, into
+// the TUN: the kernel routes it on as if it had arrived there (a datagram
+// the DatagramHandler allows, or an answer netward makes: a DNS refusal,
+// an ICMP error). Safe for concurrent use.
+func (s *Stack) WriteDatagram(pkt []byte) error {
+	err := s.link.writeDatagram(pkt)
+	if err != nil {
+		s.stats.TxUDPErrors.Add(1)
+		return err
+	}
+	s.stats.TxUDPPackets.Add(1)
+	return nil
 }
 
 // Stats returns the live counters.

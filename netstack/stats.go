@@ -10,7 +10,12 @@ type Stats struct {
 	RxGSOPackets  atomic.Uint64 // of which GSO super-packets
 	RxMalformed   atomic.Uint64 // not IPv4/IPv6, or shorter than a header
 	RxNotTCP      atomic.Uint64 // IP but not TCP (kernel's own ND/MLD): dropped
-	RxBadChecksum atomic.Uint64 // TCP checksum wrong (packets the kernel had not verified)
+	RxBadChecksum atomic.Uint64 // TCP or UDP checksum wrong (packets the kernel had not verified)
+	RxUDPPackets  atomic.Uint64 // UDP packets handed to the DatagramHandler
+	RxUDPBytes    atomic.Uint64
+	RxUDPDropped  atomic.Uint64 // UDP with no DatagramHandler
+	TxUDPPackets  atomic.Uint64 // packets written by WriteDatagram
+	TxUDPErrors   atomic.Uint64 // of which the kernel refused
 	ReadErrors    atomic.Uint64
 	TxPackets     atomic.Uint64 // packets written to the TUN
 	TxBytes       atomic.Uint64

@@ -23,6 +23,10 @@ const (
 	// that left them used the kernel upstream leg.
 	DefaultTransparentTable        = 20056
 	DefaultTransparentRulePriority = 20054
+
+	// Conntrack marks of allowed UDP flows (Config.BypassMark).
+	DefaultBypassMark     = 0x4e5a
+	DefaultBypassQUICMark = 0x4e5b
 )
 
 // DefaultTUNAddr is the link-local /32 Install puts on the TUN. The kernel's
@@ -174,6 +178,20 @@ type Config struct {
 	// TransparentMark) when TransparentMark is set, 0 otherwise.
 	UpstreamMark uint32
 
+	// UDP steers forwarded UDP too (QUIC, DNS, everything else), with the
+	// kernel bypass below for flows netward has allowed.
+	UDP bool
+	// BypassMark and BypassQUICMark are the conntrack marks (in Mask's
+	// bits) netward gives a UDP flow it has allowed (see Conntrack): the
+	// steering rules then leave the flow's later datagrams to plain
+	// forwarding. BypassMark skips every datagram but QUIC v1/v2 long
+	// headers (a QUIC handshake starting on a flow first judged as plain
+	// UDP is still read); BypassQUICMark only QUIC short-header packets,
+	// so every later Initial (a Retry, a new connection on the same
+	// 5-tuple) is judged again. Required, different from each other and
+	// from the packet marks, when UDP is set.
+	BypassMark, BypassQUICMark uint32
+
 	// Logger gets every kernel object installed or removed at debug level,
 	// leftovers removed at info. nil discards.
 	Logger *slog.Logger
@@ -191,6 +209,10 @@ func DefaultConfig() Config {
 		FailMode:     FailOpen,
 		IPv6:         true,
 		TUNAddr:      DefaultTUNAddr,
+		UDP:          true,
+
+		BypassMark:     DefaultBypassMark,
+		BypassQUICMark: DefaultBypassQUICMark,
 
 		TransparentTable:        DefaultTransparentTable,
 		TransparentRulePriority: DefaultTransparentRulePriority,
@@ -235,6 +257,24 @@ func (c *Config) validate() error {
 		seen[name] = true
 	}
 	errs = append(errs, c.validateIDs()...)
+	if c.UDP {
+		for _, m := range []struct {
+			name string
+			v    uint32
+		}{{"bypass mark", c.BypassMark}, {"QUIC bypass mark", c.BypassQUICMark}} {
+			switch {
+			case m.v == 0:
+				bad("%s must be set when UDP is steered", m.name)
+			case m.v&^c.Mask != 0:
+				bad("%s %#x has bits outside the mask %#x", m.name, m.v, c.Mask)
+			case m.v&c.Mask == c.Mark&c.Mask:
+				bad("%s %#x is the steering mark", m.name, m.v)
+			}
+		}
+		if c.BypassMark != 0 && c.BypassMark == c.BypassQUICMark {
+			bad("bypass mark and QUIC bypass mark are both %#x", c.BypassMark)
+		}
+	}
 	if c.FailMode > FailClosed {
 		bad("fail mode %d is not open or closed", uint8(c.FailMode))
 	}

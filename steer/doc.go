@@ -1,5 +1,5 @@
 // Package steer is everything netward does to the kernel's packet path:
-// the iptables/ip6tables chains that select and mark forwarded TCP, the ip
+// the iptables/ip6tables chains that select and mark forwarded TCP and UDP, the ip
 // rules and the routing table that send it into netward's TUN, the TUN's
 // address and sysctls, the fail-open/fail-closed behaviour, and the removal
 // of all of it, on a clean stop (Remove) and after a crash (Cleanup).
@@ -51,8 +51,11 @@
 //	iptables -t mangle -A NETWARD -i lo -j RETURN
 //	iptables -t mangle -A NETWARD -m u32 ! --u32 '0x4&0x3fff=0x0' -j RETURN
 //	iptables -t mangle -A NETWARD -m addrtype --dst-type LOCAL -j RETURN
+//	iptables -t mangle -A NETWARD -p udp -m connmark --mark 0x4e5a/0xffff -m u32 ! --u32 '0>>22&0x3C@8>>24&0x80=0x80&&0>>22&0x3C@9=0x1' -m u32 ! --u32 '0>>22&0x3C@8>>24&0x80=0x80&&0>>22&0x3C@9=0x6b3343cf' -j RETURN
+//	iptables -t mangle -A NETWARD -p udp -m connmark --mark 0x4e5b/0xffff -m u32 --u32 '0>>22&0x3C@8>>24&0x80=0x0' -j RETURN
 //	iptables -t mangle -A NETWARD -p tcp -j MARK --set-xmark 0x4e57/0xffff
-//	iptables -t mangle -I PREROUTING 1 -p tcp -j NETWARD
+//	iptables -t mangle -A NETWARD -p udp -j MARK --set-xmark 0x4e57/0xffff
+//	iptables -t mangle -I PREROUTING 1 -j NETWARD
 //	ip6tables -t raw -N NETWARD_RAW
 //	ip6tables -t raw -A NETWARD_RAW -i netward0 -j CT --notrack
 //	ip6tables -t raw -A NETWARD_RAW -i netward0 -j ACCEPT
@@ -67,8 +70,11 @@
 //	ip6tables -t mangle -A NETWARD -i lo -j RETURN
 //	ip6tables -t mangle -A NETWARD -m frag -j RETURN
 //	ip6tables -t mangle -A NETWARD -m addrtype --dst-type LOCAL -j RETURN
+//	ip6tables -t mangle -A NETWARD -p udp -m connmark --mark 0x4e5a/0xffff -m u32 ! --u32 '48>>24&0x80=0x80&&49=0x1' -m u32 ! --u32 '48>>24&0x80=0x80&&49=0x6b3343cf' -j RETURN
+//	ip6tables -t mangle -A NETWARD -p udp -m connmark --mark 0x4e5b/0xffff -m u32 --u32 '48>>24&0x80=0x0' -j RETURN
 //	ip6tables -t mangle -A NETWARD -p tcp -j MARK --set-xmark 0x4e57/0xffff
-//	ip6tables -t mangle -I PREROUTING 1 -p tcp -j NETWARD
+//	ip6tables -t mangle -A NETWARD -p udp -j MARK --set-xmark 0x4e57/0xffff
+//	ip6tables -t mangle -I PREROUTING 1 -j NETWARD
 //	ip rule add priority 20055 fwmark 0x4e57/0xffff lookup 20055
 //	ip -6 rule add priority 20055 fwmark 0x4e57/0xffff lookup 20055
 //
@@ -83,6 +89,7 @@
 //
 //	iptables -t raw -A NETWARD_RAW -i eth1 -p tcp -j CT --notrack
 //	iptables -t mangle -A NETWARD -i eth1 -p tcp -j MARK --set-xmark 0x4e57/0xffff
+//	iptables -t mangle -A NETWARD -i eth1 -p udp -j MARK --set-xmark 0x4e57/0xffff
 //
 // Nothing is added to the filter or nat tables, to OUTPUT, or to any
 // global sysctl, unless the kernel upstream leg is on (below).
@@ -179,6 +186,28 @@
 //   - The ip rule comes last in Install and goes first in Remove: steering
 //     starts only when the path behind it is complete and stops before it is
 //     taken apart.
+//
+// # UDP
+//
+// With UDP set (the default), forwarded UDP is marked and routed into the
+// TUN like TCP, where netward judges it datagram by datagram (package
+// datagram); the jump to NETWARD then takes every protocol, and the chain's
+// selection is the same. Unlike TCP, UDP stays tracked: netward relays a
+// datagram by writing it back, unchanged, into the TUN (packets from the
+// TUN are untracked and never steered again), so the conntrack entry the
+// kernel made for its arrival is the flow's only one, and it carries the
+// bypass. When netward allows a flow it sets that entry's mark
+// (Conntrack.Bypass): BypassMark for UDP that is not QUIC, BypassQUICMark
+// for QUIC, and the two RETURN rules before the MARK rule then leave the
+// flow's datagrams to plain forwarding, except those netward must still
+// see: QUIC v1/v2 long headers (Initial, 0-RTT, Handshake, Retry) on both
+// kinds, so that a Retry's new ClientHello, a second connection on the
+// same 5-tuple or a QUIC handshake after other UDP is judged too. DNS flows
+// are never bypassed: every query is judged. When the conntrack entry
+// expires (net.netfilter.nf_conntrack_udp_timeout*), the flow's next
+// datagram is steered and judged again. Fail modes apply to UDP as to TCP
+// (the prohibit route answers steered UDP with ICMP administratively
+// prohibited); bypassed flows keep flowing in both.
 //
 // # Interfaces
 //

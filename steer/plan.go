@@ -121,18 +121,19 @@ func iptablesPlan(c *Config, v6 bool) []chainPlan {
 	if len(ifaces) == 0 {
 		ifaces = []string{""} // one rule without -i
 	}
-	per := func(action ...string) [][]string {
+	perProto := func(proto string, action ...string) [][]string {
 		var out [][]string
 		for _, name := range ifaces {
 			var r []string
 			if name != "" {
 				r = append(r, "-i", name)
 			}
-			r = append(r, "-p", "tcp")
+			r = append(r, "-p", proto)
 			out = append(out, append(r, action...))
 		}
 		return out
 	}
+	per := func(action ...string) [][]string { return perProto("tcp", action...) }
 
 	raw := chainPlan{
 		table: "raw",
@@ -159,13 +160,52 @@ func iptablesPlan(c *Config, v6 bool) []chainPlan {
 		hook:  "PREROUTING",
 		jump:  []string{"-p", "tcp", "-j", MangleChain},
 	}
+	if c.UDP {
+		mangle.jump = []string{"-j", MangleChain}
+	}
 	// Packets out of the TUN are never steered again: no loop.
 	mangle.rules = append(mangle.rules, []string{"-i", c.TUN, "-j", "RETURN"})
 	mangle.rules = append(mangle.rules, selection...)
+	if c.UDP {
+		mangle.rules = append(mangle.rules, udpBypassRules(c, v6)...)
+	}
 	mangle.rules = append(mangle.rules, per("-j", "MARK", "--set-xmark", c.markMask())...)
+	if c.UDP {
+		mangle.rules = append(mangle.rules, perProto("udp", "-j", "MARK", "--set-xmark", c.markMask())...)
+	}
 
 	return []chainPlan{raw, mangle}
 }
+
+// udpBypassRules leave the later datagrams of UDP flows netward allowed
+// (conntrack mark set by Conntrack.Bypass) to plain forwarding. The u32
+// matches read the first bytes of the UDP payload: at the IHL's offset + 8
+// in IPv4, at 48 in IPv6 (no extension headers: a packet with one is not
+// matched and stays steered, which is safe). A QUIC long header is its
+// first bit set (RFC 9000 §17.2) and, for v1/v2, the version in the next
+// four bytes; a short header has the first bit clear (§17.3).
+func udpBypassRules(c *Config, v6 bool) [][]string {
+	payload, version := "0>>22&0x3C@8", "0>>22&0x3C@9"
+	if v6 {
+		payload, version = "48", "49"
+	}
+	long := func(v uint32) string {
+		return fmt.Sprintf("%s>>24&0x80=0x80&&%s=%#x", payload, version, v)
+	}
+	short := payload + ">>24&0x80=0x0"
+	return [][]string{
+		{"-p", "udp", "-m", "connmark", "--mark", fmt.Sprintf("%#x/%#x", c.BypassMark, c.Mask),
+			"-m", "u32", "!", "--u32", long(quicVersion1), "-m", "u32", "!", "--u32", long(quicVersion2), "-j", "RETURN"},
+		{"-p", "udp", "-m", "connmark", "--mark", fmt.Sprintf("%#x/%#x", c.BypassQUICMark, c.Mask),
+			"-m", "u32", "--u32", short, "-j", "RETURN"},
+	}
+}
+
+// QUIC versions whose long headers stay steered on bypassed flows.
+const (
+	quicVersion1 = 0x00000001
+	quicVersion2 = 0x6b3343cf
+)
 
 func (c *Config) markMask() string { return fmt.Sprintf("%#x/%#x", c.Mark, c.Mask) }
 
