@@ -47,6 +47,14 @@ type Config struct {
 	// running: "open" (plain kernel forwarding) or "closed" (blocked).
 	FailMode string `yaml:"fail_mode"`
 
+	// UDP steers forwarded UDP too: QUIC judged by its ClientHello, DNS
+	// query by query, other UDP by addresses, ports and geo.
+	UDP bool `yaml:"udp"`
+	// UDPBypass hands an allowed QUIC or plain UDP flow to kernel
+	// forwarding after its verdict (conntrack mark). false keeps every
+	// datagram on netward's path (slower; for comparison).
+	UDPBypass bool `yaml:"udp_bypass"`
+
 	// Rules is the rule file (see rules/README.md). Empty: allow all.
 	Rules string `yaml:"rules"`
 	// GeoIP names the mmdb files for country and ASN lookups.
@@ -111,6 +119,12 @@ type Limits struct {
 	// HalfClosedTimeout closes a flow whose one side has finished and the
 	// other has sent nothing since.
 	HalfClosedTimeout time.Duration `yaml:"half_closed_timeout"`
+	// UDPIdleTimeout ends a UDP flow that sent nothing through netward
+	// for this long (a bypassed one lives while the kernel tracks it).
+	UDPIdleTimeout time.Duration `yaml:"udp_idle_timeout"`
+	// UDPInspectTimeout is how long a QUIC client may take to complete
+	// its ClientHello (its Initial datagrams are held meanwhile).
+	UDPInspectTimeout time.Duration `yaml:"udp_inspect_timeout"`
 }
 
 // Default returns the configuration used when no file and no flag says
@@ -125,6 +139,8 @@ func Default() *Config {
 		Table:        20055,
 		RulePriority: 20055,
 		FailMode:     "open",
+		UDP:          true,
+		UDPBypass:    true,
 		Log: Log{
 			Level:       "info",
 			Format:      "text",
@@ -141,6 +157,8 @@ func Default() *Config {
 			ConnectTimeout:    30 * time.Second,
 			IdleTimeout:       15 * time.Minute,
 			HalfClosedTimeout: 2 * time.Minute,
+			UDPIdleTimeout:    60 * time.Second,
+			UDPInspectTimeout: 2 * time.Second,
 		},
 	}
 }
@@ -248,6 +266,8 @@ func (c *Config) Validate() error {
 		{"limits.connect_timeout", int64(l.ConnectTimeout)},
 		{"limits.idle_timeout", int64(l.IdleTimeout)},
 		{"limits.half_closed_timeout", int64(l.HalfClosedTimeout)},
+		{"limits.udp_idle_timeout", int64(l.UDPIdleTimeout)},
+		{"limits.udp_inspect_timeout", int64(l.UDPInspectTimeout)},
 	}
 	for _, p := range positive {
 		if p.v <= 0 {

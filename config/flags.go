@@ -57,6 +57,28 @@ func NewFlags(fs *flag.FlagSet) *Flags {
 		c.AckDelay = d
 		return nil
 	}
+	boolFlag := func(name, usage string, apply func(c *Config, b bool)) {
+		fs.String(name, "", usage)
+		f.set[name] = func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("--%s: %q is not true or false", name, v)
+			}
+			apply(c, b)
+			return nil
+		}
+	}
+	boolFlag("udp", "steer and judge UDP (QUIC, DNS): true or false (default true)", func(c *Config, b bool) { c.UDP = b })
+	boolFlag("udp-bypass", "hand allowed QUIC/UDP flows to kernel forwarding after the verdict: true or false (default true)", func(c *Config, b bool) { c.UDPBypass = b })
+	fs.String("udp-idle-timeout", "", "end a UDP flow idle this long, e.g. 60s (default 60s)")
+	f.set["udp-idle-timeout"] = func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("--udp-idle-timeout: %q is not a positive duration such as 60s", v)
+		}
+		c.Limits.UDPIdleTimeout = d
+		return nil
+	}
 	fs.String("pprof", "", "serve /debug/pprof on the metrics listener: true or false")
 	f.set["pprof"] = func(c *Config, v string) error {
 		b, err := strconv.ParseBool(v)

@@ -98,6 +98,7 @@ type Metrics struct {
 	flows FlowTable
 
 	flowsTotal prometheus.Counter
+	udpDatagrams, udpBypassed *prometheus.CounterVec
 	// Relayed bytes are plain atomics exported by funcCollector: an atomic
 	// add is a third of prometheus.Counter.Add's cost, and this is paid on
 	// every relay write.
@@ -170,9 +171,35 @@ func New(opts Options) *Metrics {
 		ConstLabels: prometheus.Labels{"version": m.version, "goversion": runtime.Version()}})
 	build.Set(1)
 
+	m.udpDatagrams = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "netward", Name: "udp_datagrams_total",
+		Help: "UDP datagrams netward read from the TUN, by what became of them: forwarded, held (until the verdict), refused (deny or drop), invalid (did not parse as QUIC or DNS), answered (a DNS query netward answered itself)."}, []string{"result"})
+	m.udpBypassed = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "netward", Name: "udp_bypass_total",
+		Help: "Allowed UDP flows handed to plain kernel forwarding (conntrack mark), by result (ok, failed)."}, []string{"result"})
+	m.reg.MustRegister(m.udpDatagrams, m.udpBypassed)
 	m.reg.MustRegister(m.flowsTotal, m.verdicts, m.inspectErrors, m.peekTimeouts,
 		reloads, m.rulesInfo, m.rulesCount, m.rulesLoadedAt, active, build, (*funcCollector)(m))
 	return m
+}
+
+// UDPDatagrams counts n datagrams in netward_udp_datagrams_total{result}.
+func (m *Metrics) UDPDatagrams(result string, n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.udpDatagrams.WithLabelValues(result).Add(float64(n))
+}
+
+// UDPBypass counts a kernel bypass of an allowed UDP flow (ok) or a failed
+// attempt (the flow then stays on netward's path).
+func (m *Metrics) UDPBypass(ok bool) {
+	if m == nil {
+		return
+	}
+	r := "ok"
+	if !ok {
+		r = "failed"
+	}
+	m.udpBypassed.WithLabelValues(r).Inc()
 }
 
 // Registry is where the metrics are registered, for other packages'

@@ -363,6 +363,10 @@ func (s *Stack) Err() error {
 	}
 }
 
+// NewFlowID returns a fresh flow id from the sequence TCP flows take
+// theirs from, for the UDP flows the DatagramHandler tracks.
+func (s *Stack) NewFlowID() uint64 { return s.nextID.Add(1) }
+
 // WriteDatagram writes one whole IP packet, its checksums complete, into
 // the TUN: the kernel routes it on as if it had arrived there (a datagram
 // the DatagramHandler allows, or an answer netward makes: a DNS refusal,

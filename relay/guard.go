@@ -299,6 +299,9 @@ type guardFlow struct {
 	verdict  rules.Verdict
 	alerted  bool
 	requests int
+	// dnsRefusal is the framed DNS answer a denied DNS-over-TCP query
+	// gets (refuseDNS).
+	dnsRefusal []byte
 }
 
 func (g *Guard) newFlow(f *netstack.Flow, client, server netstack.Conn) *guardFlow {
@@ -527,6 +530,9 @@ func (gf *guardFlow) serveUp() *halfError {
 	gf.in = in
 
 	gf.client.SetReadDeadline(time.Now().Add(gf.lim.InspectTimeout))
+	if gf.f.Server.Port() == dnsPort {
+		return gf.serveDNS(in)
+	}
 	proto, err := in.detect()
 	if err != nil {
 		return err
@@ -917,6 +923,7 @@ const (
 	refuseReset    refusal = iota // TCP reset
 	refuseTLSAlert                // fatal TLS alert, then close
 	refuseHTTP403                 // HTTP 403 page naming the rule, then close
+	refuseDNS                     // the DNS answer in gf.dnsRefusal, then close
 )
 
 // refuse enforces a deny or drop verdict. The server never gets the held
@@ -930,7 +937,7 @@ func (gf *guardFlow) refuse(v rules.Verdict, how refusal) {
 		gf.in.buf = gf.in.buf[:0]
 	}
 	gf.client.SetReadDeadline(time.Time{})
-	if how == refuseHTTP403 && gf.requests > 1 && v.Action == rules.ActionDeny {
+	if (how == refuseHTTP403 || how == refuseDNS) && gf.requests > 1 && v.Action == rules.ActionDeny {
 		// Let the server finish what it owes for the requests it got: a
 		// FIN upstream, then wait for its side to end.
 		gf.server.CloseWrite()
@@ -956,6 +963,9 @@ func (gf *guardFlow) refuse(v rules.Verdict, how refusal) {
 		gf.ownOut += int64(n)
 	case refuseHTTP403:
 		n, _ := gf.client.Write(gf.denyResponse(v))
+		gf.ownOut += int64(n)
+	case refuseDNS:
+		n, _ := gf.client.Write(gf.dnsRefusal)
 		gf.ownOut += int64(n)
 	default:
 		abortConn(gf.client)

@@ -67,6 +67,9 @@ type ServerOptions struct {
 	// TLS (see ServerTLS), HTTP/1.1 only.
 	TLSPort int
 	TLS     *tls.Config
+	// DNSPort, if not 0, also runs the DNS server (DNSServer) there, UDP
+	// and TCP; it logs DNSLog lines.
+	DNSPort int
 }
 
 // Serve runs every server until ctx ends.
@@ -94,7 +97,7 @@ func Serve(ctx context.Context, opts ServerOptions) error {
 		return err
 	}
 	conns := map[int]func(net.Conn, *logger){XferPort: serveXfer, BannerPort: serveBanner, EchoPort: serveEcho}
-	errc := make(chan error, len(conns)+1)
+	errc := make(chan error, len(conns)+3)
 	for port, handle := range conns {
 		ln, err := listen(port)
 		if err != nil {
@@ -117,6 +120,14 @@ func Serve(ctx context.Context, opts ServerOptions) error {
 			return err
 		}
 		go func() { errc <- tlsSrv.Serve(tls.NewListener(ln, opts.TLS)) }()
+	}
+	if opts.DNSPort != 0 {
+		d, err := listenDNS(":"+strconv.Itoa(opts.DNSPort), lg) // dual-stack
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		go func() { errc <- d.Serve(ctx) }()
 	}
 	if opts.Ready != nil {
 		opts.Ready()
