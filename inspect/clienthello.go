@@ -88,9 +88,15 @@ type ClientHello struct {
 	// MD5 in lower-case hex.
 	JA3     string
 	JA3Hash string
-	// JA4 is the FoxIO JA4 fingerprint (TLS over TCP), e.g.
-	// "t13d1516h2_8daaf6152771_e5627efa2ab1".
+	// JA4 is the FoxIO JA4 fingerprint, e.g.
+	// "t13d1516h2_8daaf6152771_e5627efa2ab1"; it starts with "q" rather
+	// than "t" for a hello that came over QUIC.
 	JA4 string
+
+	// QUIC is whether the hello came in QUIC CRYPTO frames
+	// (TLSParser.ParseHandshake) rather than TLS records; RecordVersion and
+	// Records are then 0.
+	QUIC bool
 
 	// Size is the length of the handshake message, its 4-byte header
 	// included.

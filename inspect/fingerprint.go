@@ -40,13 +40,21 @@ func (p *TLSParser) fingerprint() {
 	h.JA3Hash = p.intern.strUnique(hexSum[:])
 
 	// JA4 (github.com/FoxIO-LLC/ja4, technical_details/JA4.md):
-	// JA4_a "t" + version + "d"/"i" + #ciphers + #extensions + ALPN chars,
+	// JA4_a "t" (or "q") + version + "d"/"i" + #ciphers + #extensions + ALPN chars,
 	// JA4_b = sha256(sorted ciphers)[:12],
 	// JA4_c = sha256(sorted extensions without SNI and ALPN "_" signature
 	// algorithms in order)[:12]; GREASE ignored everywhere.
 	var ja4 [36]byte
 	a := ja4[:0]
-	a = append(a, 't')
+	if p.quic {
+		a = append(a, 'q') // JA4: the ClientHello came in QUIC
+	} else {
+		if h.QUIC {
+		a = append(a, 'q') // JA4's protocol: t (TCP), q (QUIC), d (DTLS)
+	} else {
+		a = append(a, 't')
+	}
+	}
 	a = append(a, ja4Version(h.MaxVersion)...)
 	if h.HasServerName {
 		a = append(a, 'd')

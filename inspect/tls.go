@@ -101,6 +101,8 @@ type TLSParser struct {
 	hsRecords     int    // handshake records read
 	recordVersion uint16 // version of the first handshake record
 
+	quic bool // the hello came from QUIC CRYPTO frames (ParseHandshake): JA4 "q"
+
 	hello   ClientHello
 	seen    [1 << 16 / 64]uint64 // extension types seen in this hello (8 KiB)
 	scratch []byte
@@ -132,6 +134,29 @@ func (p *TLSParser) Reset() {
 	p.alertN, p.alerts = 0, 0
 	p.hsLen, p.buf = 0, p.buf[:0]
 	p.hsRecords, p.recordVersion = 0, 0
+	p.quic = false
+}
+
+// ParseHandshake parses msg, one whole ClientHello handshake message (its
+// 4-byte header included) without TLS record framing, as QUIC carries it
+// in CRYPTO frames (RFC 9001 §4). quic marks the hello as QUIC's (JA4
+// starts with "q"). On success the parser is Done and Hello returns the
+// hello; errors are as Feed's. msg is not retained.
+func (p *TLSParser) ParseHandshake(msg []byte, quic bool) error {
+	if p.max == 0 {
+		p.max = p.opts.maxHelloSize()
+	}
+	if len(msg) > p.max {
+		_, _, err := p.fail(errHelloTooLarge)
+		return err
+	}
+	p.quic = quic
+	if err := p.parseHello(msg); err != nil {
+		p.fail(err)
+		return err
+	}
+	p.state = tlsDone
+	return nil
 }
 
 // Hello returns the parsed ClientHello after Feed returned Done, else nil.

@@ -29,8 +29,10 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 	dst := fs.String("dst", "", "server `address`: IP or IP:PORT (required)")
 	srcPort := fs.Int("src-port", -1, "client `port` (if --src has none)")
 	dstPort := fs.Int("dst-port", -1, "server `port` (if --dst has none)")
-	app := fs.String("app", "", "protocol: "+strings.Join(rules.AppNames(), ", ")+" (default: tls with --sni, http with --host/--method/--path, else unknown)")
-	sni := fs.String("sni", "", "TLS server name")
+	app := fs.String("app", "", "protocol: "+strings.Join(rules.AppNames(), ", ")+" (default: dns with --dns; with --proto udp quic with --sni, else udp; tls with --sni, http with --host/--method/--path, else unknown)")
+	proto := fs.String("proto", "tcp", "transport: tcp or udp (QUIC, DNS)")
+	dnsName := fs.String("dns", "", "DNS query name (a DNS flow)")
+	sni := fs.String("sni", "", "TLS server name (a QUIC flow's too, with --proto udp)")
 	host := fs.String("host", "", "HTTP Host header")
 	method := fs.String("method", "", "HTTP method")
 	path := fs.String("path", "", "HTTP request path")
@@ -69,7 +71,12 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 	if f.Dst, err = rules.ParseEndpoint(*dst, *dstPort); err != nil {
 		return usageErr("--dst: %v", err)
 	}
-	f.SNI, f.Host, f.Method, f.Path = *sni, *host, *method, *path
+	f.SNI, f.Host, f.Method, f.Path, f.DNSName = *sni, *host, *method, *path, *dnsName
+	t, ok := rules.ParseTransport(*proto)
+	if !ok {
+		return usageErr("--proto: want tcp or udp")
+	}
+	f.Transport = t
 	if *app != "" {
 		p, ok := rules.ParseApp(strings.ToLower(*app))
 		if !ok {
@@ -108,13 +115,14 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 // flowLine describes the flow as explain judged it.
 func flowLine(f *rules.Facts) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s -> %s", f.App, f.Src, f.Dst)
+	fmt.Fprintf(&b, "%s %s %s -> %s", f.Transport, f.App, f.Src, f.Dst)
 	add := func(k, v string) {
 		if v != "" {
 			fmt.Fprintf(&b, " %s=%s", k, v)
 		}
 	}
 	add("sni", f.SNI)
+	add("dns", f.DNSName)
 	add("host", f.Host)
 	add("method", f.Method)
 	add("path", f.Path)

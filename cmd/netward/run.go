@@ -91,6 +91,7 @@ func steerConfig(cfg *config.Config, log *slog.Logger) (steer.Config, error) {
 	sc.Table = cfg.Table
 	sc.RulePriority = cfg.RulePriority
 	sc.IPv6 = cfg.IPv6
+	sc.UDP = cfg.UDP
 	sc.Logger = log
 	fm, err := steer.ParseFailMode(cfg.FailMode)
 	if err != nil {
@@ -168,11 +169,16 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	if cfg.Offload && !tun.VnetHdr {
 		log.Warn("TUN offloads unavailable; using plain packets (slower)", "tun", tun.Name)
 	}
+	var datagrams netstack.DatagramHandler
+	if cfg.UDP {
+		datagrams = svc.udp
+	}
 	st, err := netstack.New(netstack.Options{
 		Files:        tun.Files,
 		MTU:          tun.MTU,
 		VnetHdr:      tun.VnetHdr,
 		Handler:      svc.guard,
+		Datagrams:    datagrams,
 		Logger:       log,
 		MaxInFlight:  cfg.Limits.MaxHalfOpen,
 		DialTimeout:  cfg.Limits.ConnectTimeout,
@@ -187,6 +193,19 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		tun.Close()
 		return err
 	}
+	// The UDP guard is complete before steering sends it a datagram.
+	svc.udp.Out, svc.udp.NewID = st, st.NewFlowID
+	if cfg.UDP && cfg.UDPBypass {
+		ct, err := steer.OpenConntrack(sc)
+		if err != nil {
+			st.Close()
+			return err
+		}
+		defer ct.Close()
+		svc.udp.Bypass = ct
+	}
+	svc.udp.Start()
+	defer svc.udp.Close()
 	steering, err := installSteering(sc, dp, st.UseGVisorUpstream, steer.Install, log)
 	if err != nil {
 		st.Close()
@@ -194,7 +213,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	}
 	svc.attach(st)
 	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files), "tun_writers", dp.tunWriters, "tun_direct_max", dp.tunDirectMax,
-		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
+		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "udp", cfg.UDP, "udp_bypass", cfg.UDP && cfg.UDPBypass, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	var failed error
@@ -228,7 +247,8 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		"syn_drops_in_flight", st.SynDropsInFlight(),
 		"rx_packets", s.RxPackets.Load(), "tx_packets", s.TxPackets.Load(),
 		"tx_acks_delayed", s.TxAcksDelayed.Load(), "tx_acks_merged", s.TxAcksMerged.Load(),
-		"upstream_fallbacks", s.UpstreamFallbacks.Load(), "syns_held_time_wait", s.SynsHeld.Load())
+		"upstream_fallbacks", s.UpstreamFallbacks.Load(), "syns_held_time_wait", s.SynsHeld.Load(),
+		"udp_datagrams", s.RxUDPPackets.Load(), "udp_flows", svc.udp.Stats().FlowsStarted.Load(), "udp_bypassed", svc.udp.Stats().Bypassed.Load())
 	return errors.Join(errs...)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/netward/netward/datagram"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -30,6 +31,7 @@ type services struct {
 	metrics *metrics.Metrics
 	servers []*metrics.Server
 	guard   *relay.Guard
+	udp     *datagram.Guard
 	stop    []func()
 }
 
@@ -104,6 +106,18 @@ func startServices(cfg *config.Config, log *slog.Logger) (s *services, err error
 			InspectTimeout:    cfg.Limits.InspectTimeout,
 			IdleTimeout:       cfg.Limits.IdleTimeout,
 			HalfClosedTimeout: cfg.Limits.HalfClosedTimeout,
+		},
+	}
+	s.udp = &datagram.Guard{
+		Policy:  s.policy,
+		Geo:     s.geo,
+		Events:  s.events,
+		Metrics: s.metrics,
+		Log:     log,
+		Limits: datagram.Limits{
+			MaxFlows:       cfg.Limits.MaxFlows,
+			IdleTimeout:    cfg.Limits.UDPIdleTimeout,
+			InspectTimeout: cfg.Limits.UDPInspectTimeout,
 		},
 	}
 	if s.policy != nil {
