@@ -112,7 +112,7 @@ func main() {
 	churn := flag.Duration("churn", 60*time.Second, "how long each connection-churn measurement runs (-short: 3s)")
 	idle := flag.Int("idle-conns", 10000, "idle `connections` for the memory measurement")
 	flows := flag.Int("flows", 100000, "concurrent `flows` to hold (IPv4 and IPv6 half each); 0 skips it (-short: 0)")
-	only := flag.String("only", "", "run only these `parts`, comma-separated: throughput (and latency), churn, memory, flows")
+	only := flag.String("only", "", "run only these `parts`, comma-separated: throughput (and latency), udp, churn, memory, flows")
 	rulesMode := flag.String("rules", "realistic", "rule file for every netward column: none, realistic (generated: 1,000 rules + 10,000 domains) or a `FILE`")
 	flag.IntVar(&b.rounds, "rounds", 1, "repeat the throughput, latency and churn measurements this many `times`, the columns taking turns each round, and report medians: kernel forwarding's own rate drifts between runs")
 	flag.Var(&b.variants, "variant", "netward column `NAME=FLAGS` (repeatable; default netward= with no extra flags)")
@@ -143,7 +143,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	b.ctx = ctx
-	parts := map[string]bool{"throughput": true, "churn": true, "memory": true, "flows": true}
+	parts := map[string]bool{"throughput": true, "udp": true, "churn": true, "memory": true, "flows": true}
 	if *only != "" {
 		want := map[string]bool{}
 		for _, p := range strings.Split(*only, ",") {
@@ -204,6 +204,11 @@ func (b *bench) main(rulesMode string, parts map[string]bool, idle, flows int) e
 	b.load, _ = os.ReadFile("/proc/loadavg")
 	if parts["throughput"] {
 		if err := b.throughputAndLatency(); err != nil {
+			return err
+		}
+	}
+	if parts["udp"] {
+		if err := b.udpAll(); err != nil {
 			return err
 		}
 	}
@@ -334,7 +339,7 @@ func (b *bench) newLab() (*benchLab, error) {
 		return nil, err
 	}
 	bl := &benchLab{Lab: l}
-	bl.app, err = l.App.Start("nwpeer-app", b.peer, "serve", "-quiet-http",
+	bl.app, err = l.App.Start("nwpeer-app", b.peer, "serve", "-quiet-http", "-dns-port", "53",
 		"-tls-port", strconv.Itoa(tlsPort), "-tls-cert", b.cert, "-tls-key", b.key)
 	if err == nil {
 		ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)

@@ -37,8 +37,9 @@ func main() {
 		tlsPort := fs.Int("tls-port", 0, "also serve HTTP over TLS on `port` (needs -tls-cert, -tls-key)")
 		cert := fs.String("tls-cert", "", "TLS certificate `PEM` file")
 		key := fs.String("tls-key", "", "TLS key `PEM` file")
+		dnsPort := fs.Int("dns-port", 0, "also serve DNS (UDP and TCP) on `port`, e.g. 53")
 		run = func(ctx context.Context) (any, error) {
-			opts := peer.ServerOptions{Log: os.Stdout, QuietHTTP: *quiet, Ready: func() {
+			opts := peer.ServerOptions{Log: os.Stdout, QuietHTTP: *quiet, DNSPort: *dnsPort, Ready: func() {
 				fmt.Fprintln(os.Stderr, "nwpeer: serving")
 			}}
 			if *tlsPort != 0 {
@@ -113,6 +114,13 @@ func main() {
 				return r, fmt.Errorf("%d of %d connections failed", r.Failed, *n)
 			}
 			return r, nil
+		}
+	case "dnsload":
+		name := fs.String("name", "bench.example", "query `name` (each worker asks wN.NAME)")
+		workers := fs.Int("c", 8, "concurrent `workers` (UDP sockets, one query in flight each)")
+		dur := fs.Duration("d", 5*time.Second, "measuring `time`")
+		run = func(ctx context.Context) (any, error) {
+			return peer.DNSLoad(ctx, *addr, *name, *workers, *dur)
 		}
 	case "pingpong":
 		size := fs.Int("size", 64, "message `bytes`")
