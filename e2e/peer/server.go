@@ -70,6 +70,9 @@ type ServerOptions struct {
 	// DNSPort, if not 0, also runs the DNS server (DNSServer) there, UDP
 	// and TCP; it logs DNSLog lines.
 	DNSPort int
+	// H3Port, if not 0, also serves HTTP/3 (H3Server, QUIC v1 and v2) on
+	// that UDP port with TLS; it logs H3Log lines.
+	H3Port int
 }
 
 // Serve runs every server until ctx ends.
@@ -128,6 +131,14 @@ func Serve(ctx context.Context, opts ServerOptions) error {
 		}
 		defer d.Close()
 		go func() { errc <- d.Serve(ctx) }()
+	}
+	if opts.H3Port != 0 {
+		h3, err := ListenH3(H3Options{Addr: ":" + strconv.Itoa(opts.H3Port), TLS: opts.TLS, Log: lg.w, Quiet: opts.QuietHTTP})
+		if err != nil {
+			return err
+		}
+		defer h3.Close()
+		go func() { errc <- h3.Serve(ctx) }()
 	}
 	if opts.Ready != nil {
 		opts.Ready()

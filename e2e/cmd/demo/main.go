@@ -98,7 +98,7 @@ func (d *demo) main() error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, iptables): run `sudo make demo`")
 	}
-	for _, tool := range []string{"ip", "iptables", "curl", "iperf3"} {
+	for _, tool := range []string{"ip", "iptables", "curl", "iperf3", "dig"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s is not installed", tool)
 		}
@@ -195,7 +195,11 @@ func (d *demo) buildLab() error {
 }
 
 func (d *demo) startServers() error {
-	p, err := d.lab.App.Start("nwpeer-app", d.peer, "serve")
+	cert, key, err := peer.WriteCert(d.lab.Dir, "www.example")
+	if err != nil {
+		return err
+	}
+	p, err := d.lab.App.Start("nwpeer-app", d.peer, "serve", "-h3-port", "8443", "-tls-cert", cert, "-tls-key", key, "-dns-port", "53")
 	if err != nil {
 		return err
 	}
@@ -205,7 +209,7 @@ func (d *demo) startServers() error {
 		return err
 	}
 	d.app = p
-	fmt.Fprintf(d.out, "  HTTP on :%d (answers with the address it sees), xfer on :%d, banner on :%d, echo on :%d\n",
+	fmt.Fprintf(d.out, "  HTTP on :%d (answers with the address it sees), xfer on :%d, banner on :%d, echo on :%d, HTTP/3 on udp/8443, DNS on :53\n",
 		peer.HTTPPort, peer.XferPort, peer.BannerPort, peer.EchoPort)
 	perf, err := d.lab.App.Start("iperf3-server", "iperf3", "-s", "-p", "5201")
 	if err != nil {

@@ -74,6 +74,8 @@ func init() {
 		step{"Rules: netward's flow log: a verdict and a rule per flow", r.flowLog},
 		step{"Rules: the EVE log's alert events (signature = rule)", r.eveAlerts},
 		step{"Rules: netward check and netward explain", r.checkExplain},
+		step{"UDP: HTTP/3 (QUIC) judged by the same SNI rule", r.quicClients},
+		step{"UDP: DNS queries judged by name; netward answers the refused one", r.dnsClients},
 		step{"Rules: stop netward (SIGTERM)", r.stop},
 	)
 }

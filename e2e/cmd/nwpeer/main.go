@@ -38,11 +38,12 @@ func main() {
 		cert := fs.String("tls-cert", "", "TLS certificate `PEM` file")
 		key := fs.String("tls-key", "", "TLS key `PEM` file")
 		dnsPort := fs.Int("dns-port", 0, "also serve DNS (UDP and TCP) on `port`, e.g. 53")
+		h3Port := fs.Int("h3-port", 0, "also serve HTTP/3 (QUIC v1, v2) on UDP `port` (needs -tls-cert, -tls-key)")
 		run = func(ctx context.Context) (any, error) {
-			opts := peer.ServerOptions{Log: os.Stdout, QuietHTTP: *quiet, DNSPort: *dnsPort, Ready: func() {
+			opts := peer.ServerOptions{Log: os.Stdout, QuietHTTP: *quiet, DNSPort: *dnsPort, H3Port: *h3Port, Ready: func() {
 				fmt.Fprintln(os.Stderr, "nwpeer: serving")
 			}}
-			if *tlsPort != 0 {
+			if *tlsPort != 0 || *h3Port != 0 {
 				cfg, err := peer.ServerTLS(*cert, *key)
 				if err != nil {
 					return nil, err
@@ -114,6 +115,19 @@ func main() {
 				return r, fmt.Errorf("%d of %d connections failed", r.Failed, *n)
 			}
 			return r, nil
+		}
+	case "h3get":
+		var o peer.H3GetOptions
+		fs.StringVar(&o.URL, "url", "", "`URL` to GET over HTTP/3")
+		fs.StringVar(&o.SNI, "sni", "", "TLS server `name`")
+		fs.StringVar(&o.Version, "version", "v1", "QUIC `version`: v1 or v2")
+		fs.StringVar(&o.Curve, "curve", "x25519", "key share: x25519 (one-packet ClientHello) or mlkem (two packets)")
+		fs.BoolVar(&o.NoScramble, "no-scramble", false, "turn off quic-go's ClientHello scrambling")
+		fs.Int64Var(&o.Bytes, "n", 0, "GET /bytes?n=`BYTES` instead of the URL's path, and check they all arrive")
+		initSize := fs.Uint("initial-packet-size", 0, "quic-go's InitialPacketSize in `bytes` (0: 1280; at least 1200)")
+		run = func(ctx context.Context) (any, error) {
+			o.Src, o.InitialPacketSize = *src, uint16(*initSize)
+			return peer.H3Get(ctx, o)
 		}
 	case "dnsload":
 		name := fs.String("name", "bench.example", "query `name` (each worker asks wN.NAME)")
