@@ -9,6 +9,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -47,16 +48,19 @@ func (r *ruleDemo) quicClients(d *demo) error {
 		case res.exit == 0:
 			return fmt.Errorf("HTTP/3 to %s: want a refusal, got %+v", c.sni, h)
 		default:
-			got := false
+			// h3get's socket is bound to the unspecified address: the
+			// source the server would see is the client's address.
+			local, err := netip.ParseAddrPort(h.Local)
+			if err != nil {
+				return fmt.Errorf("HTTP/3 to %s: no local address in %+v", c.sni, h)
+			}
+			from := netip.AddrPortFrom(d.lab.Topo.ClientV4.Addr(), local.Port()).String()
 			for _, l := range peer.ParseH3Logs(d.app.Log()) {
-				if l.UDPFrom != "" && l.UDPFrom == h.Local {
-					got = true
+				if l.UDPFrom == from {
+					return fmt.Errorf("HTTP/3 to %s was refused, but the server got a datagram from %s", c.sni, from)
 				}
 			}
-			if got {
-				return fmt.Errorf("HTTP/3 to %s was refused, but the server got a datagram from %s", c.sni, h.Local)
-			}
-			fmt.Fprintf(d.out, "      refused (%s): netward denied the ClientHello by rule blocked-sites; the server got no datagram from %s\n", clip(h.Err), h.Local)
+			fmt.Fprintf(d.out, "      refused (%s): netward denied the ClientHello by rule blocked-sites; the server got no datagram from %s\n", clip(h.Err), from)
 		}
 	}
 	return r.showEvents(d, "quic")
