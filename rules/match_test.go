@@ -439,3 +439,59 @@ func TestDecideDoesNotAllocate(t *testing.T) {
 		}
 	}
 }
+
+// TestUDPConditions: proto:, dns:, domain: over DNS names, dns_answer:,
+// and the UDP apps, with and without the index.
+func TestUDPConditions(t *testing.T) {
+	src := `default: allow
+rules:
+  - name: no-ads
+    action: deny
+    dns: .ads.example
+    dns_answer: refused
+  - name: no-tracker
+    action: deny
+    domain: tracker.example
+  - name: tcp-only
+    action: deny
+    proto: tcp
+    dst_port: 7000
+  - name: no-quic-to-x
+    action: deny
+    app: quic
+    sni: x.example
+`
+	for _, pad := range []int{0, 100} { // 100 padding rules turn the index on
+		text := src
+		for i := 0; i < pad; i++ {
+			text += fmt.Sprintf("  - name: pad-%d\n    action: deny\n    sni: pad%d.example\n", i, i)
+		}
+		s := mustParse(t, text)
+		cli, dst := netip.MustParseAddrPort("198.51.100.2:4000"), netip.MustParseAddrPort("192.0.2.2:53")
+		for _, c := range []struct {
+			f            Facts
+			rule         string
+			answer       DNSAnswer
+			wantDecision Action
+		}{
+			{Facts{Src: cli, Dst: dst, Transport: TransportUDP, App: inspect.ProtoDNS, DNSName: "A.Ads.Example."}, "no-ads", DNSAnswerRefused, ActionDeny},
+			{Facts{Src: cli, Dst: dst, Transport: TransportUDP, App: inspect.ProtoDNS, DNSName: "tracker.example"}, "no-tracker", DNSAnswerNXDOMAIN, ActionDeny},
+			{Facts{Src: cli, Dst: dst, Transport: TransportUDP, App: inspect.ProtoDNS, DNSName: "www.example"}, "", 0, ActionAllow},
+			{Facts{Src: cli, Dst: netip.MustParseAddrPort("192.0.2.2:7000"), Transport: TransportUDP, App: inspect.ProtoUDP}, "", 0, ActionAllow},
+			{Facts{Src: cli, Dst: netip.MustParseAddrPort("192.0.2.2:7000")}, "tcp-only", 0, ActionDeny},
+			{Facts{Src: cli, Dst: dst, Transport: TransportUDP, App: inspect.ProtoQUIC, SNI: "x.example"}, "no-quic-to-x", 0, ActionDeny},
+			{Facts{Src: cli, Dst: dst, App: inspect.ProtoTLS, SNI: "x.example"}, "", 0, ActionAllow},
+		} {
+			v := s.Decide(&c.f)
+			if v.Action != c.wantDecision || v.Rule != c.rule || v.DNSAnswer != c.answer {
+				t.Errorf("pad %d: %+v: got %v (answer %v), want %v by %q (answer %v)", pad, c.f, v, v.DNSAnswer, c.wantDecision, c.rule, c.answer)
+			}
+		}
+	}
+	if _, err := parse(t, "default: allow\nrules:\n  - name: x\n    action: deny\n    dns: a.example\n    dns_answer: servfial\n", nil, Options{}); err == nil || !strings.Contains(err.Error(), "bad dns_answer") {
+		t.Fatalf("bad dns_answer: %v", err)
+	}
+	if _, err := parse(t, "default: allow\nrules:\n  - name: x\n    action: deny\n    proto: sctp\n", nil, Options{}); err == nil || !strings.Contains(err.Error(), "bad proto") {
+		t.Fatalf("bad proto: %v", err)
+	}
+}

@@ -115,7 +115,10 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 // flowLine describes the flow as explain judged it.
 func flowLine(f *rules.Facts) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s %s -> %s", f.Transport, f.App, f.Src, f.Dst)
+	if f.Transport == rules.TransportUDP {
+		b.WriteString("udp ")
+	}
+	fmt.Fprintf(&b, "%s %s -> %s", f.App, f.Src, f.Dst)
 	add := func(k, v string) {
 		if v != "" {
 			fmt.Fprintf(&b, " %s=%s", k, v)

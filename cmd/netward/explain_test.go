@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"os"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -152,5 +153,30 @@ func TestExplainUsage(t *testing.T) {
 	code, _, errOut := runRulesTool(explainTool, "--rules", "../../examples/rules/cases.yaml", "--src", "10.0.0.1", "--dst", "10.0.0.2:1")
 	if code != 1 || !strings.Contains(errOut, "cases.yaml:3:1: unknown top-level key \"cases\"") {
 		t.Errorf("bad rule file: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// TestExplainUDP: explain takes a QUIC flow (--proto udp --sni) and a DNS
+// query (--dns) and judges them by the same rules.
+func TestExplainUDP(t *testing.T) {
+	dir := t.TempDir()
+	rulesFile := filepath.Join(dir, "rules.yaml")
+	os.WriteFile(rulesFile, []byte("default: allow\nrules:\n  - name: no-ads\n    action: deny\n    domain: .ads.example\n  - name: no-quic\n    action: deny\n    app: quic\n    sni: quic-only.example\n"), 0o644)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--proto", "udp", "--sni", "quic-only.example"}, "udp quic 198.51.100.2:4000 -> 192.0.2.2:443 sni=quic-only.example"},
+		{[]string{"--sni", "quic-only.example"}, "verdict: allow"},
+		{[]string{"--proto", "udp", "--dns", "x.ads.example"}, "verdict: deny by no-ads"},
+	} {
+		args := append([]string{"--rules", rulesFile, "--src", "198.51.100.2:4000", "--dst", "192.0.2.2:443"}, c.args...)
+		code, out, errOut := runRulesTool(explainTool, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", c.args, code, errOut)
+		}
+		if !strings.Contains(out, c.want) {
+			t.Errorf("%v: want %q in:\n%s", c.args, c.want, out)
+		}
 	}
 }
