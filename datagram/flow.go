@@ -13,6 +13,7 @@ import (
 	"github.com/netward/netward/inspect/dns"
 	"github.com/netward/netward/inspect/quic"
 	"github.com/netward/netward/metrics"
+	"github.com/netward/netward/policy"
 	"github.com/netward/netward/rules"
 )
 
@@ -418,7 +419,7 @@ func (f *flow) dnsQuery(p *packet) {
 		f.events(&e)
 		return
 	}
-	ans := dnsAnswer(v.DNSAnswer)
+	ans := policy.DNSAnswer(v)
 	e.Answer = ans.RcodeName()
 	f.events(&e)
 	mp, bp := bufPool.Get().(*[]byte), bufPool.Get().(*[]byte)
@@ -444,16 +445,6 @@ func (f *flow) events(e *event.DNS) {
 	if ev := f.g.Events; ev != nil {
 		ev.DNS(e)
 	}
-}
-
-func dnsAnswer(a rules.DNSAnswer) dns.Answer {
-	switch a {
-	case rules.DNSAnswerRefused:
-		return dns.AnswerREFUSED
-	case rules.DNSAnswerNODATA:
-		return dns.AnswerNODATA
-	}
-	return dns.AnswerNXDOMAIN
 }
 
 // bufPool holds packet buffers for the answers netward makes.

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"github.com/netward/netward/inspect/dns"
 	"strconv"
 
 	"github.com/netward/netward/rules"
@@ -66,4 +67,16 @@ func (e *Engine) DenyResponse(v Verdict, f *Facts) []byte {
 		resp = append(resp, body...)
 	}
 	return resp
+}
+
+// DNSAnswer is the answer a DNS query the verdict denies gets: the
+// deciding rule's dns_answer (NXDOMAIN by default).
+func DNSAnswer(v Verdict) dns.Answer {
+	switch v.DNSAnswer {
+	case rules.DNSAnswerRefused:
+		return dns.AnswerREFUSED
+	case rules.DNSAnswerNODATA:
+		return dns.AnswerNODATA
+	}
+	return dns.AnswerNXDOMAIN
 }

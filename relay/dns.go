@@ -7,6 +7,7 @@ import (
 	"github.com/netward/netward/event"
 	"github.com/netward/netward/inspect"
 	"github.com/netward/netward/inspect/dns"
+	"github.com/netward/netward/policy"
 	"github.com/netward/netward/rules"
 )
 
@@ -100,7 +101,7 @@ func (gf *guardFlow) dnsQuery(msg []byte) *halfError {
 		return nil
 	}
 	if v.Action == rules.ActionDeny {
-		a := dnsAnswerOf(v.DNSAnswer)
+		a := policy.DNSAnswer(v)
 		e.Answer = a.RcodeName()
 		resp, err := dns.AppendResponse(make([]byte, 2, 2+len(msg)+64), msg, &q, a)
 		if err == nil && len(resp) <= 0xffff+2 {
@@ -121,15 +122,4 @@ func (gf *guardFlow) dnsEvent(e *event.DNS) {
 	if gf.g.Events != nil {
 		gf.g.Events.DNS(e)
 	}
-}
-
-// dnsAnswerOf maps a rule's dns_answer onto the answer dns builds.
-func dnsAnswerOf(a rules.DNSAnswer) dns.Answer {
-	switch a {
-	case rules.DNSAnswerRefused:
-		return dns.AnswerREFUSED
-	case rules.DNSAnswerNODATA:
-		return dns.AnswerNODATA
-	}
-	return dns.AnswerNXDOMAIN
 }
