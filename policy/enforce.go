@@ -1,9 +1,9 @@
 package policy
 
 import (
-	"github.com/netward/netward/inspect/dns"
 	"strconv"
 
+	"github.com/netward/netward/inspect/dns"
 	"github.com/netward/netward/rules"
 )
 
