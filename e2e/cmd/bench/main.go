@@ -339,7 +339,7 @@ func (b *bench) newLab() (*benchLab, error) {
 		return nil, err
 	}
 	bl := &benchLab{Lab: l}
-	bl.app, err = l.App.Start("nwpeer-app", b.peer, "serve", "-quiet-http", "-dns-port", "53",
+	bl.app, err = l.App.Start("nwpeer-app", b.peer, "serve", "-quiet-http", "-dns-port", "53", "-h3-port", strconv.Itoa(tlsPort),
 		"-tls-port", strconv.Itoa(tlsPort), "-tls-cert", b.cert, "-tls-key", b.key)
 	if err == nil {
 		ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)

@@ -38,7 +38,11 @@ const (
 	udpLossRow = "lost"
 	udpTUNRow  = "datagrams through netward's TUN"
 	dnsRow     = "DNS queries/s over UDP (8 sockets, every query judged)"
+	h3Row      = "HTTP/3 download, 256 MiB (quic-go client and server)"
 )
+
+// h3Bytes is the HTTP/3 download's size.
+const h3Bytes = 256 << 20
 
 // declareUDP lays out the UDP rows.
 func (b *bench) declareUDP() {
@@ -49,6 +53,9 @@ func (b *bench) declareUDP() {
 	}
 	for _, fam := range []string{"4", "6"} {
 		b.declare(dnsRow+" IPv"+fam, "q/s")
+	}
+	for _, fam := range []string{"4", "6"} {
+		b.declare(h3Row+" IPv"+fam, "Gbit/s")
 	}
 }
 
@@ -76,6 +83,9 @@ func (b *bench) udpAll() error {
 					return errors.Join(err, p.stop())
 				}
 				if err := p.dnsLoad(fam); err != nil {
+					return errors.Join(err, p.stop())
+				}
+				if err := p.h3Download(fam); err != nil {
 					return errors.Join(err, p.stop())
 				}
 			}
@@ -157,5 +167,36 @@ func (p *path) dnsLoad(fam string) error {
 		return fmt.Errorf("%s DNS: %d queries answered but only %d packets crossed netward's TUN", p.col(), r.Queries, after-before)
 	}
 	p.b.set(dnsRow+" IPv"+fam, "q/s", p.col(), r.QPS)
+	return nil
+}
+
+// h3Download fetches h3Bytes over HTTP/3: an allowed QUIC flow judged by
+// its SNI (the bench's allow rule), then carried by the kernel.
+func (p *path) h3Download(fam string) error {
+	progress("%-10s HTTP/3 download IPv%s", p.col(), fam)
+	before, err := p.tunPackets()
+	if err != nil {
+		return err
+	}
+	url := fmt.Sprintf("https://%s/bytes?n=%d", p.l.appAddr(fam, tlsPort), h3Bytes)
+	out, err := p.l.Client.Run(p.b.ctx, p.b.peer, "h3get", "-url", url, "-sni", benchSNI, "-timeout", "60s")
+	if err != nil {
+		return err
+	}
+	var r peer.H3Result
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		return err
+	}
+	if r.Bytes != h3Bytes || r.Millis <= 0 {
+		return fmt.Errorf("%s HTTP/3 download: %d bytes in %d ms", p.col(), r.Bytes, r.Millis)
+	}
+	after, err := p.tunPackets()
+	if err != nil {
+		return err
+	}
+	if p.nw != nil && after == before {
+		return fmt.Errorf("%s HTTP/3 download: no datagram crossed netward's TUN (not steered)", p.col())
+	}
+	p.b.set(h3Row+" IPv"+fam, "Gbit/s", p.col(), float64(r.Bytes)*8/(float64(r.Millis)/1000)/1e9)
 	return nil
 }
