@@ -300,7 +300,7 @@ func TestCleanupAfterCrash(t *testing.T) {
 		t.Fatalf("Cleanup: %v", err)
 	}
 	t.Logf("removed:\n%s", strings.Join(removed, "\n"))
-	for _, want := range []string{"ip rule del priority 20055 fwmark 0x4e57/0xffff lookup 20055", "ip -6 rule del", "iptables -t mangle -X NETWARD", "iptables -t raw -X NETWARD_RAW", "ip6tables -t mangle -D PREROUTING -p tcp -j NETWARD", "ip route del prohibit default table 20055", "ip -6 route del prohibit default table 20055"} {
+	for _, want := range []string{"ip rule del priority 20055 fwmark 0x4e57/0xffff lookup 20055", "ip -6 rule del", "iptables -t mangle -X NETWARD", "iptables -t raw -X NETWARD_RAW", "ip6tables -t mangle -D PREROUTING -j NETWARD", "ip route del prohibit default table 20055", "ip -6 route del prohibit default table 20055"} {
 		if !containsPrefix(removed, want) {
 			t.Errorf("Cleanup did not report %q", want)
 		}
@@ -551,6 +551,10 @@ func TestFragments(t *testing.T) {
 	l := newLab(t)
 	tun := l.openTUN(l.appliance, labTUN, false)
 	cfg := l.config()
+	// UDP steering's connmark rules turn conntrack on in the namespace
+	// (and with it reassembly before the raw table): the "conntrack off"
+	// case needs TCP steering alone. The "on" case below covers UDP's.
+	cfg.UDP = false
 	s := l.mustInstall(cfg)
 	defer l.remove(s)
 

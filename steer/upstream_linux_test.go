@@ -75,7 +75,7 @@ func TestKernelUpstreamInstallRemove(t *testing.T) {
 	}
 	for _, ipt := range []string{"iptables", "ip6tables"} {
 		pre := strings.Split(strings.TrimSpace(l.mustSh(l.applName, ipt, "-t", "mangle", "-S", "PREROUTING")), "\n")
-		if len(pre) < 3 || pre[1] != "-A PREROUTING -p tcp -j NETWARD_TPROXY" || pre[2] != "-A PREROUTING -p tcp -j NETWARD" {
+		if len(pre) < 3 || pre[1] != "-A PREROUTING -p tcp -j NETWARD_TPROXY" || pre[2] != "-A PREROUTING -j NETWARD" {
 			t.Errorf("%s mangle PREROUTING: want NETWARD_TPROXY before NETWARD:\n%s", ipt, strings.Join(pre, "\n"))
 		}
 	}
