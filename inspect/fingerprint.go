@@ -50,10 +50,10 @@ func (p *TLSParser) fingerprint() {
 		a = append(a, 'q') // JA4: the ClientHello came in QUIC
 	} else {
 		if h.QUIC {
-		a = append(a, 'q') // JA4's protocol: t (TCP), q (QUIC), d (DTLS)
-	} else {
-		a = append(a, 't')
-	}
+			a = append(a, 'q') // JA4's protocol: t (TCP), q (QUIC), d (DTLS)
+		} else {
+			a = append(a, 't')
+		}
 	}
 	a = append(a, ja4Version(h.MaxVersion)...)
 	if h.HasServerName {

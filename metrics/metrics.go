@@ -97,7 +97,7 @@ type Metrics struct {
 
 	flows FlowTable
 
-	flowsTotal prometheus.Counter
+	flowsTotal                prometheus.Counter
 	udpDatagrams, udpBypassed *prometheus.CounterVec
 	// Relayed bytes are plain atomics exported by funcCollector: an atomic
 	// add is a third of prometheus.Counter.Add's cost, and this is paid on
