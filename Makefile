@@ -15,6 +15,9 @@
 #   make fuzz        every fuzz target, FUZZTIME each (default 1m)
 #   make lint        gofmt + go vet
 #   make clean-lab   remove labs left behind by killed runs (root)
+#   make tools       check the tools demo and test run; as root on
+#                    Debian/Ubuntu install the missing ones (e2e/tools.sh;
+#                    NETWARD_NO_INSTALL=1: only name them)
 #   make install     bin/netward, the systemd unit, config and logrotate files
 #                    under DESTDIR/PREFIX (root)
 
@@ -28,17 +31,22 @@ BENCH_FLAGS  ?=
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 
-.PHONY: install all build test demo bench bench-flows fuzz lint clean-lab clean soak
+.PHONY: install all build test demo bench bench-flows fuzz lint clean-lab clean soak tools
 
 all: build
 
 build:
 	$(GO) build -o bin/netward ./cmd/netward
 
-test:
+# tools runs before demo and test: a fresh machine needs only these two
+# commands (see e2e/tools.sh; .ci/run calls it too).
+tools:
+	@sh e2e/tools.sh
+
+test: tools
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
-demo: build
+demo: tools build
 	$(GO) run ./e2e/cmd/demo -netward bin/netward
 
 bench: build
