@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -55,8 +56,14 @@ type Config struct {
 	// datagram on netward's path (slower; for comparison).
 	UDPBypass bool `yaml:"udp_bypass"`
 
-	// Rules is the rule file (see rules/README.md). Empty: allow all.
+	// Rules is the rule file (see rules/README.md): a path, or an
+	// http:// or https:// URL that is polled every RulesPollInterval.
+	// Empty: allow all.
 	Rules string `yaml:"rules"`
+	// RulesPollInterval is how often a rule URL is asked (conditionally:
+	// ETag, Last-Modified) whether it changed. A rule file path is watched
+	// instead.
+	RulesPollInterval time.Duration `yaml:"rules_poll_interval"`
 	// GeoIP names the mmdb files for country and ASN lookups.
 	GeoIP GeoIP `yaml:"geoip"`
 
@@ -141,6 +148,8 @@ func Default() *Config {
 		FailMode:     "open",
 		UDP:          true,
 		UDPBypass:    true,
+
+		RulesPollInterval: 30 * time.Second,
 		Log: Log{
 			Level:       "info",
 			Format:      "text",
@@ -235,6 +244,16 @@ func (c *Config) Validate() error {
 	}
 	if _, err := ParseFailMode(c.FailMode); err != nil {
 		bad("fail_mode", "%v", err)
+	}
+	if strings.HasPrefix(c.Rules, "http://") || strings.HasPrefix(c.Rules, "https://") {
+		if u, err := url.Parse(c.Rules); err != nil || u.Host == "" {
+			bad("rules", "%q is not a URL with a host", c.Rules)
+		}
+	} else if strings.Contains(c.Rules, "://") {
+		bad("rules", "%q: only http:// and https:// URLs are supported", c.Rules)
+	}
+	if c.RulesPollInterval < time.Second {
+		bad("rules_poll_interval", "%v is below 1s", c.RulesPollInterval)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -54,6 +54,14 @@ func TestLoad(t *testing.T) {
 		{name: "mark outside mask", body: "mark: 0x10000\n", wantErr: "mark: 0x10000 is outside"},
 		{name: "reserved table", body: "table: 254\n", wantErr: "table: 254"},
 		{name: "bad metrics addr", body: "metrics:\n  listen: nowhere\n", wantErr: "metrics.listen"},
+		{name: "rules URL", body: "rules: https://rules.example/fleet/rules.yaml\nrules_poll_interval: 1m\n", check: func(t *testing.T, c *Config) {
+			if c.Rules != "https://rules.example/fleet/rules.yaml" || c.RulesPollInterval != time.Minute {
+				t.Errorf("got rules %q every %v", c.Rules, c.RulesPollInterval)
+			}
+		}},
+		{name: "rules URL without host", body: "rules: https:///rules.yaml\n", wantErr: "not a URL with a host"},
+		{name: "rules other scheme", body: "rules: ftp://rules.example/r.yaml\n", wantErr: "only http:// and https://"},
+		{name: "rules poll too often", body: "rules_poll_interval: 10ms\n", wantErr: "rules_poll_interval: 10ms is below 1s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

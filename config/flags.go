@@ -30,7 +30,16 @@ func NewFlags(fs *flag.FlagSet) *Flags {
 	str("interfaces", "comma-separated input `interfaces` to steer (default: all but lo and the TUN)", func(c *Config, v string) {
 		c.Interfaces = splitList(v)
 	})
-	str("rules", "rule `FILE` (default: allow all)", func(c *Config, v string) { c.Rules = v })
+	str("rules", "rule `FILE`, or an http(s):// URL polled every --rules-poll-interval (default: allow all)", func(c *Config, v string) { c.Rules = v })
+	fs.String("rules-poll-interval", "", "how often a rules URL is asked whether it changed (ETag/Last-Modified), e.g. 30s (default 30s)")
+	f.set["rules-poll-interval"] = func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("--rules-poll-interval: %q is not a duration such as 30s", v)
+		}
+		c.RulesPollInterval = d
+		return nil
+	}
 	str("geoip-country", "country mmdb `FILE`", func(c *Config, v string) { c.GeoIP.Country = v })
 	str("geoip-asn", "ASN mmdb `FILE`", func(c *Config, v string) { c.GeoIP.ASN = v })
 	str("log", "EVE event log `FILE` (- for stdout)", func(c *Config, v string) { c.Log.Events = v })

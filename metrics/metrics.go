@@ -107,11 +107,13 @@ type Metrics struct {
 	verdicts      *prometheus.CounterVec // rule, action
 	inspectErrors *prometheus.CounterVec // kind
 	limitHits     *prometheus.CounterVec // limit; exported by funcCollector
+	handoffs      *prometheus.CounterVec // result
 	limitDesc     *prometheus.Desc       // limitHits' descriptor
 	peekTimeouts  prometheus.Counter
 	reloadsOK     prometheus.Counter
 	reloadsFailed prometheus.Counter
-	rulesInfo     *prometheus.GaugeVec // hash
+	ruleFetches   *prometheus.CounterVec // result
+	rulesInfo     *prometheus.GaugeVec   // hash
 	rulesCount    prometheus.Gauge
 	rulesLoadedAt prometheus.Gauge
 
@@ -158,6 +160,8 @@ func New(opts Options) *Metrics {
 		Help: "Rule file loads (the first load included), by result (ok, failed)."}, []string{"result"})
 	m.reloadsOK = reloads.WithLabelValues("ok")
 	m.reloadsFailed = reloads.WithLabelValues("failed")
+	m.ruleFetches = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "netward", Name: "rule_fetches_total",
+		Help: "Requests for a rule URL (the rule file and what it includes), by result (modified: 200, not_modified: 304, unreachable, http_error)."}, []string{"result"})
 	m.rulesInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "netward", Name: "rules_info",
 		Help: "The rule set in use: 1 with the hash of the loaded rule file as label."}, []string{"hash"})
 	m.rulesCount = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "netward", Name: "rules",
@@ -176,8 +180,11 @@ func New(opts Options) *Metrics {
 	m.udpBypassed = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "netward", Name: "udp_bypass_total",
 		Help: "Allowed UDP flows handed to plain kernel forwarding (conntrack mark), by result (ok, failed)."}, []string{"result"})
 	m.reg.MustRegister(m.udpDatagrams, m.udpBypassed)
+	m.handoffs = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "netward", Name: "handoff_total",
+		Help: "Allowed TCP flows whose client leg netward tried to move from gVisor to a kernel socket, by result: ok, or why the flow stayed in gVisor."}, []string{"result"})
+	m.reg.MustRegister(m.handoffs)
 	m.reg.MustRegister(m.flowsTotal, m.verdicts, m.inspectErrors, m.peekTimeouts,
-		reloads, m.rulesInfo, m.rulesCount, m.rulesLoadedAt, active, build, (*funcCollector)(m))
+		reloads, m.ruleFetches, m.rulesInfo, m.rulesCount, m.rulesLoadedAt, active, build, (*funcCollector)(m))
 	return m
 }
 
@@ -241,6 +248,14 @@ func (m *Metrics) LimitHit(limit string) {
 	m.limitHits.WithLabelValues(limit).Inc()
 }
 
+// Handoff counts one handoff attempt (netward_handoff_total{result}).
+func (m *Metrics) Handoff(result string) {
+	if m == nil {
+		return
+	}
+	m.handoffs.WithLabelValues(result).Inc()
+}
+
 // RulesLoaded records a successful (re)load of a rule set: its hash, its
 // rule count and when it was loaded.
 func (m *Metrics) RulesLoaded(hash string, count int, at time.Time) {
@@ -268,6 +283,15 @@ func (m *Metrics) RulesReloadFailed(err error) {
 		msg = err.Error()
 	}
 	m.reloadError.Store(&msg)
+}
+
+// RuleFetch counts a request for a rule URL in
+// netward_rule_fetches_total{result} (policy's Fetch* results).
+func (m *Metrics) RuleFetch(result string) {
+	if m == nil {
+		return
+	}
+	m.ruleFetches.WithLabelValues(result).Inc()
 }
 
 // SetHalfOpenDrops sets where netward_limit_hits_total{limit="max_half_open"}

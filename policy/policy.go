@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,7 +41,8 @@ const RuleOnInvalid = rules.RuleOnInvalid
 
 // Options configure an Engine.
 type Options struct {
-	// Path is the rule file. Required.
+	// Path is the rule file: a file path, or an http:// or https:// URL
+	// (see remote.go: fetched at New and Reload, polled by Watch). Required.
 	Path string
 	// Geo is the geo database (nil: none). Its databases decide whether
 	// rule files with country or ASN conditions are accepted, and FillGeo
@@ -55,6 +57,16 @@ type Options struct {
 	// Debounce is how long Watch waits for a burst of file events to end
 	// before reloading; 0 means 250ms.
 	Debounce time.Duration
+	// PollInterval is how often Watch asks a rule URL whether it changed;
+	// 0 means DefaultPollInterval. Unused for a file path.
+	PollInterval time.Duration
+	// HTTPClient fetches a rule URL; nil means a client with a 15 s
+	// timeout per request and the environment's proxy settings.
+	HTTPClient *http.Client
+	// OnFetch, if set, is called with the result of every request for a
+	// rule URL (FetchModified, FetchNotModified, FetchUnreachable,
+	// FetchHTTPError). Metrics hook; it must not block.
+	OnFetch func(result string)
 }
 
 // Engine holds the current rule set. Its methods are safe for concurrent
@@ -63,7 +75,9 @@ type Engine struct {
 	opts Options
 	log  *slog.Logger
 	cur  atomic.Pointer[rules.Set]
-	mu   sync.Mutex // serialises reloads
+	mu   sync.Mutex // serialises reloads (and polls of remote)
+	// remote is the state of a rule URL; nil for a file path.
+	remote *remote
 }
 
 // New loads the rule file and returns an Engine using it. An invalid file
@@ -78,7 +92,17 @@ func New(opts Options) (*Engine, error) {
 	if opts.Debounce <= 0 {
 		opts.Debounce = 250 * time.Millisecond
 	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = DefaultPollInterval
+	}
 	e := &Engine{opts: opts, log: opts.Logger}
+	if IsURL(opts.Path) {
+		r, err := newRemote(opts.Path, opts.HTTPClient, opts.OnFetch)
+		if err != nil {
+			return nil, err
+		}
+		e.remote = r
+	}
 	s, err := e.load()
 	if e.opts.OnReload != nil {
 		var v rules.Version
@@ -96,10 +120,14 @@ func New(opts Options) (*Engine, error) {
 }
 
 func (e *Engine) load() (*rules.Set, error) {
-	return rules.Load(e.opts.Path, rules.Options{
+	opts := rules.Options{
 		HaveCountry: e.opts.Geo.HasCountry(),
 		HaveASN:     e.opts.Geo.HasASN(),
-	})
+	}
+	if e.remote != nil {
+		return e.remote.load(opts)
+	}
+	return rules.Load(e.opts.Path, opts)
 }
 
 func (e *Engine) logLoaded(s *rules.Set, msg string) {

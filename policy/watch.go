@@ -23,9 +23,15 @@ import (
 //
 // logger receives watch errors; nil means the Engine's logger. Reload
 // results are logged by Reload.
+//
+// For a rule URL, Watch polls it every Options.PollInterval instead (see
+// remote.go).
 func (e *Engine) Watch(ctx context.Context, logger *slog.Logger) error {
 	if logger == nil {
 		logger = e.log
+	}
+	if e.remote != nil {
+		return e.poll(ctx, logger)
 	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {

@@ -43,6 +43,11 @@ type Options struct {
 	// ReadFile reads the files the rule file includes (lists, deny page).
 	// nil means os.ReadFile with the size limits above.
 	ReadFile func(name string) ([]byte, error)
+	// Include names the file an include path p (as written in the rule
+	// file) refers to, e.g. a URL resolved against the rule file's URL.
+	// nil: p itself if absolute, else p relative to the rule file's
+	// directory.
+	Include func(p string) string
 	// Now gives the load time recorded in Version; nil means time.Now.
 	Now func() time.Time
 }
@@ -531,7 +536,9 @@ func (l *loader) include(n *yaml.Node, limit int) (name string, data []byte, ok 
 		return "", nil, false
 	}
 	name = p
-	if !filepath.IsAbs(p) {
+	if l.opts.Include != nil {
+		name = l.opts.Include(p)
+	} else if !filepath.IsAbs(p) {
 		name = filepath.Join(l.dir, p)
 	}
 	data, err := l.opts.ReadFile(name)

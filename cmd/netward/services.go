@@ -53,9 +53,11 @@ func startServices(cfg *config.Config, log *slog.Logger) (s *services, err error
 	}
 	if cfg.Rules != "" {
 		s.policy, err = policy.New(policy.Options{
-			Path:   cfg.Rules,
-			Geo:    s.geo,
-			Logger: log,
+			Path:         cfg.Rules,
+			Geo:          s.geo,
+			Logger:       log,
+			PollInterval: cfg.RulesPollInterval,
+			OnFetch:      s.metrics.RuleFetch,
 			OnReload: func(v rules.Version, err error) {
 				if err != nil {
 					s.metrics.RulesReloadFailed(err)
@@ -126,7 +128,8 @@ func startServices(cfg *config.Config, log *slog.Logger) (s *services, err error
 	return s, nil
 }
 
-// watchRules reloads the rules on SIGHUP and when the file changes.
+// watchRules reloads the rules on SIGHUP and when the file changes (a
+// rule URL: when a poll finds it changed).
 func (s *services) watchRules() {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
