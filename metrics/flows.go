@@ -62,6 +62,7 @@ type ActiveFlow struct {
 	verdict string // "" = not decided yet
 	rule    string
 	ended   bool
+	kernel  bool // the client leg was handed off to a kernel socket
 }
 
 // StartFlow adds a flow to the table and counts it in netward_flows_total.
@@ -100,6 +101,17 @@ func (f *ActiveFlow) SetName(name string) {
 	}
 	f.mu.Lock()
 	f.name = name
+	f.mu.Unlock()
+}
+
+// SetKernel records that the flow's client leg left gVisor for a kernel
+// socket (netstack.Stack.Handoff).
+func (f *ActiveFlow) SetKernel() {
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	f.kernel = true
 	f.mu.Unlock()
 }
 
@@ -192,6 +204,9 @@ type FlowStatus struct {
 	Rule          string         `json:"rule,omitempty"`
 	BytesToServer uint64         `json:"bytes_toserver"`
 	BytesToClient uint64         `json:"bytes_toclient"`
+	// Leg is where the client's connection is terminated: "gvisor", or
+	// "kernel" once handed off.
+	Leg string `json:"leg"`
 }
 
 // VerdictPending is FlowStatus.Verdict of a flow not decided yet.
@@ -201,7 +216,10 @@ func (f *ActiveFlow) status(now time.Time) FlowStatus {
 	f.mu.Lock()
 	st := FlowStatus{
 		ID: f.id, Src: f.client, Dst: f.server, Start: f.start,
-		App: f.app, Name: f.name, Verdict: f.verdict, Rule: f.rule,
+		App: f.app, Name: f.name, Verdict: f.verdict, Rule: f.rule, Leg: "gvisor",
+	}
+	if f.kernel {
+		st.Leg = "kernel"
 	}
 	f.mu.Unlock()
 	if st.Verdict == "" {

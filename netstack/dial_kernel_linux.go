@@ -124,3 +124,7 @@ func (k *kernelConn) CloseRead() error { return nil }
 func (k *kernelConn) WaitReadable() error {
 	return k.rc.Read(k.peekFn)
 }
+
+// KernelTCP is the leg's socket, for a relay that splices it with another
+// kernel socket (after Stack.Handoff).
+func (k *kernelConn) KernelTCP() *net.TCPConn { return k.TCPConn }

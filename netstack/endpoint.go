@@ -348,6 +348,10 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 	list := pkts.AsSlice()
 	for i := 0; i < len(list); i++ {
 		pkt := list[i]
+		if e.quiet.drops(pkt) {
+			n++
+			continue
+		}
 		fd := e.fds[0]
 		if len(e.fds) > 1 {
 			fd = e.fds[pkt.Hash%uint32(len(e.fds))]

@@ -33,6 +33,9 @@ type linkBase struct {
 	// datagrams takes the UDP packets; nil drops them. Set before the
 	// readers start.
 	datagrams DatagramHandler
+	// quiet is the connections handed off to the kernel whose gVisor
+	// packets are dropped on the way out (Stack.Handoff).
+	quiet quietSet
 
 	failOnce sync.Once
 	failed   chan struct{} // closed when the datapath stops on its own
@@ -154,4 +157,5 @@ func (b *linkBase) fail(err error) {
 }
 
 func (b *linkBase) failure() <-chan struct{} { return b.failed }
+func (b *linkBase) quietConns() *quietSet    { return &b.quiet }
 func (b *linkBase) failureReason() error     { return b.failErr }

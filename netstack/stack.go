@@ -146,6 +146,11 @@ type Stack struct {
 	// another network namespace.
 	kernelDial func(context.Context, *Flow) (Conn, error)
 
+	// destroyer and pendingTW end the kernel's TIME_WAIT of handed-off
+	// client legs (CloseHandoff).
+	destroyer sockDestroyer
+	pendingTW pendingTimeWait
+
 	nextID  atomic.Uint64
 	closing atomic.Bool
 	done    chan struct{} // closed by Shutdown: aborts dials
@@ -213,6 +218,7 @@ func New(o Options) (*Stack, error) {
 
 		upstreamMark: o.UpstreamMark,
 	}
+	s.destroyer.fd = -1
 	for i := range s.flows {
 		shard := &s.flows[i]
 		shard.flows = make(map[*liveFlow]struct{})
@@ -347,6 +353,9 @@ type tunLink interface {
 	// the TUN, for the kernel to route on.
 	writeDatagram(pkt []byte) error
 	deliverHeld(tcpip.NetworkProtocolNumber, []byte)
+	// quietConns is the set of handed-off connections whose gVisor
+	// packets the link drops (Stack.Handoff).
+	quietConns() *quietSet
 }
 
 // Failed is closed when the datapath stops on its own: a TUN queue can no
@@ -416,6 +425,7 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		Server: netip.AddrPortFrom(toAddr(id.LocalAddress), id.LocalPort),
 		Start:  time.Now(),
 	}
+	s.newSYN(f)
 	switch s.handler.Admit(f) {
 	case AdmitAccept:
 	case AdmitReset:
@@ -689,6 +699,7 @@ func (s *Stack) Close() error {
 	s.stack.Close()
 	s.link.Close()
 	s.stack.Wait()
+	s.destroyer.close()
 	return err
 }
 

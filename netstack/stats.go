@@ -44,6 +44,13 @@ type Stats struct {
 	// although the kernel leg was on: Options.MaxKernelSockets were open,
 	// or the process was out of file descriptors.
 	UpstreamFallbacks atomic.Uint64
+	// Handoffs are client legs moved from gVisor to a kernel socket
+	// (Stack.Handoff).
+	Handoffs atomic.Uint64
+	// HandoffTimeWaits are TIME_WAIT sockets of handed-off legs netward
+	// destroyed; HandoffTimeWaitErrors failed to.
+	HandoffTimeWaits      atomic.Uint64
+	HandoffTimeWaitErrors atomic.Uint64
 	// SynsHeld are client SYNs whose 4-tuple gVisor still held in
 	// TIME_WAIT: they waited for it to end (synGate) instead of being
 	// dropped. SynGateTimeouts of them were delivered after the gate's

@@ -228,7 +228,7 @@ func (e *wgEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error
 		out := e.wout[:0]
 		var size uint64
 		for i, pkt := range all[start:min(start+e.batch, len(all))] {
-			if start+i == skip || pkt.Size() == 0 || pkt.Size() > maxIPPacket {
+			if start+i == skip || pkt.Size() == 0 || pkt.Size() > maxIPPacket || e.quiet.drops(pkt) {
 				continue
 			}
 			if start+i+1 < len(all) && mergeFIN(pkt, all[start+i+1]) {

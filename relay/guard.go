@@ -46,6 +46,11 @@ type Guard struct {
 	Log *slog.Logger
 	// Limits bound what a flow may hold; zero fields take DefaultLimits.
 	Limits Limits
+	// Handoff, if set, moves the client leg of a flow that needs no more
+	// inspection (TLS after its ClientHello, protocols judged by their
+	// first bytes) to a kernel socket, and the relay splices the two
+	// kernel legs (handoff.go). nil keeps every flow in gVisor.
+	Handoff Handoffer
 
 	active  atomic.Int64
 	dropped recentDrops
@@ -241,6 +246,9 @@ func (g *Guard) Serve(f *netstack.Flow, client, server netstack.Conn) {
 	gf.idleTimer.Stop()
 	client.Close()
 	server.Close()
+	if l := gf.legs.Load(); l != nil {
+		g.Handoff.CloseHandoff(f, l.client)
+	}
 
 	res := Result{Up: gf.upBytes.Load(), Down: gf.downBytes.Load()}
 	res.End, res.Err = endOf(gf.firstErr())
@@ -259,6 +267,13 @@ type guardFlow struct {
 
 	upBytes, downBytes atomic.Int64
 	downDone           chan struct{}
+	// pauseDown asks copyDown to stop at its next read (pauseCopyDown);
+	// it closes downPaused then, instead of downDone.
+	pauseDown  atomic.Bool
+	downPaused chan struct{}
+	// legs are the flow's two kernel sockets once its client leg was
+	// handed off (handoff.go); nil before.
+	legs atomic.Pointer[kernelLegs]
 	// lastActive is when a byte last moved either way, as time since
 	// f.Start; idleTimer checks it (one timer per flow, re-armed at most
 	// once per timeout, instead of a deadline per read).
@@ -357,6 +372,11 @@ func (gf *guardFlow) checkIdle() {
 		limit, name = gf.lim.HalfClosedTimeout, "half_closed_timeout"
 	}
 	idle := time.Since(gf.f.Start) - time.Duration(gf.lastActive.Load())
+	if l := gf.legs.Load(); l != nil {
+		// Spliced bytes are counted per chunk: the kernel knows better
+		// when data last moved.
+		idle = min(idle, l.idle())
+	}
 	if idle >= limit {
 		gf.g.Metrics.LimitHit(name)
 		gf.fail(&halfError{up: true, read: true, err: errIdle})
@@ -375,7 +395,14 @@ func (gf *guardFlow) setHalfClosed() {
 // copyDown relays server → client for the flow's whole life.
 func (gf *guardFlow) copyDown() {
 	netstack.GrowStack()
-	defer close(gf.downDone)
+	paused := false
+	defer func() {
+		if paused {
+			close(gf.downPaused) // the up side goes on (handoff)
+		} else {
+			close(gf.downDone)
+		}
+	}()
 	// As in copyHalf: a buffer only while the server has something to
 	// read, so an idle flow holds none.
 	waiter, canWait := gf.server.(readWaiter)
@@ -439,6 +466,10 @@ func (gf *guardFlow) copyDown() {
 			return
 		}
 		if rerr != nil {
+			if gf.pauseDown.Load() && errors.Is(rerr, os.ErrDeadlineExceeded) {
+				paused = true // woken by pauseCopyDown: nothing lost, nothing to close
+				return
+			}
 			if !gf.refusing.Load() {
 				gf.fail(&halfError{up: false, read: true, err: rerr})
 			}
@@ -672,6 +703,9 @@ func (gf *guardFlow) forward(b []byte) *halfError {
 // forwardRest sends the held bytes and then splices client → server
 // without further inspection.
 func (gf *guardFlow) forwardRest(in *clientInput) *halfError {
+	if !in.eof && gf.g.Handoff != nil {
+		gf.handoff() // on success, gf.legs are set: splice below
+	}
 	if err := gf.forward(in.buf); err != nil {
 		return err
 	}
@@ -681,6 +715,9 @@ func (gf *guardFlow) forwardRest(in *clientInput) *halfError {
 			return &halfError{up: true, read: false, err: err}
 		}
 		return nil
+	}
+	if l := gf.legs.Load(); l != nil {
+		return gf.spliceUp(l)
 	}
 	_, err := copyHalf(gf.server, gf.client, nil, true, gf.countUp)
 	return err

@@ -111,6 +111,7 @@
 //	iptables -t raw -A NETWARD_UPSTREAM -m mark --mark 0x4e59/0xffff -j CT --notrack
 //	iptables -t raw -I OUTPUT 1 -j NETWARD_UPSTREAM
 //	iptables -t mangle -N NETWARD_TPROXY
+//	iptables -t mangle -A NETWARD_TPROXY -p tcp --syn -j RETURN
 //	iptables -t mangle -A NETWARD_TPROXY ! -i netward0 -p tcp -m socket --transparent -j MARK --set-xmark 0x4e58/0xffff
 //	iptables -t mangle -A NETWARD_TPROXY -m mark --mark 0x4e58/0xffff -j ACCEPT
 //	iptables -t mangle -I PREROUTING 1 -p tcp -j NETWARD_TPROXY
@@ -118,6 +119,7 @@
 //	ip6tables -t raw -A NETWARD_UPSTREAM -m mark --mark 0x4e59/0xffff -j CT --notrack
 //	ip6tables -t raw -I OUTPUT 1 -j NETWARD_UPSTREAM
 //	ip6tables -t mangle -N NETWARD_TPROXY
+//	ip6tables -t mangle -A NETWARD_TPROXY -p tcp --syn -j RETURN
 //	ip6tables -t mangle -A NETWARD_TPROXY ! -i netward0 -p tcp -m socket --transparent -j MARK --set-xmark 0x4e58/0xffff
 //	ip6tables -t mangle -A NETWARD_TPROXY -m mark --mark 0x4e58/0xffff -j ACCEPT
 //	ip6tables -t mangle -I PREROUTING 1 -p tcp -j NETWARD_TPROXY

@@ -39,7 +39,12 @@ func chainsPlan(c *Config, v6 bool) []chainPlan {
 //     it; the ip rule for TransparentMark delivers it locally. The TUN is
 //     excluded because gVisor's client leg carries the same addresses as
 //     the upstream socket; -m socket matches the socket's own 4-tuple only,
-//     so the client's packets (reversed tuple) are never caught.
+//     so the client's packets (reversed tuple) are caught only by a client
+//     leg netward handed off to a kernel socket (netstack.Stack.Handoff),
+//     which has the server's address. SYNs are never caught: a new
+//     connection from a port whose handed-off predecessor is still in the
+//     kernel's TIME_WAIT must reach gVisor, not that socket (netward then
+//     destroys it).
 func upstreamPlan(c *Config) []chainPlan {
 	tmark := fmt.Sprintf("%#x/%#x", c.TransparentMark, c.Mask)
 	return []chainPlan{
@@ -58,6 +63,7 @@ func upstreamPlan(c *Config) []chainPlan {
 			hook:  "PREROUTING",
 			jump:  []string{"-p", "tcp", "-j", TransparentChain},
 			rules: [][]string{
+				{"-p", "tcp", "--syn", "-j", "RETURN"},
 				{"!", "-i", c.TUN, "-p", "tcp", "-m", "socket", "--transparent", "-j", "MARK", "--set-xmark", tmark},
 				{"-m", "mark", "--mark", tmark, "-j", "ACCEPT"},
 			},

@@ -147,6 +147,9 @@ func printFlow(w io.Writer, f *metrics.FlowStatus) {
 	if f.Rule != "" {
 		b.WriteString(" rule=" + kvValue(f.Rule))
 	}
+	if f.Leg != "" {
+		b.WriteString(" leg=" + kvValue(f.Leg))
+	}
 	fmt.Fprintf(&b, " bytes_toserver=%d bytes_toclient=%d\n", f.BytesToServer, f.BytesToClient)
 	io.WriteString(w, b.String())
 }

@@ -1,0 +1,374 @@
+package netstack
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"reflect"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+)
+
+// Handoff moves a flow's client leg out of gVisor into a kernel TCP socket
+// that continues the connection where gVisor's endpoint stands, so that,
+// after the verdict, both legs are kernel sockets and the relay can splice
+// them (relay.Guard). The client notices nothing: the socket has the
+// server's address (IP_TRANSPARENT), gVisor's sequence numbers, windows,
+// window scales, MSS, SACK and timestamp clock (TCP_REPAIR), and the
+// kernel upstream leg's socket-match rule (steer: NETWARD_TPROXY) delivers
+// the client's packets to it instead of the TUN from the moment it exists.
+//
+// The caller must have stopped reading and writing c (both directions of
+// the relay) and must have read everything c received. Handoff refuses,
+// leaving c as it was, while data gVisor sent is unacknowledged (the
+// kernel socket could not retransmit it) or received data is unread.
+//
+// From the switch on, gVisor's endpoint stays silent: the link drops
+// whatever it would still send for the connection (quietSet), and Handoff
+// aborts it. Segments the client sent that reached gVisor after the switch
+// are not acknowledged by anyone; the client retransmits them to the
+// kernel socket.
+//
+// On success the returned socket is the flow's client leg and c must only
+// be closed. Errors are *HandoffError.
+func (s *Stack) Handoff(f *Flow, c Conn) (*net.TCPConn, error) {
+	gc, ok := c.(*tcpConn)
+	if !ok {
+		return nil, &HandoffError{Reason: HandoffUnsupported, Err: errors.New("not a gVisor leg")}
+	}
+	ep, ok := gc.ep.(*tcp.Endpoint)
+	if !ok || !handoffFieldsOK() {
+		return nil, &HandoffError{Reason: HandoffUnsupported, Err: errHandoffLayout}
+	}
+	if n, err := ep.GetSockOptInt(tcpip.SendQueueSizeOption); err != nil || n != 0 {
+		return nil, &HandoffError{Reason: HandoffUnacked, Err: fmt.Errorf("%d bytes not acknowledged", n)}
+	}
+	quiet := s.link.quietConns()
+	key := quietKey(f.Client, f.Server)
+	// Silence first: no ACK gVisor makes after the state is read may
+	// reach the client, or the client would take bytes for delivered
+	// that the kernel socket never sees.
+	quiet.add(key)
+	st, err := s.readTCPState(ep)
+	if err == nil {
+		var kc *net.TCPConn
+		kc, err = repairSocket(&st, f.Server, f.Client, s.upstreamMark)
+		if err == nil {
+			ep.Abort() // its RST is dropped at the link
+			s.stats.Handoffs.Add(1)
+			return kc, nil
+		}
+	}
+	quiet.remove(key)
+	return nil, err
+}
+
+// Handoff failure reasons (HandoffError.Reason, the metric's label).
+const (
+	HandoffUnsupported = "unsupported" // not a gVisor leg, or gVisor's layout is not the one netward reads
+	HandoffUnacked     = "unacked"     // data sent to the client is not acknowledged yet
+	HandoffUnread      = "unread"      // data the client sent is not read yet
+	HandoffState       = "state"       // the connection is not established, or options the kernel cannot take
+	HandoffRepair      = "repair"      // the kernel refused the socket (no TCP_REPAIR, no IP_TRANSPARENT, tuple in use)
+)
+
+// HandoffError is why Handoff left a flow in gVisor.
+type HandoffError struct {
+	Reason string
+	Err    error
+}
+
+func (e *HandoffError) Error() string { return "netstack: handoff: " + e.Reason + ": " + e.Err.Error() }
+func (e *HandoffError) Unwrap() error { return e.Err }
+
+// tcpState is what a kernel socket needs to continue a gVisor connection.
+type tcpState struct {
+	rcvNxt, rcvAcc uint32 // next byte expected; right edge of the window advertised
+	rcvWndScale    uint8
+	sndUna, sndNxt uint32
+	sndWnd         uint32 // the client's window, scaled
+	sndWndScale    uint8
+	maxPayload     int // bytes per segment, options excluded
+	sack, ts       bool
+	tsVal          uint32 // gVisor's timestamp clock now
+	rcvBufUsed     int
+}
+
+// gVisor keeps sequence numbers and windows in unexported fields
+// (Endpoint.rcv, Endpoint.snd) and has no API to export a connection's
+// state short of a stack-wide probe that copies it on every segment of
+// every flow. netward reads the few fields it needs by name, with the
+// endpoint locked (LockUser, which also queues arriving segments). The
+// field paths are resolved and their kinds checked once; if a gVisor
+// upgrade changes them, handoffFieldsOK is false and every flow stays on
+// the gVisor path (reason "unsupported"), tested by TestHandoffLayout.
+var (
+	handoffOnce   sync.Once
+	handoffFields struct {
+		ok                                       bool
+		rcvNxt, rcvAcc, rcvWndScale              []int
+		sndUna, sndNxt, sndWnd, sndWndScale, mps []int
+		rcv, snd                                 []int
+	}
+	errHandoffLayout = errors.New("gVisor's tcp.Endpoint does not have the fields netward reads")
+)
+
+func handoffFieldsOK() bool {
+	handoffOnce.Do(resolveHandoffFields)
+	return handoffFields.ok
+}
+
+func resolveHandoffFields() {
+	f := &handoffFields
+	et := reflect.TypeOf(tcp.Endpoint{})
+	path := func(t reflect.Type, kind reflect.Kind, names ...string) []int {
+		var idx []int
+		for i, name := range names {
+			sf, ok := t.FieldByName(name)
+			if !ok {
+				return nil
+			}
+			idx = append(idx, sf.Index...)
+			t = sf.Type
+			if i < len(names)-1 && t.Kind() == reflect.Pointer {
+				return nil // pointers are followed by the caller
+			}
+		}
+		if t.Kind() != kind {
+			return nil
+		}
+		return idx
+	}
+	rcvF, ok1 := et.FieldByName("rcv")
+	sndF, ok2 := et.FieldByName("snd")
+	if !ok1 || !ok2 || rcvF.Type.Kind() != reflect.Pointer || sndF.Type.Kind() != reflect.Pointer {
+		return
+	}
+	f.rcv, f.snd = rcvF.Index, sndF.Index
+	rt, stt := rcvF.Type.Elem(), sndF.Type.Elem()
+	f.rcvNxt = path(rt, reflect.Uint32, "RcvNxt")
+	f.rcvAcc = path(rt, reflect.Uint32, "RcvAcc")
+	f.rcvWndScale = path(rt, reflect.Uint8, "RcvWndScale")
+	f.sndUna = path(stt, reflect.Uint32, "SndUna")
+	f.sndNxt = path(stt, reflect.Uint32, "SndNxt")
+	f.sndWnd = path(stt, reflect.Uint32, "SndWnd")
+	f.sndWndScale = path(stt, reflect.Uint8, "SndWndScale")
+	f.mps = path(stt, reflect.Int, "MaxPayloadSize")
+	f.ok = f.rcvNxt != nil && f.rcvAcc != nil && f.rcvWndScale != nil && f.sndUna != nil &&
+		f.sndNxt != nil && f.sndWnd != nil && f.sndWndScale != nil && f.mps != nil
+}
+
+// readTCPState reads ep's connection state with ep locked.
+func (s *Stack) readTCPState(ep *tcp.Endpoint) (tcpState, error) {
+	var st tcpState
+	ep.LockUser()
+	defer ep.UnlockUser()
+	if tcp.EndpointState(ep.State()) != tcp.StateEstablished {
+		return st, &HandoffError{Reason: HandoffState, Err: fmt.Errorf("endpoint %s", tcp.EndpointState(ep.State()))}
+	}
+	v := reflect.ValueOf(ep).Elem()
+	rcv, snd := v.FieldByIndex(handoffFields.rcv), v.FieldByIndex(handoffFields.snd)
+	if rcv.IsNil() || snd.IsNil() {
+		return st, &HandoffError{Reason: HandoffState, Err: errors.New("endpoint not connected")}
+	}
+	rcv, snd = rcv.Elem(), snd.Elem()
+	f := &handoffFields
+	st.rcvNxt = uint32(rcv.FieldByIndex(f.rcvNxt).Uint())
+	st.rcvAcc = uint32(rcv.FieldByIndex(f.rcvAcc).Uint())
+	st.rcvWndScale = uint8(rcv.FieldByIndex(f.rcvWndScale).Uint())
+	st.sndUna = uint32(snd.FieldByIndex(f.sndUna).Uint())
+	st.sndNxt = uint32(snd.FieldByIndex(f.sndNxt).Uint())
+	st.sndWnd = uint32(snd.FieldByIndex(f.sndWnd).Uint())
+	st.sndWndScale = uint8(snd.FieldByIndex(f.sndWndScale).Uint())
+	st.maxPayload = int(snd.FieldByIndex(f.mps).Int())
+	st.sack = ep.SACKPermitted
+	st.ts = ep.SendTSOk
+	st.tsVal = ep.TSOffset.TSVal(s.stack.Clock().NowMonotonic())
+	st.rcvBufUsed = ep.RcvBufUsed
+	switch {
+	case st.sndUna != st.sndNxt:
+		return st, &HandoffError{Reason: HandoffUnacked, Err: fmt.Errorf("%d bytes in flight", st.sndNxt-st.sndUna)}
+	case st.rcvBufUsed != 0:
+		return st, &HandoffError{Reason: HandoffUnread, Err: fmt.Errorf("%d bytes not read", st.rcvBufUsed)}
+	case st.maxPayload <= 0 || st.rcvWndScale > 14 || st.sndWndScale > 14:
+		return st, &HandoffError{Reason: HandoffState, Err: fmt.Errorf("mss %d, window scales %d/%d", st.maxPayload, st.sndWndScale, st.rcvWndScale)}
+	}
+	return st, nil
+}
+
+// Linux TCP options for TCP_REPAIR_OPTIONS (include/net/tcp.h).
+const (
+	tcpoptMSS       = 2
+	tcpoptWindow    = 3
+	tcpoptSACKPerm  = 4
+	tcpoptTimestamp = 8
+	tcpRepairOff    = 0 // TCP_REPAIR_OFF: leave repair mode, send a window probe
+	tcpRecvQueue    = 1 // TCP_RECV_QUEUE
+	tcpSendQueue    = 2 // TCP_SEND_QUEUE
+)
+
+// tcpRepairWindow is struct tcp_repair_window.
+type tcpRepairWindow struct {
+	sndWl1, sndWnd, maxWindow, rcvWnd, rcvWup uint32
+}
+
+// repairSocket makes the kernel socket that continues st as local (the
+// server's address, as the client sees it) talking to remote (the
+// client), following the order CRIU restores a socket in: repair mode,
+// bind, queue sequence numbers, connect (no SYN in repair mode), options,
+// timestamp clock, windows, repair off (which sends one window probe; the
+// client's answer brings its current window and timestamp).
+func repairSocket(st *tcpState, local, remote netip.AddrPort, mark uint32) (*net.TCPConn, error) {
+	family, level, transparent := unix.AF_INET, unix.SOL_IP, unix.IP_TRANSPARENT
+	if !local.Addr().Is4() {
+		family, level, transparent = unix.AF_INET6, unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, &HandoffError{Reason: HandoffRepair, Err: fmt.Errorf("socket: %w", err)}
+	}
+	fail := func(op string, err error) (*net.TCPConn, error) {
+		unix.Close(fd)
+		return nil, &HandoffError{Reason: HandoffRepair, Err: fmt.Errorf("%s: %w", op, err)}
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, 1); err != nil {
+		return fail("TCP_REPAIR", err)
+	}
+	if err := unix.SetsockoptInt(fd, level, transparent, 1); err != nil {
+		return fail("IP_TRANSPARENT", err)
+	}
+	if mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
+			return fail("SO_MARK", err)
+		}
+	}
+	if err := unix.Bind(fd, sockaddr(local)); err != nil {
+		return fail("bind "+local.String(), err)
+	}
+	for _, q := range [...]struct {
+		queue int
+		seq   uint32
+	}{{tcpSendQueue, st.sndNxt}, {tcpRecvQueue, st.rcvNxt}} {
+		if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR_QUEUE, q.queue); err != nil {
+			return fail("TCP_REPAIR_QUEUE", err)
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_QUEUE_SEQ, int(int32(q.seq))); err != nil {
+			return fail("TCP_QUEUE_SEQ", err)
+		}
+	}
+	if err := unix.Connect(fd, sockaddr(remote)); err != nil {
+		return fail("connect "+remote.String(), err)
+	}
+	opts := make([]unix.TCPRepairOpt, 0, 4)
+	// gVisor's MaxPayloadSize leaves room for the timestamp option; the
+	// kernel takes the peer's MSS and subtracts options itself.
+	mss := st.maxPayload
+	if st.ts {
+		mss += 12
+	}
+	opts = append(opts, unix.TCPRepairOpt{Code: tcpoptMSS, Val: uint32(mss)})
+	if st.sndWndScale != 0 || st.rcvWndScale != 0 {
+		opts = append(opts, unix.TCPRepairOpt{Code: tcpoptWindow, Val: uint32(st.sndWndScale) | uint32(st.rcvWndScale)<<16})
+	}
+	if st.sack {
+		opts = append(opts, unix.TCPRepairOpt{Code: tcpoptSACKPerm})
+	}
+	if st.ts {
+		opts = append(opts, unix.TCPRepairOpt{Code: tcpoptTimestamp})
+	}
+	if err := setsockoptBytes(fd, unix.TCP_REPAIR_OPTIONS, unsafe.Pointer(&opts[0]), len(opts)*unix.SizeofTCPRepairOpt); err != nil {
+		return fail("TCP_REPAIR_OPTIONS", err)
+	}
+	if st.ts {
+		if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_TIMESTAMP, int(int32(st.tsVal))); err != nil {
+			return fail("TCP_TIMESTAMP", err)
+		}
+	}
+	rcvWnd := st.rcvAcc - st.rcvNxt
+	w := tcpRepairWindow{
+		sndWl1: st.rcvNxt, sndWnd: st.sndWnd, maxWindow: st.sndWnd,
+		rcvWnd: rcvWnd, rcvWup: st.rcvNxt,
+	}
+	if err := setsockoptBytes(fd, unix.TCP_REPAIR_WINDOW, unsafe.Pointer(&w), int(unsafe.Sizeof(w))); err != nil {
+		return fail("TCP_REPAIR_WINDOW", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, tcpRepairOff); err != nil {
+		return fail("TCP_REPAIR off", err)
+	}
+	file := os.NewFile(uintptr(fd), "handoff "+remote.String())
+	nc, err := net.FileConn(file) // dups fd
+	file.Close()
+	if err != nil {
+		return nil, &HandoffError{Reason: HandoffRepair, Err: fmt.Errorf("FileConn: %w", err)}
+	}
+	return nc.(*net.TCPConn), nil
+}
+
+func setsockoptBytes(fd, opt int, p unsafe.Pointer, n int) error {
+	_, _, errno := unix.Syscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_TCP, uintptr(opt), uintptr(p), uintptr(n), 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+func sockaddr(ap netip.AddrPort) unix.Sockaddr {
+	if ap.Addr().Is4() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+}
+
+// Kernel TCP states (TCP_INFO's tcpi_state).
+const (
+	tcpFinWait1 = 4
+	tcpFinWait2 = 5
+	tcpTimeWait = 6
+	tcpClose    = 7
+	tcpClosing  = 11
+)
+
+// CloseHandoff closes kc, the client leg Handoff made for f, so that no
+// TIME_WAIT of it outlives the flow (sockdestroy_linux.go): destroyed now
+// if the kernel is there, or at the tuple's next SYN if it is on its way.
+func (s *Stack) CloseHandoff(f *Flow, kc *net.TCPConn) {
+	var state uint8
+	if rc, err := kc.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { state = tcpInfoState(fd) }) // a closed conn leaves state 0
+	}
+	kc.Close()
+	switch state {
+	case tcpClose, tcpTimeWait:
+		// CLOSE is also where a connection the client closed first ends;
+		// then there is nothing to destroy.
+		if err := s.destroyer.destroy(f.Server, f.Client); err == nil {
+			s.stats.HandoffTimeWaits.Add(1)
+		} else if !errors.Is(err, errNoSocket) {
+			s.stats.HandoffTimeWaitErrors.Add(1)
+			s.log.Debug("handoff: TIME_WAIT not destroyed", "flow_id", f.ID, "err", err)
+		}
+	case tcpFinWait1, tcpFinWait2, tcpClosing:
+		s.pendingTW.add(quietKey(f.Client, f.Server))
+	}
+}
+
+// newSYN runs for every SYN before it is admitted: a connection on the
+// tuple of a handed-off one starts afresh in gVisor.
+func (s *Stack) newSYN(f *Flow) {
+	k := quietKey(f.Client, f.Server)
+	s.link.quietConns().remove(k)
+	if s.pendingTW.take(k) {
+		if err := s.destroyer.destroy(f.Server, f.Client); err == nil {
+			s.stats.HandoffTimeWaits.Add(1)
+		} else if !errors.Is(err, errNoSocket) {
+			s.stats.HandoffTimeWaitErrors.Add(1)
+			s.log.Debug("handoff: TIME_WAIT not destroyed", "flow_id", f.ID, "err", err)
+		}
+	}
+}

@@ -1,0 +1,194 @@
+package relay
+
+import (
+	"errors"
+	"io"
+	"net"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/netward/netward/netstack"
+)
+
+// Handoffer moves a flow's client leg from gVisor to a kernel socket
+// (netstack.Stack).
+type Handoffer interface {
+	// Handoff returns the kernel socket that now carries c's connection,
+	// or an error (*netstack.HandoffError) with c untouched.
+	Handoff(f *netstack.Flow, c netstack.Conn) (*net.TCPConn, error)
+	// CloseHandoff closes a socket Handoff returned, when the flow ends.
+	CloseHandoff(f *netstack.Flow, kc *net.TCPConn)
+}
+
+// kernelLeg is implemented by netstack's kernel upstream legs.
+type kernelLeg interface{ KernelTCP() *net.TCPConn }
+
+// kernelLegs are a handed-off flow's sockets: both legs in the kernel.
+type kernelLegs struct {
+	client, server *net.TCPConn
+}
+
+// Handoff results other than netstack's failure reasons.
+const (
+	handoffOK         = "ok"
+	handoffGVisorLeg  = "upstream-gvisor" // the upstream leg is not a kernel socket
+	handoffServerDone = "server-done"     // the server ended its side before the verdict
+)
+
+// handoff tries to move the client leg into the kernel, after the
+// verdict and before the held bytes go upstream: the server has not been
+// sent anything yet, so for TLS it has nothing to answer and gVisor
+// nothing unacknowledged. copyDown is paused for the switch and resumed
+// if the flow stays in gVisor. On success gf.legs is set and the flow's
+// client is the kernel socket.
+func (gf *guardFlow) handoff() {
+	g := gf.g
+	up, ok := gf.server.(kernelLeg)
+	if !ok {
+		g.Metrics.Handoff(handoffGVisorLeg)
+		return
+	}
+	if !gf.pauseCopyDown() {
+		g.Metrics.Handoff(handoffServerDone)
+		return
+	}
+	kc, err := g.Handoff.Handoff(gf.f, gf.client)
+	if err != nil {
+		reason := netstack.HandoffRepair
+		var he *netstack.HandoffError
+		if errors.As(err, &he) {
+			reason = he.Reason
+		}
+		g.Metrics.Handoff(reason)
+		if g.Log != nil {
+			g.Log.Debug("handoff: flow stays in gVisor", "flow_id", gf.f.ID, "err", err)
+		}
+		gf.resumeCopyDown()
+		return
+	}
+	g.Metrics.Handoff(handoffOK)
+	if g.Log != nil {
+		g.Log.Debug("handoff: flow in the kernel", "flow_id", gf.f.ID)
+	}
+	l := &kernelLegs{client: kc, server: up.KernelTCP()}
+	l.server.SetReadDeadline(time.Time{})
+	gf.mu.Lock()
+	gf.client = kc // fail() aborts the kernel socket from now on
+	gf.mu.Unlock()
+	gf.legs.Store(l)
+	gf.af.SetKernel()
+	go gf.spliceDown(l)
+}
+
+// pauseCopyDown stops copyDown at its next read of the server, and
+// reports false if copyDown had ended already (the server closed).
+func (gf *guardFlow) pauseCopyDown() bool {
+	gf.downPaused = make(chan struct{})
+	gf.pauseDown.Store(true)
+	gf.server.SetReadDeadline(time.Now()) // wakes a read in progress
+	select {
+	case <-gf.downPaused:
+		return true
+	case <-gf.downDone:
+		return false
+	}
+}
+
+// resumeCopyDown undoes pauseCopyDown.
+func (gf *guardFlow) resumeCopyDown() {
+	gf.server.SetReadDeadline(time.Time{})
+	gf.pauseDown.Store(false)
+	go gf.copyDown()
+}
+
+// spliceChunk is how much one splice call moves before the byte counters
+// (netward status, EVE) are told.
+const spliceChunk = 1 << 20
+
+// spliceDown relays server → client between the kernel legs and ends
+// the flow's down side (downDone).
+func (gf *guardFlow) spliceDown(l *kernelLegs) {
+	defer close(gf.downDone)
+	if err := spliceHalf(l.client, l.server, false, gf.countDown); err != nil {
+		gf.fail(err)
+		return
+	}
+	gf.setHalfClosed()
+}
+
+// spliceUp relays client → server between the kernel legs.
+func (gf *guardFlow) spliceUp(l *kernelLegs) *halfError {
+	return spliceHalf(l.server, l.client, true, gf.countUp)
+}
+
+func (gf *guardFlow) countDown(n int) {
+	gf.touch()
+	gf.downBytes.Add(int64(n))
+	gf.af.AddToClient(n)
+}
+
+// spliceHalf moves src to dst in the kernel (splice(2) through a pipe:
+// net.TCPConn.ReadFrom) until src's FIN, which it passes on (CloseWrite).
+func spliceHalf(dst, src *net.TCPConn, up bool, count func(int)) *halfError {
+	lr := io.LimitedReader{R: src}
+	for {
+		lr.N = spliceChunk
+		n, err := dst.ReadFrom(&lr)
+		if n > 0 {
+			count(int(n))
+		}
+		if err != nil {
+			// ReadFrom does not say which socket failed: the one the
+			// kernel has closed did.
+			return &halfError{up: up, read: tcpState(dst) != tcpClosed, err: err}
+		}
+		if n < spliceChunk {
+			break // src's FIN
+		}
+	}
+	if err := dst.CloseWrite(); err != nil && !isClosed(err) {
+		return &halfError{up: up, read: false, err: err}
+	}
+	return nil
+}
+
+// tcpClosed is the kernel's TCP_CLOSE state: a reset connection is in it.
+const tcpClosed = 7
+
+// tcpState is c's kernel TCP state (TCP_INFO), 0 if unknown.
+func tcpState(c *net.TCPConn) uint8 {
+	info, ok := tcpInfo(c)
+	if !ok {
+		return 0
+	}
+	return info.State
+}
+
+func tcpInfo(c *net.TCPConn) (unix.TCPInfo, bool) {
+	var info unix.TCPInfo
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return info, false
+	}
+	var errno unix.Errno
+	cerr := rc.Control(func(fd uintptr) {
+		n := uint32(unsafe.Sizeof(info))
+		_, _, errno = unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_TCP, unix.TCP_INFO,
+			uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&n)), 0)
+	})
+	return info, cerr == nil && errno == 0
+}
+
+// idle is how long neither socket has received data, from the kernel's
+// own clock (TCP_INFO last_data_recv), so a flow that trickles less than
+// a splice chunk is not cut as idle.
+func (l *kernelLegs) idle() time.Duration {
+	ci, ok1 := tcpInfo(l.client)
+	si, ok2 := tcpInfo(l.server)
+	if !ok1 || !ok2 {
+		return 0 // closed meanwhile: the flow is ending anyway
+	}
+	return time.Duration(min(ci.Last_data_recv, si.Last_data_recv)) * time.Millisecond
+}
