@@ -69,8 +69,23 @@ type Config struct {
 
 	Log     Log     `yaml:"log"`
 	Metrics Metrics `yaml:"metrics"`
+	Health  Health  `yaml:"health"`
 	Admin   Admin   `yaml:"admin"`
 	Limits  Limits  `yaml:"limits"`
+}
+
+// Health configures the health check a load balancer (AWS Gateway Load
+// Balancer) asks, and the drain on SIGTERM.
+type Health struct {
+	// Listen is the address of /healthz: 200 while the datapath serves,
+	// 503 otherwise (starting, failed, steering gone, draining). ""
+	// disables it, and the drain with it.
+	Listen string `yaml:"listen"`
+	// DrainTimeout is how long netward goes on serving after SIGINT or
+	// SIGTERM with /healthz answering 503, so the load balancer sends new
+	// flows elsewhere while open ones finish; then it stops as without a
+	// health check. 0 stops at once. Only with Listen.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
 }
 
 // GeoIP names the MaxMind-format databases.
@@ -157,6 +172,7 @@ func Default() *Config {
 			EventBuffer: 65536,
 		},
 		Metrics: Metrics{Listen: ""},
+		Health:  Health{DrainTimeout: 10 * time.Second},
 		Admin:   Admin{Socket: "/run/netward/admin.sock"},
 		Limits: Limits{
 			MaxFlows:          200000,
@@ -272,6 +288,14 @@ func (c *Config) Validate() error {
 		if _, err := netip.ParseAddrPort(c.Metrics.Listen); err != nil && !strings.HasPrefix(c.Metrics.Listen, ":") {
 			bad("metrics.listen", "%q is not ip:port or :port", c.Metrics.Listen)
 		}
+	}
+	if c.Health.Listen != "" {
+		if _, err := netip.ParseAddrPort(c.Health.Listen); err != nil && !strings.HasPrefix(c.Health.Listen, ":") {
+			bad("health.listen", "%q is not ip:port or :port", c.Health.Listen)
+		}
+	}
+	if c.Health.DrainTimeout < 0 || c.Health.DrainTimeout > time.Hour {
+		bad("health.drain_timeout", "%v is outside 0..1h", c.Health.DrainTimeout)
 	}
 	l := c.Limits
 	positive := []struct {

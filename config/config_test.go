@@ -61,6 +61,18 @@ func TestLoad(t *testing.T) {
 		}},
 		{name: "rules URL without host", body: "rules: https:///rules.yaml\n", wantErr: "not a URL with a host"},
 		{name: "rules other scheme", body: "rules: ftp://rules.example/r.yaml\n", wantErr: "only http:// and https://"},
+		{name: "health", body: "health:\n  listen: \":9741\"\n  drain_timeout: 30s\n", check: func(t *testing.T, c *Config) {
+			if c.Health.Listen != ":9741" || c.Health.DrainTimeout != 30*time.Second {
+				t.Errorf("got %+v", c.Health)
+			}
+		}},
+		{name: "health default drain", body: "", check: func(t *testing.T, c *Config) {
+			if c.Health.Listen != "" || c.Health.DrainTimeout != 10*time.Second {
+				t.Errorf("got %+v", c.Health)
+			}
+		}},
+		{name: "bad health addr", body: "health:\n  listen: everywhere\n", wantErr: "health.listen"},
+		{name: "negative drain", body: "health:\n  drain_timeout: -1s\n", wantErr: "health.drain_timeout: -1s is outside"},
 		{name: "rules poll too often", body: "rules_poll_interval: 10ms\n", wantErr: "rules_poll_interval: 10ms is below 1s"},
 	}
 	for _, tt := range tests {

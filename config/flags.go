@@ -46,6 +46,16 @@ func NewFlags(fs *flag.FlagSet) *Flags {
 	str("log-level", "process log `level`: debug, info, warn, error", func(c *Config, v string) { c.Log.Level = v })
 	str("log-format", "process log `format`: text or json", func(c *Config, v string) { c.Log.Format = v })
 	str("metrics", "`ADDR` for /metrics, /healthz, /readyz (e.g. 127.0.0.1:9740)", func(c *Config, v string) { c.Metrics.Listen = v })
+	str("health-listen", "`ADDR` for a load balancer's /healthz: 200 while the datapath serves, 503 otherwise and while draining (e.g. :9741)", func(c *Config, v string) { c.Health.Listen = v })
+	fs.String("drain-timeout", "", "with --health-listen: on SIGTERM answer 503 and go on serving open flows this long before stopping, e.g. 30s; 0 = stop at once (default 10s)")
+	f.set["drain-timeout"] = func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("--drain-timeout: %q is not a duration such as 10s", v)
+		}
+		c.Health.DrainTimeout = d
+		return nil
+	}
 	str("fail-mode", "`open` or closed: what happens to traffic when netward is not running", func(c *Config, v string) { c.FailMode = v })
 	str("admin-socket", "unix socket `PATH` that netward status reads", func(c *Config, v string) { c.Admin.Socket = v })
 	fs.String("offload", "", "use TUN offloads: true or false (default true)")

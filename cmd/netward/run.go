@@ -212,20 +212,26 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		return fmt.Errorf("install steering: %w", err)
 	}
 	svc.attach(st)
+	svc.health.SetCheck(datapathCheck(st.Failed(), st.Err, steering))
 	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files), "tun_writers", dp.tunWriters, "tun_direct_max", dp.tunDirectMax,
 		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "udp", cfg.UDP, "udp_bypass", cfg.UDP && cfg.UDPBypass, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	var failed error
 	select {
-	case <-ctx.Done():
+	case <-sigs:
+		// With a health check: unhealthy first, serve on until the drain
+		// deadline (health.drain_timeout), then stop.
+		drain(svc.health, cfg.Health, sigs, st.Failed(), st.Stats().FlowsActive.Load, log)
+		failed = st.Err() // the datapath may have failed while draining
 	case <-st.Failed():
 		// The TUN went away under netward: nothing is relayed any more.
 		// Tear down like on a signal and exit non-zero.
 		failed = st.Err()
 		log.Error("datapath failed", "error", failed)
 	}
-	stop()
+	signal.Stop(sigs)
 	log.Info("netward stopping", "active_flows", st.Stats().FlowsActive.Load())
 
 	errs := []error{failed} // nil unless the datapath failed

@@ -29,6 +29,7 @@ type services struct {
 	policy  *policy.Engine
 	events  *event.Log
 	metrics *metrics.Metrics
+	health  *metrics.Health // /healthz for a load balancer (health.listen)
 	servers []*metrics.Server
 	guard   *relay.Guard
 	udp     *datagram.Guard
@@ -84,6 +85,15 @@ func startServices(cfg *config.Config, log *slog.Logger) (s *services, err error
 	}
 	if cfg.Metrics.Listen != "" {
 		srv, err := s.metrics.ListenMetrics(cfg.Metrics.Listen, cfg.Metrics.Pprof, log)
+		if err != nil {
+			return s, err
+		}
+		s.servers = append(s.servers, srv)
+	}
+	s.health = &metrics.Health{}
+	if cfg.Health.Listen != "" {
+		// Up before the datapath, answering 503 until run attaches it.
+		srv, err := s.health.ListenHealth(cfg.Health.Listen, log)
 		if err != nil {
 			return s, err
 		}
