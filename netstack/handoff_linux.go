@@ -11,7 +11,6 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
@@ -45,9 +44,6 @@ func (s *Stack) Handoff(f *Flow, c Conn) (*net.TCPConn, error) {
 	ep, ok := gc.ep.(*tcp.Endpoint)
 	if !ok || !handoffFieldsOK() {
 		return nil, &HandoffError{Reason: HandoffUnsupported, Err: errHandoffLayout}
-	}
-	if n, err := ep.GetSockOptInt(tcpip.SendQueueSizeOption); err != nil || n != 0 {
-		return nil, &HandoffError{Reason: HandoffUnacked, Err: fmt.Errorf("%d bytes not acknowledged", n)}
 	}
 	quiet := s.link.quietConns()
 	key := quietKey(f.Client, f.Server)
@@ -115,6 +111,7 @@ var (
 		rcvNxt, rcvAcc, rcvWndScale              []int
 		sndUna, sndNxt, sndWnd, sndWndScale, mps []int
 		rcv, snd                                 []int
+		sndBufUsed                               []int
 	}
 	errHandoffLayout = errors.New("gVisor's tcp.Endpoint does not have the fields netward reads")
 )
@@ -151,6 +148,7 @@ func resolveHandoffFields() {
 		return
 	}
 	f.rcv, f.snd = rcvF.Index, sndF.Index
+	f.sndBufUsed = path(et, reflect.Int, "sndQueueInfo", "SndBufUsed")
 	rt, stt := rcvF.Type.Elem(), sndF.Type.Elem()
 	f.rcvNxt = path(rt, reflect.Uint32, "RcvNxt")
 	f.rcvAcc = path(rt, reflect.Uint32, "RcvAcc")
@@ -161,7 +159,7 @@ func resolveHandoffFields() {
 	f.sndWndScale = path(stt, reflect.Uint8, "SndWndScale")
 	f.mps = path(stt, reflect.Int, "MaxPayloadSize")
 	f.ok = f.rcvNxt != nil && f.rcvAcc != nil && f.rcvWndScale != nil && f.sndUna != nil &&
-		f.sndNxt != nil && f.sndWnd != nil && f.sndWndScale != nil && f.mps != nil
+		f.sndNxt != nil && f.sndWnd != nil && f.sndWndScale != nil && f.mps != nil && f.sndBufUsed != nil
 }
 
 // readTCPState reads ep's connection state with ep locked.
@@ -191,7 +189,12 @@ func (s *Stack) readTCPState(ep *tcp.Endpoint) (tcpState, error) {
 	st.ts = ep.SendTSOk
 	st.tsVal = ep.TSOffset.TSVal(s.stack.Clock().NowMonotonic())
 	st.rcvBufUsed = ep.RcvBufUsed
+	// Written under the send queue's lock, by the relay (paused) and by
+	// ACK processing (held off by LockUser): nothing changes it now.
+	sndBufUsed := v.FieldByIndex(f.sndBufUsed).Int()
 	switch {
+	case sndBufUsed != 0:
+		return st, &HandoffError{Reason: HandoffUnacked, Err: fmt.Errorf("%d bytes queued or not acknowledged", sndBufUsed)}
 	case st.sndUna != st.sndNxt:
 		return st, &HandoffError{Reason: HandoffUnacked, Err: fmt.Errorf("%d bytes in flight", st.sndNxt-st.sndUna)}
 	case st.rcvBufUsed != 0:

@@ -704,7 +704,7 @@ func (gf *guardFlow) forward(b []byte) *halfError {
 // without further inspection.
 func (gf *guardFlow) forwardRest(in *clientInput) *halfError {
 	if !in.eof && gf.g.Handoff != nil {
-		gf.handoff() // on success, gf.legs are set: splice below
+		gf.handoff(in) // on success, gf.legs are set: splice below
 	}
 	if err := gf.forward(in.buf); err != nil {
 		return err

@@ -43,7 +43,7 @@ const (
 // nothing unacknowledged. copyDown is paused for the switch and resumed
 // if the flow stays in gVisor. On success gf.legs is set and the flow's
 // client is the kernel socket.
-func (gf *guardFlow) handoff() {
+func (gf *guardFlow) handoff(in *clientInput) {
 	g := gf.g
 	up, ok := gf.server.(kernelLeg)
 	if !ok {
@@ -55,6 +55,11 @@ func (gf *guardFlow) handoff() {
 		return
 	}
 	kc, err := g.Handoff.Handoff(gf.f, gf.client)
+	// A client that sends at once (an upload) may have more in gVisor
+	// than the relay read: take it into the held bytes and try again.
+	for try := 0; try < handoffTries && isUnread(err) && gf.readMore(in); try++ {
+		kc, err = g.Handoff.Handoff(gf.f, gf.client)
+	}
 	if err != nil {
 		reason := netstack.HandoffRepair
 		var he *netstack.HandoffError
@@ -80,6 +85,28 @@ func (gf *guardFlow) handoff() {
 	gf.legs.Store(l)
 	gf.af.SetKernel()
 	go gf.spliceDown(l)
+}
+
+// handoffTries bounds the retries after unread data.
+const handoffTries = 4
+
+func isUnread(err error) bool {
+	var he *netstack.HandoffError
+	return errors.As(err, &he) && he.Reason == netstack.HandoffUnread
+}
+
+// readMore appends what the client's gVisor leg holds to in.buf without
+// waiting, and reports whether it read anything.
+func (gf *guardFlow) readMore(in *clientInput) bool {
+	if len(in.buf) == cap(in.buf) {
+		return false
+	}
+	// gonet refuses to read at all past its deadline: give it a moment.
+	gf.client.SetReadDeadline(time.Now().Add(time.Millisecond))
+	n, _ := gf.client.Read(in.buf[len(in.buf):cap(in.buf)]) // a deadline, EOF or reset: the next Handoff says
+	gf.client.SetReadDeadline(time.Time{})
+	in.buf = in.buf[:len(in.buf)+n]
+	return n > 0
 }
 
 // pauseCopyDown stops copyDown at its next read of the server, and

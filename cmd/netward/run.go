@@ -33,6 +33,7 @@ func runMain(args []string) int {
 	tunDirectMax := fs.Int("tun-direct-max", netstack.DefaultTUNDirectMax, "largest packet (bytes) that skips the TUN writers' queue when it is empty, written by the goroutine that sent it (no writer wake-up: lower latency for requests and answers); pure ACKs always queue; 0 queues every packet")
 	upstream := fs.String("upstream", "kernel", "how to reach the server: kernel (an IP_TRANSPARENT kernel socket bound to the client's address; netward installs the rules it needs, see steer/doc.go; if they cannot be installed and the flag was not given, netward warns and uses gvisor) or gvisor (a gVisor endpoint out through the TUN)")
 	upstreamMark := fs.Uint("upstream-mark", 0x4e59, "SO_MARK of the kernel upstream sockets (--upstream kernel); must differ from mark")
+	handoff := fs.Bool("handoff", true, "after the verdict, move the client's connection of a flow that needs no more inspection (TLS after its ClientHello, protocols judged by their first bytes) from gVisor to a kernel socket (TCP_REPAIR) and splice it with the upstream socket in the kernel; needs --upstream kernel")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: netward run [flags]\n\nSteers forwarded TCP into a TUN, terminates each flow and relays it\nwith the client's own address. Flags override the config file.\n\nflags:")
 		fs.PrintDefaults()
@@ -61,7 +62,7 @@ func runMain(args []string) int {
 		return 2
 	}
 	log := newLogger(cfg.Log)
-	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, tunDirectMax: *tunDirectMax, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark)}
+	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, tunDirectMax: *tunDirectMax, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark), handoff: *handoff}
 	fs.Visit(func(f *flag.Flag) { dp.upstreamAsked = dp.upstreamAsked || f.Name == "upstream" })
 	if err := run(cfg, dp, log); err != nil {
 		log.Error("netward run failed", "error", err)
@@ -132,6 +133,7 @@ type datapathOptions struct {
 	upstreamKernel bool
 	upstreamAsked  bool // --upstream was given: no fallback from kernel to gvisor
 	upstreamMark   uint32
+	handoff        bool // --handoff (with the kernel upstream leg only)
 }
 
 // run brings the datapath up in the order that never blackholes a flow:
@@ -193,6 +195,10 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		tun.Close()
 		return err
 	}
+	// Set before steering sends the first flow.
+	if dp.handoff && dp.upstreamKernel {
+		svc.guard.Handoff = st
+	}
 	// The UDP guard is complete before steering sends it a datagram.
 	svc.udp.Out, svc.udp.NewID = st, st.NewFlowID
 	if cfg.UDP && cfg.UDPBypass {
@@ -214,7 +220,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	svc.attach(st)
 	svc.health.SetCheck(datapathCheck(st.Failed(), st.Err, steering))
 	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files), "tun_writers", dp.tunWriters, "tun_direct_max", dp.tunDirectMax,
-		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "udp", cfg.UDP, "udp_bypass", cfg.UDP && cfg.UDPBypass, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
+		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "handoff", svc.guard.Handoff != nil, "udp", cfg.UDP, "udp_bypass", cfg.UDP && cfg.UDPBypass, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)

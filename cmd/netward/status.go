@@ -147,7 +147,7 @@ func printFlow(w io.Writer, f *metrics.FlowStatus) {
 	if f.Rule != "" {
 		b.WriteString(" rule=" + kvValue(f.Rule))
 	}
-	if f.Leg != "" {
+	if f.Leg != "" && f.Leg != "gvisor" { // the usual case goes unsaid
 		b.WriteString(" leg=" + kvValue(f.Leg))
 	}
 	fmt.Fprintf(&b, " bytes_toserver=%d bytes_toclient=%d\n", f.BytesToServer, f.BytesToClient)

@@ -1,0 +1,291 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/netward/netward/e2e/lab"
+	"github.com/netward/netward/e2e/lab/labtest"
+	"github.com/netward/netward/e2e/peer"
+)
+
+const (
+	handoffTLSPort = 8443
+	handoffSNI     = "handoff.example"
+)
+
+// handoffRules allow the lab's SNI and deny another one.
+const handoffRules = `default: allow
+rules:
+  - name: deny-blocked
+    action: deny
+    sni: blocked.example
+`
+
+// TestHandoff: with the kernel upstream leg, an allowed flow that needs
+// no more inspection (TLS after its ClientHello, a protocol judged by its
+// first bytes) leaves gVisor for a kernel socket: the bytes arrive intact
+// both ways, while a refused flow never reaches the server; the client's
+// data stops crossing the TUN after the switch; a client that sends
+// without pause through the switch loses nothing (SHA-256 of 100 MiB up
+// and down, iperf3 both directions); `netward status` shows the flow in
+// the kernel; connecting again from the port of a handed-off connection
+// the server closed first works at once (its TIME_WAIT is destroyed); and
+// netward_handoff_total counts the handoffs. --handoff=false keeps every
+// flow in gVisor.
+func TestHandoff(t *testing.T) {
+	labtest.RequireTools(t, "curl", "iperf3", "openssl")
+	l := labtest.New(t, lab.Options{RPFilter: 1})
+	dir := t.TempDir()
+	cert, key, err := peer.WriteCert(dir, handoffSNI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &datapath{lab: l, app: labtest.StartPeer(t, l.App,
+		"-tls-port", strconv.Itoa(handoffTLSPort), "-tls-cert", cert, "-tls-key", key)}
+	rules := filepath.Join(dir, "rules.yaml")
+	if err := os.WriteFile(rules, []byte(handoffRules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{Args: []string{"--rules", rules}})
+	metrics := func(t testing.TB) string {
+		return labtest.Run(t, l.Appliance, "curl", "-s", "--unix-socket", d.nw.AdminSocket, "http://netward/metrics")
+	}
+	handoffs := func(t testing.TB) float64 { return metricValue(metrics(t), `netward_handoff_total{result="ok"}`) }
+
+	curlTLS := func(t testing.TB, fam, sni, path string, extra ...string) (string, error) {
+		addr := l.Topo.AppV4.Addr()
+		if fam == "6" {
+			addr = l.Topo.AppV6.Addr()
+		}
+		host := addr.String()
+		if fam == "6" {
+			host = "[" + host + "]"
+		}
+		args := append([]string{"curl", "-sS", "--max-time", "20", "--cacert", cert,
+			"--resolve", fmt.Sprintf("%s:%d:%s", sni, handoffTLSPort, host),
+			fmt.Sprintf("https://%s:%d%s", sni, handoffTLSPort, path)}, extra...)
+		return runIn(l.Client, args...)
+	}
+
+	t.Run("TLS", func(t *testing.T) {
+		for _, fam := range []string{"4", "6"} {
+			before := handoffs(t)
+			out, err := curlTLS(t, fam, handoffSNI, "/")
+			if err != nil || !strings.Contains(out, "remote=") {
+				t.Fatalf("IPv%s: curl https: %v\n%s", fam, err, out)
+			}
+			if got := handoffs(t); got != before+1 {
+				t.Errorf("IPv%s: netward_handoff_total{result=\"ok\"} went from %v to %v, want +1\n%s", fam, before, got, grepLines(metrics(t), "netward_handoff_total"))
+			}
+		}
+	})
+
+	t.Run("TLSDenied", func(t *testing.T) {
+		before := handoffs(t)
+		if out, err := curlTLS(t, "4", "blocked.example", "/"); err == nil {
+			t.Fatalf("a denied SNI got an answer:\n%s", out)
+		}
+		if got := handoffs(t); got != before {
+			t.Errorf("a denied flow was handed off (%v → %v)", before, got)
+		}
+	})
+
+	// 64 MiB download over TLS: the client's leg is in the kernel, so
+	// the TUN sees only the handshake, not the data (a few dozen packets
+	// against ~45,000 segments of 1448 bytes).
+	t.Run("TLSBulkOffTUN", func(t *testing.T) {
+		ctx := context.Background()
+		before, err := d.nw.TUNStats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(64<<20), "-o", "/dev/null", "-w", "%{size_download}")
+		if err != nil || strings.TrimSpace(out) != strconv.Itoa(64<<20) {
+			t.Fatalf("curl 64 MiB: %v, got %q bytes", err, out)
+		}
+		after, err := d.nw.TUNStats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		delta := after.Sub(before)
+		if delta.RxBytes+delta.TxBytes > 1<<20 {
+			t.Errorf("64 MiB download moved %v through the TUN: the flow was not handed off", delta)
+		}
+		t.Logf("TUN during 64 MiB over TLS: %v", delta)
+	})
+
+	// The xfer client sends its 100 MiB right after the handshake, so
+	// its segments are in flight while the leg moves: nothing may be lost
+	// or doubled.
+	t.Run("SHA100MiBv4", func(t *testing.T) { checkXferHandedOff(t, d, handoffs, "4", 100<<20, 100<<20) })
+	t.Run("SHA100MiBv6", func(t *testing.T) { checkXferHandedOff(t, d, handoffs, "6", 100<<20, 100<<20) })
+	t.Run("Iperf3", func(t *testing.T) {
+		for _, reverse := range []bool{false, true} {
+			before := handoffs(t)
+			checkIperfArgs(t, d, reverse)
+			if got := handoffs(t); got < before+2 { // control and data connections
+				t.Errorf("iperf3 (reverse %v): %v handoffs, want ≥ 2", reverse, got-before)
+			}
+		}
+	})
+	t.Run("HalfClose", func(t *testing.T) { checkXferHandedOff(t, d, handoffs, "4", 64<<10, 8<<20) })
+	t.Run("ServerFirst", checkBannerT(d))
+
+	t.Run("StatusShowsKernelLeg", func(t *testing.T) {
+		// A download that takes a while: netward status lists its flow
+		// with leg=kernel.
+		done := make(chan error, 1)
+		go func() {
+			_, err := curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(256<<20), "-o", "/dev/null", "--limit-rate", "20M")
+			done <- err
+		}()
+		deadline := time.Now().Add(10 * time.Second)
+		var out string
+		for time.Now().Before(deadline) {
+			out, _ = runIn(l.Appliance, labtest.Netward(t), "status", "--socket", d.nw.AdminSocket)
+			if strings.Contains(out, "leg=kernel") {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !strings.Contains(out, "leg=kernel") {
+			t.Errorf("netward status never showed leg=kernel:\n%s", out)
+		}
+		runIn(l.Client, "pkill", "-f", "limit-rate")
+		<-done
+	})
+
+	// The server closes first, so the kernel socket that carried the
+	// client's leg ends in TIME_WAIT; the next connection from the same
+	// port must go through at once (no SYN answered by that socket).
+	t.Run("PortReuseAfterHandoff", func(t *testing.T) {
+		port := 40000 + int(time.Now().UnixNano()%20000)
+		for i := 0; i < 5; i++ {
+			start := time.Now()
+			out, err := curlTLS(t, "4", handoffSNI, "/", "--local-port", strconv.Itoa(port), "--max-time", "3")
+			if err != nil || !strings.Contains(out, "remote=") {
+				t.Fatalf("connection %d from port %d: %v\n%s", i+1, port, err, out)
+			}
+			if ms := time.Since(start).Milliseconds(); ms > 900 {
+				t.Errorf("connection %d from port %d took %d ms (a SYN was lost)", i+1, port, ms)
+			}
+		}
+		out := labtest.Run(t, l.Appliance, "ss", "-Htan", "state", "time-wait", "sport", "=", ":"+strconv.Itoa(handoffTLSPort))
+		if strings.Contains(out, ":"+strconv.Itoa(port)) {
+			t.Errorf("a TIME_WAIT socket of a handed-off leg remains:\n%s", out)
+		}
+	})
+
+	t.Run("Metrics", func(t *testing.T) {
+		m := metrics(t)
+		if v := metricValue(m, `netward_handoff_total{result="ok"}`); v < 8 {
+			t.Errorf("netward_handoff_total{result=\"ok\"} = %v, want ≥ 8\n%s", v, grepLines(m, "netward_handoff_total"))
+		}
+		t.Logf("%s", grepLines(m, "netward_handoff_total"))
+	})
+	if err := d.nw.Terminate(15 * time.Second); err != nil {
+		t.Fatalf("netward on SIGTERM: %v", err)
+	}
+
+	t.Run("Off", func(t *testing.T) {
+		d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{Args: []string{"--rules", rules, "--handoff=false"}})
+		out, err := curlTLS(t, "4", handoffSNI, "/")
+		if err != nil || !strings.Contains(out, "remote=") {
+			t.Fatalf("curl https: %v\n%s", err, out)
+		}
+		if m := metrics(t); strings.Contains(m, `netward_handoff_total{`) {
+			t.Errorf("--handoff=false handed off:\n%s", grepLines(m, "netward_handoff_total"))
+		}
+		if err := d.nw.Terminate(15 * time.Second); err != nil {
+			t.Fatalf("netward on SIGTERM: %v", err)
+		}
+	})
+}
+
+// checkXferHandedOff is checkXfer for a flow whose data does not cross
+// the TUN: one handoff, both digests right.
+func checkXferHandedOff(t *testing.T, d *datapath, handoffs func(testing.TB) float64, fam string, send, recv int) {
+	ctx := context.Background()
+	before := handoffs(t)
+	tb, err := d.nw.TUNStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r peer.XferResult
+	labtest.RunPeer(t, d.lab.Client, &r, "xfer", "-addr", d.appAddr(fam, peer.XferPort),
+		"-send", strconv.Itoa(send), "-recv", strconv.Itoa(recv))
+	if r.Sent != int64(send) || r.ServerRecv != int64(send) || r.SentSHA != r.ServerRecvSHA || r.Recv != int64(recv) {
+		t.Errorf("IPv%s: sent %d (sha %s), server got %d (sha %s), received %d", fam, r.Sent, r.SentSHA, r.ServerRecv, r.ServerRecvSHA, r.Recv)
+	}
+	if got := handoffs(t); got != before+1 {
+		t.Errorf("IPv%s: %v handoffs, want 1", fam, got-before)
+	}
+	ta, err := d.nw.TUNStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("IPv%s %d bytes up, %d down: TUN %v", fam, send, recv, ta.Sub(tb))
+}
+
+func checkBannerT(d *datapath) func(t *testing.T) {
+	return func(t *testing.T) { checkBanner(t, d) }
+}
+
+// checkIperfArgs runs iperf3 for 3 s (-R: server to client) and fails
+// unless it completes.
+func checkIperfArgs(t *testing.T, d *datapath, reverse bool) {
+	if d.perf == nil {
+		p, err := d.lab.App.Start("iperf3-server", "iperf3", "-s", "-p", "5201")
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.perf = p
+		waitListening(t, d.lab.App, 5201)
+	}
+	args := []string{"iperf3", "-c", d.lab.Topo.AppV4.Addr().String(), "-p", "5201", "-t", "3"}
+	if reverse {
+		args = append(args, "-R")
+	}
+	out := labtest.Run(t, d.lab.Client, args...)
+	if !strings.Contains(out, "receiver") {
+		t.Fatalf("iperf3 %v did not complete:\n%s", args, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "receiver") {
+			t.Logf("iperf3 reverse=%v: %s", reverse, strings.TrimSpace(line))
+		}
+	}
+}
+
+var metricLine = regexp.MustCompile(`^(\S+) (\S+)$`)
+
+// metricValue is the value of the sample named exactly name (with its
+// labels) in a Prometheus text exposition, 0 if absent.
+func metricValue(exposition, name string) float64 {
+	for _, line := range strings.Split(exposition, "\n") {
+		m := metricLine.FindStringSubmatch(line)
+		if m != nil && m[1] == name {
+			v, _ := strconv.ParseFloat(m[2], 64)
+			return v
+		}
+	}
+	return 0
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		if strings.Contains(line, substr) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
