@@ -528,8 +528,12 @@ func (p *path) measure(what string, minBytes int64, f func() (moved int64, err e
 	var before lab.LinkStats
 	var err error
 	var relayFromClient, relayFromServer int64
+	var relayedBefore float64
 	if p.nw != nil {
 		if before, err = p.nw.TUNStats(p.b.ctx); err != nil {
+			return err
+		}
+		if relayedBefore, err = p.relayedBytes(); err != nil {
 			return err
 		}
 	} else if ok, _ := p.l.Appliance.HasLink(p.b.ctx, lab.DefaultTUN); ok {
@@ -576,9 +580,19 @@ func (p *path) measure(what string, minBytes int64, f func() (moved int64, err e
 	d := after.Sub(before)
 	if p.kernelLeg {
 		// Only the client leg crosses the TUN; the server leg is a kernel
-		// socket. The payload crosses it once, in the direction it flows.
-		if max(int64(d.RxBytes), int64(d.TxBytes)) < want {
-			return fmt.Errorf("%s %s: only %v crossed the TUN, want ≥ %d bytes one way: the kernel forwarded it", p.col(), what, d, want)
+		// socket. The payload crosses it once, in the direction it flows,
+		// unless netward handed the flow off to the kernel after its
+		// verdict: then netward's own byte counters (which only flows it
+		// relays move) must show it.
+		if max(int64(d.RxBytes), int64(d.TxBytes)) >= want {
+			return nil
+		}
+		after, err := p.relayedBytes()
+		if err != nil {
+			return err
+		}
+		if int64(after-relayedBefore) < want {
+			return fmt.Errorf("%s %s: only %v crossed the TUN and netward relayed %.0f bytes, want ≥ %d bytes one way: the kernel forwarded it", p.col(), what, d, after-relayedBefore, want)
 		}
 		return nil
 	}
@@ -586,6 +600,16 @@ func (p *path) measure(what string, minBytes int64, f func() (moved int64, err e
 		return fmt.Errorf("%s %s: only %v crossed the TUN, want ≥ %d bytes each way: the kernel forwarded it", p.col(), what, d, want)
 	}
 	return nil
+}
+
+// relayedBytes is netward's netward_bytes_total, both directions: the
+// payload of the flows it relayed, handed-off ones included.
+func (p *path) relayedBytes() (float64, error) {
+	m, err := fetchMetrics(p.b.ctx, p.nw.AdminSocket)
+	if err != nil {
+		return 0, err
+	}
+	return m.value("netward_bytes_total", nil), nil
 }
 
 // appIP is the application's address in family fam ("4" or "6").
