@@ -33,6 +33,12 @@ type Proc struct {
 // Start starts args in the namespace in the background. The label names
 // the process in errors and its log file (label.log, made unique).
 func (n *NS) Start(label string, args ...string) (*Proc, error) {
+	return n.StartFiles(label, nil, nil, args...)
+}
+
+// StartFiles is Start with files the process inherits as descriptors 3,
+// 4, … (exec.Cmd.ExtraFiles) and more environment variables ("K=V").
+func (n *NS) StartFiles(label string, files []*os.File, env []string, args ...string) (*Proc, error) {
 	l := n.lab
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -54,6 +60,10 @@ func (n *NS) Start(label string, args ...string) (*Proc, error) {
 	full := append([]string{"netns", "exec", n.Name}, args...)
 	cmd := exec.Command("ip", full...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.ExtraFiles = files
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	// Own process group: Close can kill it and anything it forked, and a
 	// Ctrl-C in the terminal does not reach it before the lab is ready to.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -262,7 +262,7 @@ func (b *bench) flows(n int) error {
 	b.declareSub(name, closeTimeRow, "s").prec = 1
 	b.declareSub(name, drainRow, "s").noRatio = true
 	for _, v := range b.columns() {
-		if v != nil && v.relay {
+		if v.external() {
 			continue // about netward's memory and limits
 		}
 		if err := b.flowsOne(name, v, n); err != nil {

@@ -18,7 +18,9 @@
 //
 // -relay adds a column for the cheapest relay that terminates flows at all
 // (relayColumn): the floor under what netward, which terminates every flow,
-// can cost.
+// can cost. -proxies adds HAProxy and nginx as transparent SNI-filtering
+// proxies (proxyColumns; -proxy haproxy,nginx picks): what a team that
+// needs nothing but SNI filtering would run instead.
 package main
 
 import (
@@ -47,15 +49,20 @@ type variant struct {
 	name  string
 	args  []string // more flags for netward run
 	relay bool     // not netward: the reference relay (relayColumn)
+	proxy string   // not netward: lab.HAProxy or lab.Nginx (proxyColumns)
 }
+
+// external reports whether the column is not netward: the reference relay
+// or a proxy (rows about netward's memory, limits and UDP skip it).
+func (v *variant) external() bool { return v != nil && (v.relay || v.proxy != "") }
 
 type variants []variant
 
 func (v *variants) String() string { return fmt.Sprint(*v) }
 func (v *variants) Set(s string) error {
 	name, args, ok := strings.Cut(s, "=")
-	if !ok || name == "" || name == kernelColumn || name == relayColumn {
-		return fmt.Errorf("want NAME=FLAGS (NAME not %q or %q), got %q", kernelColumn, relayColumn, s)
+	if !ok || name == "" || name == kernelColumn || name == relayColumn || slices.Contains(proxyKinds, name) {
+		return fmt.Errorf("want NAME=FLAGS (NAME not %q, %q or a proxy's), got %q", kernelColumn, relayColumn, s)
 	}
 	*v = append(*v, variant{name: name, args: strings.Fields(args)})
 	return nil
@@ -92,6 +99,8 @@ type bench struct {
 	health []string
 	loaded map[string]string // column → what netward's metrics said it loaded
 	legs   map[string]string // column → netward_upstream_info{leg}
+	// proxyChecks are what a proxy column's SNI filter check found.
+	proxyChecks map[string]string
 }
 
 // row is one line of the result table: a value per column.
@@ -106,7 +115,7 @@ type row struct {
 }
 
 func main() {
-	b := &bench{secs: 10, rounds: 1, loaded: map[string]string{}, legs: map[string]string{}}
+	b := &bench{secs: 10, rounds: 1, loaded: map[string]string{}, legs: map[string]string{}, proxyChecks: map[string]string{}}
 	flag.StringVar(&b.netward, "netward", "", "netward `binary` (default: build ./cmd/netward)")
 	short := flag.Bool("short", false, "3 s per measurement instead of 10 s, churn for 3 s instead of 60 s, no 100,000-flow run unless -flows")
 	churn := flag.Duration("churn", 60*time.Second, "how long each connection-churn measurement runs (-short: 3s)")
@@ -116,6 +125,8 @@ func main() {
 	rulesMode := flag.String("rules", "realistic", "rule file for every netward column: none, realistic (generated: 1,000 rules + 10,000 domains) or a `FILE`")
 	flag.IntVar(&b.rounds, "rounds", 1, "repeat the throughput, latency and churn measurements this many `times`, the columns taking turns each round, and report medians: kernel forwarding's own rate drifts between runs")
 	flag.Var(&b.variants, "variant", "netward column `NAME=FLAGS` (repeatable; default netward= with no extra flags)")
+	proxies := flag.Bool("proxies", false, "add columns for HAProxy and nginx as transparent SNI-filtering proxies in the appliance (the bench's SNI allowed, others refused, other ports passed through in TCP mode) to throughput, latency and churn; installs the Debian packages if missing")
+	proxyList := flag.String("proxy", "", "add proxy columns, comma-separated: haproxy, nginx (-proxies: both)")
 	relay := flag.Bool("relay", false, "add a column for the cheapest relay that terminates flows (kernel sockets on both legs, TPROXY, splice, no inspection) to throughput, latency and churn: what terminating a flow costs before netward's stack and inspection")
 	flag.Parse()
 	if b.rounds < 1 {
@@ -139,6 +150,14 @@ func main() {
 	}
 	if *relay {
 		b.variants = append(b.variants, variant{name: relayColumn, relay: true})
+	}
+	kinds, err := parseProxies(*proxies, *proxyList)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	for _, k := range kinds {
+		b.variants = append(b.variants, variant{name: k, proxy: k})
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -179,6 +198,9 @@ func (b *bench) main(rulesMode string, parts map[string]bool, idle, flows int) e
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s is not installed", tool)
 		}
+	}
+	if err := b.ensureProxies(); err != nil {
+		return err
 	}
 	var err error
 	if b.dir, err = os.MkdirTemp("", "netward-bench-"); err != nil {
@@ -221,8 +243,8 @@ func (b *bench) main(rulesMode string, parts map[string]bool, idle, flows int) e
 		if !parts["memory"] || idle <= 0 {
 			break
 		}
-		if v.relay {
-			continue // netward's memory per flow; the relay's is the kernel's
+		if v.external() {
+			continue // netward's memory per flow; the relay's and proxies' is the kernel's and their own
 		}
 		if err := b.memory(v, idle); err != nil {
 			return err
@@ -386,6 +408,7 @@ type path struct {
 	v     *variant
 	nw    *lab.Netward
 	relay *lab.Relay // the -relay column's relay (relayColumn)
+	proxy *lab.Proxy // a proxy column's HAProxy or nginx
 	what  string     // the run, for health notes
 	// kernelLeg: netward's upstream leg is a kernel socket (metric
 	// netward_upstream_info), so only the client leg crosses the TUN.
@@ -403,6 +426,9 @@ func (b *bench) start(l *benchLab, v *variant, what string) (*path, error) {
 		var err error
 		p.relay, err = l.StartRelay(b.ctx, b.peer)
 		return p, err
+	}
+	if v.proxy != "" {
+		return p, p.startProxy()
 	}
 	args := []string{"--log-level", "warn"}
 	if b.rules.path != "" {
@@ -454,6 +480,9 @@ func (p *path) checkLoaded() error {
 func (p *path) stop() error {
 	if p.relay != nil {
 		return p.relay.Stop(10 * time.Second)
+	}
+	if p.proxy != nil {
+		return p.stopProxy()
 	}
 	if p.nw == nil {
 		return nil
@@ -539,17 +568,24 @@ func (p *path) measure(what string, minBytes int64, f func() (moved int64, err e
 	} else if ok, _ := p.l.Appliance.HasLink(p.b.ctx, lab.DefaultTUN); ok {
 		return fmt.Errorf("%s run, but a TUN exists in the appliance", p.col())
 	}
-	if p.relay != nil {
-		if relayFromClient, relayFromServer, err = p.relay.Bytes(p.b.ctx); err != nil {
+	ext := p.tproxied()
+	if ext != nil {
+		if relayFromClient, relayFromServer, err = ext.Bytes(p.b.ctx); err != nil {
+			return err
+		}
+	}
+	var haBefore lab.HAProxyFrontend
+	if p.proxy != nil && p.proxy.Config.Kind == lab.HAProxy {
+		if haBefore, err = p.haproxyTotals(); err != nil {
 			return err
 		}
 	}
 	progress("%-10s %s", p.col(), what)
 	moved, err := f()
 	if err != nil {
-		if p.relay != nil {
-			if exited, xerr := p.relay.Exited(); exited {
-				err = fmt.Errorf("%w; the relay exited (%v), its log:\n%s", err, xerr, p.relay.Log())
+		if ext != nil {
+			if exited, xerr := ext.Exited(); exited {
+				err = fmt.Errorf("%w; the %s exited (%v), its log:\n%s", err, p.col(), xerr, ext.Log())
 			}
 		}
 		return fmt.Errorf("%s %s: %w", p.col(), what, err)
@@ -558,15 +594,18 @@ func (p *path) measure(what string, minBytes int64, f func() (moved int64, err e
 	if moved > 0 {
 		want = moved * 9 / 10
 	}
-	if p.relay != nil {
-		c, s, err := p.relay.Bytes(p.b.ctx)
+	if ext != nil {
+		c, s, err := ext.Bytes(p.b.ctx)
 		if err != nil {
 			return err
 		}
 		// The payload crosses the relay once, in the direction it flows.
 		if c, s = c-relayFromClient, s-relayFromServer; max(c, s) < want {
-			return fmt.Errorf("%s %s: the relay got only %d bytes from the client and %d from the server, want ≥ %d one way: the kernel forwarded it",
+			return fmt.Errorf("%s %s: its TPROXY and MARK rules handed it only %d bytes from the client and %d from the server, want ≥ %d one way: the kernel forwarded it",
 				p.col(), what, c, s, want)
+		}
+		if p.proxy != nil && p.proxy.Config.Kind == lab.HAProxy {
+			return p.checkHAProxyBytes(what, haBefore, want)
 		}
 		return nil
 	}
@@ -639,6 +678,10 @@ func (b *bench) print(took time.Duration) {
 			fmt.Printf("column %s: nwpeer relay in the appliance: kernel sockets on both legs, TPROXY, splice, no inspection (the cheapest relay that terminates flows)\n", v.name)
 			continue
 		}
+		if v.proxy != "" {
+			fmt.Printf("column %s: %s\n", v.name, proxyDescription(v.proxy))
+			continue
+		}
 		args := strings.Join(v.args, " ")
 		if args == "" {
 			args = "(default flags)"
@@ -707,6 +750,13 @@ func (b *bench) print(took time.Duration) {
 	for _, v := range b.variants {
 		if v.relay {
 			fmt.Printf("%s: every measurement was checked to have crossed the relay (its TPROXY and MARK rules' byte counters).\n", v.name)
+		}
+		if v.proxy != "" {
+			fmt.Printf("%s: every measurement was checked to have crossed it (its TPROXY and MARK rules' byte counters%s); rows about netward alone\n"+
+				"  (memory per idle flow, concurrent flows, UDP) have no %s cell.\n", v.name, map[bool]string{true: ", and HAProxy's frontend byte counters"}[v.proxy == lab.HAProxy], v.name)
+			if c := b.proxyChecks[v.name]; c != "" {
+				fmt.Println("  " + c)
+			}
 		}
 	}
 	if b.rounds > 1 {

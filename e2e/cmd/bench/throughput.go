@@ -47,7 +47,7 @@ func (c iperfCase) name() string {
 // Labels of the CPU cost under each throughput row.
 const (
 	machineCPURow = "machine CPU per GB"
-	netwardCPURow = "own CPU per GB (netward's, or the relay's)"
+	netwardCPURow = "own CPU per GB (netward's, the relay's, the proxy's)"
 )
 
 func (b *bench) declareThroughput() {
@@ -62,24 +62,36 @@ func (b *bench) declareThroughput() {
 	}
 }
 
-// cpuMeter measures machine-wide busy CPU and, for netward, its own.
+// cpuMeter measures machine-wide busy CPU and, for netward (or the relay,
+// or a proxy), its own.
 type cpuMeter struct {
-	pid             int // netward's; 0: none
+	pids            []int // netward's, the relay's, or the proxy's processes; none for kernel forwarding
 	machine, netwrd float64
 }
 
-func startCPU(pid int) (*cpuMeter, error) {
-	m := &cpuMeter{pid: pid}
+func startCPU(pids []int) (*cpuMeter, error) {
+	m := &cpuMeter{pids: pids}
 	var err error
 	if m.machine, err = machineBusy(); err != nil {
 		return nil, err
 	}
-	if pid != 0 {
-		if m.netwrd, err = processCPU(pid); err != nil {
-			return nil, err
-		}
+	if m.netwrd, err = processesCPU(pids); err != nil {
+		return nil, err
 	}
 	return m, nil
+}
+
+// processesCPU is processCPU summed over pids.
+func processesCPU(pids []int) (float64, error) {
+	var sum float64
+	for _, pid := range pids {
+		s, err := processCPU(pid)
+		if err != nil {
+			return 0, err
+		}
+		sum += s
+	}
+	return sum, nil
 }
 
 // stop returns the CPU-seconds used since start: all CPUs, and netward's.
@@ -88,8 +100,8 @@ func (m *cpuMeter) stop() (machine, netwrd float64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	if m.pid != 0 {
-		nw, err := processCPU(m.pid)
+	if len(m.pids) > 0 {
+		nw, err := processesCPU(m.pids)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -107,14 +119,8 @@ func (p *path) iperf(c iperfCase) error {
 	return p.measure(c.name(), 0, func() (int64, error) {
 		ctx, cancel := context.WithTimeout(p.b.ctx, time.Duration(p.b.secs+30)*time.Second)
 		defer cancel()
-		pid := 0
-		switch {
-		case p.nw != nil:
-			pid = p.nw.PID()
-		case p.relay != nil:
-			pid = p.relay.PID()
-		}
-		cpu, err := startCPU(pid)
+		pids := p.ownPIDs()
+		cpu, err := startCPU(pids)
 		if err != nil {
 			return 0, err
 		}
@@ -138,7 +144,7 @@ func (p *path) iperf(c iperfCase) error {
 		if moved > 0 {
 			gb := float64(moved) / 1e9
 			p.b.set(subKey(c.name(), machineCPURow), "CPU-s/GB", p.col(), machine/gb)
-			if pid != 0 {
+			if len(pids) > 0 {
 				p.b.set(subKey(c.name(), netwardCPURow), "CPU-s/GB", p.col(), netwrd/gb)
 			}
 		}

@@ -71,8 +71,8 @@ func (b *bench) udpAll() error {
 	defer l.Close()
 	for range b.rounds {
 		for _, v := range b.columns() {
-			if v != nil && v.relay {
-				continue // the reference relay is TCP only
+			if v.external() {
+				continue // the reference relay and the proxies are TCP only here
 			}
 			p, err := b.start(l, v, "UDP")
 			if err != nil {
