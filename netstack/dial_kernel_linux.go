@@ -125,6 +125,11 @@ func (k *kernelConn) WaitReadable() error {
 	return k.rc.Read(k.peekFn)
 }
 
+// NewKernelConn makes c (a kernel TCP socket: a client leg Handoff
+// returned) a Conn with what relays use of netstack's legs: WaitReadable,
+// PeerFinished, KernelTCP.
+func NewKernelConn(c *net.TCPConn) (Conn, error) { return newKernelConn(c) }
+
 // KernelTCP is the leg's socket, for a relay that splices it with another
 // kernel socket (after Stack.Handoff).
 func (k *kernelConn) KernelTCP() *net.TCPConn { return k.TCPConn }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"reflect"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -47,21 +48,25 @@ func (s *Stack) Handoff(f *Flow, c Conn) (*net.TCPConn, error) {
 	}
 	quiet := s.link.quietConns()
 	key := quietKey(f.Client, f.Server)
-	// Silence first: no ACK gVisor makes after the state is read may
-	// reach the client, or the client would take bytes for delivered
-	// that the kernel socket never sees.
-	quiet.add(key)
-	st, err := s.readTCPState(ep)
+	// readTCPState silences the connection as it reads the state: no ACK
+	// gVisor makes after that may reach the client, or the client would
+	// take bytes for delivered that the kernel socket never sees.
+	st, err := s.readTCPState(ep, func(rcvNxt uint32) { quiet.add(key, rcvNxt) })
 	if err == nil {
 		var kc *net.TCPConn
 		kc, err = repairSocket(&st, f.Server, f.Client, s.upstreamMark)
 		if err == nil {
 			ep.Abort() // its RST is dropped at the link
+			// Until the flow ends cleanly, a new SYN on the tuple means
+			// the client is done with this connection (newSYN).
+			s.pendingTW.add(key)
 			s.stats.Handoffs.Add(1)
 			return kc, nil
 		}
 	}
-	quiet.remove(key)
+	if st.silenced {
+		quiet.remove(key)
+	}
 	return nil, err
 }
 
@@ -94,6 +99,7 @@ type tcpState struct {
 	sack, ts       bool
 	tsVal          uint32 // gVisor's timestamp clock now
 	rcvBufUsed     int
+	silenced       bool // readTCPState called silence
 }
 
 // gVisor keeps sequence numbers and windows in unexported fields
@@ -162,8 +168,11 @@ func resolveHandoffFields() {
 		f.sndNxt != nil && f.sndWnd != nil && f.sndWndScale != nil && f.mps != nil && f.sndBufUsed != nil
 }
 
-// readTCPState reads ep's connection state with ep locked.
-func (s *Stack) readTCPState(ep *tcp.Endpoint) (tcpState, error) {
+// readTCPState reads ep's connection state with ep locked and, if the
+// state can be handed off, calls silence with the receive sequence number
+// before it unlocks, so that no segment gVisor processes after the read
+// is acknowledged to the client.
+func (s *Stack) readTCPState(ep *tcp.Endpoint, silence func(rcvNxt uint32)) (tcpState, error) {
 	var st tcpState
 	ep.LockUser()
 	defer ep.UnlockUser()
@@ -202,6 +211,8 @@ func (s *Stack) readTCPState(ep *tcp.Endpoint) (tcpState, error) {
 	case st.maxPayload <= 0 || st.rcvWndScale > 14 || st.sndWndScale > 14:
 		return st, &HandoffError{Reason: HandoffState, Err: fmt.Errorf("mss %d, window scales %d/%d", st.maxPayload, st.sndWndScale, st.rcvWndScale)}
 	}
+	silence(st.rcvNxt)
+	st.silenced = true
 	return st, nil
 }
 
@@ -346,18 +357,26 @@ func (s *Stack) CloseHandoff(f *Flow, kc *net.TCPConn) {
 		rc.Control(func(fd uintptr) { state = tcpInfoState(fd) }) // a closed conn leaves state 0
 	}
 	kc.Close()
+	k := quietKey(f.Client, f.Server)
 	switch state {
 	case tcpClose, tcpTimeWait:
 		// CLOSE is also where a connection the client closed first ends;
 		// then there is nothing to destroy.
-		if err := s.destroyer.destroy(f.Server, f.Client); err == nil {
-			s.stats.HandoffTimeWaits.Add(1)
-		} else if !errors.Is(err, errNoSocket) {
-			s.stats.HandoffTimeWaitErrors.Add(1)
-			s.log.Debug("handoff: TIME_WAIT not destroyed", "flow_id", f.ID, "err", err)
-		}
+		s.pendingTW.take(k)
+		s.destroyTimeWait(f)
 	case tcpFinWait1, tcpFinWait2, tcpClosing:
-		s.pendingTW.add(quietKey(f.Client, f.Server))
+		s.pendingTW.closing(k) // TIME_WAIT is on its way: newSYN destroys it
+	default:
+		s.pendingTW.take(k) // reset or closed by the client: no TIME_WAIT
+	}
+}
+
+func (s *Stack) destroyTimeWait(f *Flow) {
+	if err := s.destroyer.destroy(f.Server, f.Client); err == nil {
+		s.stats.HandoffTimeWaits.Add(1)
+	} else if !errors.Is(err, errNoSocket) {
+		s.stats.HandoffTimeWaitErrors.Add(1)
+		s.log.Debug("handoff: TIME_WAIT not destroyed", "flow_id", f.ID, "err", err)
 	}
 }
 
@@ -366,12 +385,26 @@ func (s *Stack) CloseHandoff(f *Flow, kc *net.TCPConn) {
 func (s *Stack) newSYN(f *Flow) {
 	k := quietKey(f.Client, f.Server)
 	s.link.quietConns().remove(k)
-	if s.pendingTW.take(k) {
-		if err := s.destroyer.destroy(f.Server, f.Client); err == nil {
-			s.stats.HandoffTimeWaits.Add(1)
-		} else if !errors.Is(err, errNoSocket) {
-			s.stats.HandoffTimeWaitErrors.Add(1)
-			s.log.Debug("handoff: TIME_WAIT not destroyed", "flow_id", f.ID, "err", err)
-		}
+	present, open := s.pendingTW.peek(k)
+	// The client reconnects as soon as it has the answer and the FIN;
+	// the relay may not have closed the old socket yet. Destroying an
+	// open socket would reset the client, so give the relay a moment
+	// (this is the SYN's own goroutine).
+	for i := 0; present && open && i < synWaitSteps; i++ {
+		time.Sleep(synWaitStep)
+		present, open = s.pendingTW.peek(k)
+	}
+	if present && s.pendingTW.take(k) {
+		// A handed-off socket with this tuple still exists (TIME_WAIT, or
+		// open past the wait): it would take the client's packets of the
+		// new connection.
+		s.destroyTimeWait(f)
 	}
 }
+
+// A SYN waits at most synWaitSteps × synWaitStep for the relay to close
+// the handed-off socket of the same tuple.
+const (
+	synWaitSteps = 40
+	synWaitStep  = 5 * time.Millisecond
+)

@@ -56,7 +56,7 @@ func TestQuietSet(t *testing.T) {
 		if q.drops(fromServer) {
 			t.Fatal("empty set drops")
 		}
-		q.add(quietKey(client, server))
+		q.add(quietKey(client, server), 0)
 		if !q.drops(fromServer) {
 			t.Errorf("%s: gVisor's packet to the handed-off client is not dropped", tc.client)
 		}
@@ -71,7 +71,7 @@ func TestQuietSet(t *testing.T) {
 		if q.drops(fromServer) || q.n.Load() != 0 {
 			t.Errorf("%s: still dropped after remove (n %d)", tc.client, q.n.Load())
 		}
-		q.add(quietKey(client, server))
+		q.add(quietKey(client, server), 0)
 		deadline := time.Now().Add(quietFor + 2*time.Second)
 		for q.n.Load() != 0 && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
@@ -35,7 +36,17 @@ const quietFor = 500 * time.Millisecond
 
 type quietShard struct {
 	mu sync.Mutex
-	m  map[ackKey]int64 // until, in time.Now().UnixNano()
+	m  map[ackKey]quietEntry
+}
+
+// quietEntry is one silenced connection.
+type quietEntry struct {
+	until int64 // time.Now().UnixNano()
+	// ackLimit is the receive sequence number the kernel socket took
+	// over: a pure ACK gVisor made before the switch acknowledges no more
+	// than that, and may go (the client would otherwise wait for a
+	// retransmission timeout to learn what the kernel socket knows).
+	ackLimit uint32
 }
 
 // quietKey is the key of the packets gVisor sends on a client leg: from
@@ -62,18 +73,19 @@ func (q *quietSet) shard(k ackKey) *quietShard {
 	return &q.shards[(uint(k[34])<<8|uint(k[35]))%quietShards]
 }
 
-// add silences k until quietFor from now.
-func (q *quietSet) add(k ackKey) {
+// add silences k until quietFor from now, but for pure ACKs up to
+// ackLimit.
+func (q *quietSet) add(k ackKey, ackLimit uint32) {
 	sh := q.shard(k)
 	sh.mu.Lock()
 	if sh.m == nil {
-		sh.m = make(map[ackKey]int64)
+		sh.m = make(map[ackKey]quietEntry)
 	}
 	until := time.Now().Add(quietFor).UnixNano()
 	if _, ok := sh.m[k]; !ok {
 		q.n.Add(1)
 	}
-	sh.m[k] = until
+	sh.m[k] = quietEntry{until: until, ackLimit: ackLimit}
 	sh.mu.Unlock()
 	// The entry goes when its time is up even if no packet meets it, so
 	// the set empties and the write path's lookups stop.
@@ -99,7 +111,7 @@ func (q *quietSet) remove(k ackKey) {
 func (q *quietSet) expire(k ackKey, until int64) {
 	sh := q.shard(k)
 	sh.mu.Lock()
-	if u, ok := sh.m[k]; ok && u == until {
+	if e, ok := sh.m[k]; ok && e.until == until {
 		delete(sh.m, k)
 		q.n.Add(-1)
 	}
@@ -118,12 +130,18 @@ func (q *quietSet) drops(pkt *stack.PacketBuffer) bool {
 	}
 	sh := q.shard(k)
 	sh.mu.Lock()
-	until, found := sh.m[k]
-	if found && time.Now().UnixNano() > until {
+	e, found := sh.m[k]
+	if found && time.Now().UnixNano() > e.until {
 		delete(sh.m, k)
 		q.n.Add(-1)
 		found = false
 	}
 	sh.mu.Unlock()
-	return found
+	if !found {
+		return false
+	}
+	if th, ok := isPureAck(pkt); ok && int32(header.TCP(th).AckNumber()-e.ackLimit) <= 0 {
+		return false
+	}
+	return true
 }

@@ -117,49 +117,76 @@ func putDiagAddr(b []byte, a netip.Addr) {
 	copy(b, v[:])
 }
 
-// pendingTimeWait is the tuples of handed-off client legs closed before
-// the kernel reached TIME_WAIT, to destroy when their next SYN comes.
-// Sharded like quietSet; entries older than the kernel's TIME_WAIT go.
+// pendingTimeWait is the tuples of handed-off client legs whose kernel
+// socket may still exist: open (value 0), or closed before the kernel
+// reached TIME_WAIT (value: when). A new SYN on such a tuple destroys
+// the socket (Stack.newSYN). Sharded like quietSet.
 type pendingTimeWait struct {
 	shards [quietShards]struct {
-		mu sync.Mutex
-		m  map[ackKey]int64 // when added, UnixNano
+		mu    sync.Mutex
+		m     map[ackKey]int64
+		swept int64
 	}
 }
 
 // timeWaitLen is the kernel's TIME_WAIT (TCP_TIMEWAIT_LEN).
 const timeWaitLen = 60 * time.Second
 
-func (p *pendingTimeWait) add(k ackKey) {
-	sh := &p.shards[(uint(k[34])<<8|uint(k[35]))%quietShards]
-	now := time.Now().UnixNano()
+func (p *pendingTimeWait) shard(k ackKey) *struct {
+	mu    sync.Mutex
+	m     map[ackKey]int64
+	swept int64
+} {
+	return &p.shards[(uint(k[34])<<8|uint(k[35]))%quietShards]
+}
+
+// add records an open handed-off leg.
+func (p *pendingTimeWait) add(k ackKey) { p.set(k, 0) }
+
+// closing records that k's socket was closed on its way to TIME_WAIT.
+func (p *pendingTimeWait) closing(k ackKey) { p.set(k, time.Now().UnixNano()) }
+
+func (p *pendingTimeWait) set(k ackKey, v int64) {
+	sh := p.shard(k)
 	sh.mu.Lock()
 	if sh.m == nil {
 		sh.m = make(map[ackKey]int64)
 	}
-	// Few flows end this way (the client's FIN crossed netward's);
-	// dropping the expired ones whenever the map grows keeps it small.
-	if len(sh.m) >= 64 {
+	sh.m[k] = v
+	// Closed entries past TIME_WAIT go, in a sweep at most every few
+	// seconds per shard: open flows stay in the map, so a sweep per
+	// add would cost as many steps as there are flows.
+	if now := time.Now().UnixNano(); v != 0 && now-sh.swept > int64(5*time.Second) {
+		sh.swept = now
 		for key, t := range sh.m {
-			if now-t > int64(timeWaitLen) {
+			if t != 0 && now-t > int64(timeWaitLen) {
 				delete(sh.m, key)
 			}
 		}
 	}
-	sh.m[k] = now
 	sh.mu.Unlock()
 }
 
-// take reports whether k was pending, and forgets it.
+// peek reports whether k is present, and whether its socket is still
+// open (not closed by the relay yet).
+func (p *pendingTimeWait) peek(k ackKey) (present, open bool) {
+	sh := p.shard(k)
+	sh.mu.Lock()
+	t, ok := sh.m[k]
+	sh.mu.Unlock()
+	return ok && (t == 0 || time.Now().UnixNano()-t <= int64(timeWaitLen)), ok && t == 0
+}
+
+// take reports whether k's socket may still exist, and forgets k.
 func (p *pendingTimeWait) take(k ackKey) bool {
-	sh := &p.shards[(uint(k[34])<<8|uint(k[35]))%quietShards]
+	sh := p.shard(k)
 	sh.mu.Lock()
 	t, ok := sh.m[k]
 	if ok {
 		delete(sh.m, k)
 	}
 	sh.mu.Unlock()
-	return ok && time.Now().UnixNano()-t <= int64(timeWaitLen)
+	return ok && (t == 0 || time.Now().UnixNano()-t <= int64(timeWaitLen))
 }
 
 // tcpInfoState is the kernel's TCP state of c's socket (TCP_INFO), or 0.

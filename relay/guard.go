@@ -51,6 +51,10 @@ type Guard struct {
 	// first bytes) to a kernel socket, and the relay splices the two
 	// kernel legs (handoff.go). nil keeps every flow in gVisor.
 	Handoff Handoffer
+	// HandoffHTTP hands HTTP/1 flows off too, after their first request
+	// is allowed; the relay then reads and judges the later requests from
+	// the kernel socket.
+	HandoffHTTP bool
 
 	active  atomic.Int64
 	dropped recentDrops
@@ -703,7 +707,7 @@ func (gf *guardFlow) forward(b []byte) *halfError {
 // forwardRest sends the held bytes and then splices client → server
 // without further inspection.
 func (gf *guardFlow) forwardRest(in *clientInput) *halfError {
-	if !in.eof && gf.g.Handoff != nil {
+	if !in.eof && gf.g.Handoff != nil && gf.legs.Load() == nil {
 		gf.handoff(in) // on success, gf.legs are set: splice below
 	}
 	if err := gf.forward(in.buf); err != nil {
@@ -832,6 +836,9 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 			}
 			if gf.requests == 1 {
 				gf.client.SetReadDeadline(time.Time{})
+				if gf.g.Handoff != nil && !in.eof && gf.g.HandoffHTTP {
+					gf.handoffHTTP(in)
+				}
 			}
 			switch {
 			case req.Method == "CONNECT":

@@ -41,24 +41,50 @@ const (
 // verdict and before the held bytes go upstream: the server has not been
 // sent anything yet, so for TLS it has nothing to answer and gVisor
 // nothing unacknowledged. copyDown is paused for the switch and resumed
-// if the flow stays in gVisor. On success gf.legs is set and the flow's
-// client is the kernel socket.
+// if the flow stays in gVisor. On success gf.legs is set, the flow's
+// client is the kernel socket, and the down direction is spliced in the
+// kernel.
 func (gf *guardFlow) handoff(in *clientInput) {
+	if l := gf.moveClientLeg(in); l != nil {
+		go gf.spliceDown(l)
+	}
+}
+
+// handoffHTTP is handoff for an HTTP/1 flow after its first request was
+// allowed: later requests are read from the kernel socket and judged as
+// before (the relay reads them, as HAProxy does), so the down direction
+// stays copyDown's, which watches for protocol switches.
+func (gf *guardFlow) handoffHTTP(in *clientInput) {
+	if gf.moveClientLeg(in) != nil {
+		gf.resumeCopyDown()
+	}
+}
+
+// moveClientLeg is the switch itself; it returns the flow's kernel legs,
+// or nil with the flow as it was (copyDown running).
+func (gf *guardFlow) moveClientLeg(in *clientInput) *kernelLegs {
 	g := gf.g
 	up, ok := gf.server.(kernelLeg)
 	if !ok {
 		g.Metrics.Handoff(handoffGVisorLeg)
-		return
+		return nil
 	}
 	if !gf.pauseCopyDown() {
 		g.Metrics.Handoff(handoffServerDone)
-		return
+		return nil
 	}
 	kc, err := g.Handoff.Handoff(gf.f, gf.client)
 	// A client that sends at once (an upload) may have more in gVisor
 	// than the relay read: take it into the held bytes and try again.
 	for try := 0; try < handoffTries && isUnread(err) && gf.readMore(in); try++ {
 		kc, err = g.Handoff.Handoff(gf.f, gf.client)
+	}
+	var client netstack.Conn
+	if err == nil {
+		if client, err = netstack.NewKernelConn(kc); err != nil {
+			g.Handoff.CloseHandoff(gf.f, kc)
+			err = &netstack.HandoffError{Reason: netstack.HandoffRepair, Err: err}
+		}
 	}
 	if err != nil {
 		reason := netstack.HandoffRepair
@@ -70,8 +96,13 @@ func (gf *guardFlow) handoff(in *clientInput) {
 		if g.Log != nil {
 			g.Log.Debug("handoff: flow stays in gVisor", "flow_id", gf.f.ID, "err", err)
 		}
+		if reason == netstack.HandoffRepair && kc != nil {
+			// The gVisor endpoint is gone already: nothing can carry
+			// the flow on.
+			gf.fail(&halfError{up: true, read: true, err: err})
+		}
 		gf.resumeCopyDown()
-		return
+		return nil
 	}
 	g.Metrics.Handoff(handoffOK)
 	if g.Log != nil {
@@ -80,11 +111,11 @@ func (gf *guardFlow) handoff(in *clientInput) {
 	l := &kernelLegs{client: kc, server: up.KernelTCP()}
 	l.server.SetReadDeadline(time.Time{})
 	gf.mu.Lock()
-	gf.client = kc // fail() aborts the kernel socket from now on
+	gf.client = client // fail() aborts the kernel socket from now on
 	gf.mu.Unlock()
 	gf.legs.Store(l)
 	gf.af.SetKernel()
-	go gf.spliceDown(l)
+	return l
 }
 
 // handoffTries bounds the retries after unread data.

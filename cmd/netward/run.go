@@ -33,6 +33,7 @@ func runMain(args []string) int {
 	tunDirectMax := fs.Int("tun-direct-max", netstack.DefaultTUNDirectMax, "largest packet (bytes) that skips the TUN writers' queue when it is empty, written by the goroutine that sent it (no writer wake-up: lower latency for requests and answers); pure ACKs always queue; 0 queues every packet")
 	upstream := fs.String("upstream", "kernel", "how to reach the server: kernel (an IP_TRANSPARENT kernel socket bound to the client's address; netward installs the rules it needs, see steer/doc.go; if they cannot be installed and the flag was not given, netward warns and uses gvisor) or gvisor (a gVisor endpoint out through the TUN)")
 	upstreamMark := fs.Uint("upstream-mark", 0x4e59, "SO_MARK of the kernel upstream sockets (--upstream kernel); must differ from mark")
+	handoffHTTP := fs.Bool("handoff-http", true, "with --handoff, hand HTTP/1 flows off too, after their first request is allowed; netward then reads and judges every later request from the kernel socket")
 	handoff := fs.Bool("handoff", true, "after the verdict, move the client's connection of a flow that needs no more inspection (TLS after its ClientHello, protocols judged by their first bytes) from gVisor to a kernel socket (TCP_REPAIR) and splice it with the upstream socket in the kernel; needs --upstream kernel")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: netward run [flags]\n\nSteers forwarded TCP into a TUN, terminates each flow and relays it\nwith the client's own address. Flags override the config file.\n\nflags:")
@@ -62,7 +63,7 @@ func runMain(args []string) int {
 		return 2
 	}
 	log := newLogger(cfg.Log)
-	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, tunDirectMax: *tunDirectMax, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark), handoff: *handoff}
+	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, tunDirectMax: *tunDirectMax, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark), handoff: *handoff, handoffHTTP: *handoffHTTP}
 	fs.Visit(func(f *flag.Flag) { dp.upstreamAsked = dp.upstreamAsked || f.Name == "upstream" })
 	if err := run(cfg, dp, log); err != nil {
 		log.Error("netward run failed", "error", err)
@@ -134,6 +135,7 @@ type datapathOptions struct {
 	upstreamAsked  bool // --upstream was given: no fallback from kernel to gvisor
 	upstreamMark   uint32
 	handoff        bool // --handoff (with the kernel upstream leg only)
+	handoffHTTP    bool // --handoff-http
 }
 
 // run brings the datapath up in the order that never blackholes a flow:
@@ -198,6 +200,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	// Set before steering sends the first flow.
 	if dp.handoff && dp.upstreamKernel {
 		svc.guard.Handoff = st
+		svc.guard.HandoffHTTP = dp.handoffHTTP
 	}
 	// The UDP guard is complete before steering sends it a datagram.
 	svc.udp.Out, svc.udp.NewID = st, st.NewFlowID
