@@ -56,6 +56,10 @@ type TUNStats struct {
 	// Direct are packets written by the goroutine that sent them, not
 	// by a TUN writer: small ones that found the queue empty.
 	Direct uint64
+	// HandoffTimeWaits are TIME_WAIT sockets of flows handed off to the
+	// kernel that netward destroyed so the client could reuse the port
+	// at once; HandoffTimeWaitErrors could not be destroyed.
+	HandoffTimeWaits, HandoffTimeWaitErrors uint64
 }
 
 // UpstreamStats describe the kernel upstream leg (netward run --upstream
@@ -366,6 +370,8 @@ var (
 		"Packets written to the TUN by the goroutine that sent them instead of a TUN writer: small packets (requests, answers, ACKs) that found the write queue empty, so they did not wait for a writer to wake.", nil, nil)
 	synTimeWaitDesc = prometheus.NewDesc("netward_syn_time_wait_total",
 		"Client SYNs that reused the 4-tuple of a connection netward's stack still held in TIME_WAIT, by result (waited: held until it ended, then served as a new connection; timeout: still in TIME_WAIT after the longest wait, passed on and dropped; overflow: too many waiting, passed on and dropped). Dropped SYNs are retransmitted by the client.", []string{"result"}, nil)
+	handoffTimeWaitDesc = prometheus.NewDesc("netward_handoff_time_wait_total",
+		"TIME_WAIT sockets of flows handed off to the kernel, destroyed when the flow ended (the client's port is free again at once, as it is after a flow netward's own stack served), by result (destroyed, failed: SOCK_DESTROY refused; the socket then lingers in the kernel's TIME_WAIT).", []string{"result"}, nil)
 	upstreamInfoDesc = prometheus.NewDesc("netward_upstream_info",
 		"The upstream leg new flows take: leg=kernel (a kernel socket bound to the client's address) or gvisor (out through the TUN).", []string{"leg"}, nil)
 	upstreamSocketsDesc = prometheus.NewDesc("netward_upstream_kernel_sockets",
@@ -393,6 +399,7 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- tunDropsDesc
 	ch <- tunAcksDesc
 	ch <- synTimeWaitDesc
+	ch <- handoffTimeWaitDesc
 	ch <- tunFINsMergedDesc
 	ch <- tunDirectDesc
 	ch <- upstreamInfoDesc
@@ -425,6 +432,8 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(synTimeWaitDesc, prometheus.CounterValue, float64(s.SynsHeld-min(s.SynTimeouts, s.SynsHeld)), "waited")
 		ch <- prometheus.MustNewConstMetric(synTimeWaitDesc, prometheus.CounterValue, float64(s.SynTimeouts), "timeout")
 		ch <- prometheus.MustNewConstMetric(synTimeWaitDesc, prometheus.CounterValue, float64(s.SynOverflows), "overflow")
+		ch <- prometheus.MustNewConstMetric(handoffTimeWaitDesc, prometheus.CounterValue, float64(s.HandoffTimeWaits), "destroyed")
+		ch <- prometheus.MustNewConstMetric(handoffTimeWaitDesc, prometheus.CounterValue, float64(s.HandoffTimeWaitErrors), "failed")
 	}
 	if f := c.upstream.Load(); f != nil {
 		s := (*f)()

@@ -80,7 +80,7 @@ func TestCountersMoveExactly(t *testing.T) {
 	now := t0
 	m := New(Options{Version: "1.2.3", Now: func() time.Time { return now }})
 	m.SetTUNStats(func() TUNStats {
-		return TUNStats{RxPackets: 10, TxPackets: 9, RxDropped: 1, TxDropped: 2, AcksDelayed: 7, AcksMerged: 4, SynsHeld: 6, SynTimeouts: 1, SynOverflows: 2, FINsMerged: 11}
+		return TUNStats{RxPackets: 10, TxPackets: 9, RxDropped: 1, TxDropped: 2, AcksDelayed: 7, AcksMerged: 4, SynsHeld: 6, SynTimeouts: 1, SynOverflows: 2, FINsMerged: 11, HandoffTimeWaits: 3, HandoffTimeWaitErrors: 1}
 	})
 	m.SetEventStats(func() EventStats { return EventStats{Emitted: 7, Written: 5, Dropped: 1, Failed: 1} })
 	m.SetUpstreamStats(func() UpstreamStats {
@@ -137,6 +137,8 @@ func TestCountersMoveExactly(t *testing.T) {
 		"netward_tun_fins_merged_total":                       11,
 		"netward_syn_time_wait_total{result=timeout}":         1,
 		"netward_syn_time_wait_total{result=overflow}":        2,
+		"netward_handoff_time_wait_total{result=destroyed}":   3,
+		"netward_handoff_time_wait_total{result=failed}":      1,
 		"netward_upstream_info{leg=kernel}":                   1,
 		"netward_upstream_kernel_sockets":                     6,
 		"netward_upstream_fallbacks_total":                    8,

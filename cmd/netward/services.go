@@ -176,11 +176,13 @@ func (s *services) attach(st *netstack.Stack) {
 			AcksDelayed: stats.TxAcksDelayed.Load(),
 			AcksMerged:  stats.TxAcksMerged.Load(),
 
-			SynsHeld:     stats.SynsHeld.Load(),
-			SynTimeouts:  stats.SynGateTimeouts.Load(),
-			SynOverflows: stats.SynGateOverflows.Load(),
-			FINsMerged:   stats.TxFINsMerged.Load(),
-			Direct:       stats.TxDirect.Load(),
+			SynsHeld:              stats.SynsHeld.Load(),
+			SynTimeouts:           stats.SynGateTimeouts.Load(),
+			SynOverflows:          stats.SynGateOverflows.Load(),
+			HandoffTimeWaits:      stats.HandoffTimeWaits.Load(),
+			HandoffTimeWaitErrors: stats.HandoffTimeWaitErrors.Load(),
+			FINsMerged:            stats.TxFINsMerged.Load(),
+			Direct:                stats.TxDirect.Load(),
 		}
 	})
 	s.metrics.SetUpstreamStats(func() metrics.UpstreamStats {

@@ -57,9 +57,69 @@ func (b *bench) declareThroughput() {
 		b.declareSub(c.name(), netwardCPURow, "CPU-s/GB").noRatio = true
 	}
 	for _, fam := range []string{"4", "6"} {
+		r := tlsBulkRow(fam, b.tlsBulkBytes())
+		b.declare(r, "Gbit/s")
+		b.declareSub(r, machineCPURow, "CPU-s/GB")
+		b.declareSub(r, netwardCPURow, "CPU-s/GB").noRatio = true
+	}
+	for _, fam := range []string{"4", "6"} {
 		b.declare(latencyRow(fam, "p50"), "µs")
 		b.declare(latencyRow(fam, "p99"), "µs")
 	}
+}
+
+// tlsBulkBytes is the size of the TLS bulk download: 1 GiB, 256 MiB with
+// -short (3 s measurements).
+func (b *bench) tlsBulkBytes() int64 {
+	if b.secs < 10 {
+		return 256 << 20
+	}
+	return 1 << 30
+}
+
+func tlsBulkRow(fam string, n int64) string {
+	return fmt.Sprintf("TLS bulk IPv%s: curl %d MiB over HTTPS (SNI allowed), app→client", fam, n>>20)
+}
+
+// tlsBulk downloads tlsBulkBytes over HTTPS with the bench's SNI: one
+// TLS flow that every column must judge by its ClientHello and then
+// carry (issue 18's "TLS bulk" row).
+func (p *path) tlsBulk(fam string) error {
+	n := p.b.tlsBulkBytes()
+	row := tlsBulkRow(fam, n)
+	return p.measure(row, 0, func() (int64, error) {
+		ctx, cancel := context.WithTimeout(p.b.ctx, 3*time.Minute)
+		defer cancel()
+		pids := p.ownPIDs()
+		cpu, err := startCPU(pids)
+		if err != nil {
+			return 0, err
+		}
+		args := p.b.httpsCurl(p.l, fam, benchSNI, "/bytes?n="+strconv.FormatInt(n, 10), "-m", "170", "-w", "%{size_download} %{time_total}")
+		out, err := p.l.Client.Run(ctx, args...)
+		machine, netwrd, cerr := cpu.stop()
+		if err != nil {
+			return 0, err
+		}
+		if cerr != nil {
+			return 0, cerr
+		}
+		var got int64
+		var secs float64
+		if _, err := fmt.Sscan(out, &got, &secs); err != nil || secs <= 0 {
+			return 0, fmt.Errorf("curl's -w said %q: %v", out, err)
+		}
+		if got != n {
+			return 0, fmt.Errorf("curl downloaded %d bytes, want %d", got, n)
+		}
+		p.b.set(row, "Gbit/s", p.col(), float64(got)*8/secs/1e9)
+		gb := float64(got) / 1e9
+		p.b.set(subKey(row, machineCPURow), "CPU-s/GB", p.col(), machine/gb)
+		if len(pids) > 0 {
+			p.b.set(subKey(row, netwardCPURow), "CPU-s/GB", p.col(), netwrd/gb)
+		}
+		return got, nil
+	})
 }
 
 // cpuMeter measures machine-wide busy CPU and, for netward (or the relay,
@@ -188,6 +248,11 @@ func (b *bench) throughputAndLatency() error {
 			}
 			for _, c := range iperfCases {
 				if err := p.iperf(c); err != nil {
+					return errors.Join(err, p.stop())
+				}
+			}
+			for _, fam := range []string{"4", "6"} {
+				if err := p.tlsBulk(fam); err != nil {
 					return errors.Join(err, p.stop())
 				}
 			}
