@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -96,8 +97,14 @@ func (l *Lab) StartProxy(ctx context.Context, opts ProxyOptions) (*Proxy, error)
 	if dir == "" {
 		dir = l.Dir
 	}
+	// The proxies inherit this process's limit (the lab starts them as
+	// its children): their caps must fit it.
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return nil, fmt.Errorf("lab: proxy: open-file limit: %w", err)
+	}
 	cfg := ProxyConfig{Kind: opts.Kind, Dir: dir, TLSPort: ProxyTLSPort, TCPPort: ProxyTCPPort,
-		AllowSNI: opts.AllowSNI, Threads: opts.Threads}
+		AllowSNI: opts.AllowSNI, Threads: opts.Threads, Files: int(min(lim.Max, 400000))}
 	text, err := cfg.Text()
 	if err != nil {
 		return nil, err

@@ -40,6 +40,21 @@ type ProxyConfig struct {
 	// InspectDelay bounds the wait for the ClientHello, as netward's
 	// limits.inspect_timeout does (in seconds; 0: 3).
 	InspectDelay int
+	// Files is the process's open-file limit (0: 400000); connections
+	// are capped to fit in it (two descriptors each, as netward's
+	// max_flows is): HAProxy refuses to start with a maxconn its
+	// limit cannot hold.
+	Files int
+}
+
+// maxConn is the connection cap that fits Files: two descriptors per
+// proxied connection, 1,000 kept for listeners and logs.
+func (c ProxyConfig) maxConn() (files, conns int) {
+	files = c.Files
+	if files <= 0 {
+		files = 400000
+	}
+	return files, max(100, (files-1000)/2)
 }
 
 // Path is the configuration file's path.
@@ -97,7 +112,8 @@ func (c ProxyConfig) haproxy() string {
 	if c.Threads > 0 {
 		w("    nbthread %d", c.Threads)
 	}
-	w("    maxconn 200000")
+	_, conns := c.maxConn()
+	w("    maxconn %d", conns)
 	w("    stats socket %s mode 600 level admin", c.StatsSocket())
 	w("")
 	w("defaults")
@@ -152,12 +168,13 @@ func (c ProxyConfig) nginx() string {
 	} else {
 		w("worker_processes auto;")
 	}
-	w("worker_rlimit_nofile 400000;")
+	files, conns := c.maxConn()
+	w("worker_rlimit_nofile %d;", files)
 	w("daemon off;")
 	w("pid %s;", filepath.Join(c.Dir, "nginx.pid"))
 	w("error_log stderr notice;")
 	w("events {")
-	w("    worker_connections 200000;")
+	w("    worker_connections %d;", conns)
 	w("}")
 	w("stream {")
 	w("    access_log off;")
