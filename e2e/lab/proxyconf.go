@@ -41,20 +41,20 @@ type ProxyConfig struct {
 	// limits.inspect_timeout does (in seconds; 0: 3).
 	InspectDelay int
 	// Files is the process's open-file limit (0: 400000); connections
-	// are capped to fit in it (two descriptors each, as netward's
-	// max_flows is): HAProxy refuses to start with a maxconn its
-	// limit cannot hold.
+	// are capped to fit in it: HAProxy refuses to start with a maxconn
+	// its limit cannot hold.
 	Files int
 }
 
-// maxConn is the connection cap that fits Files: two descriptors per
-// proxied connection, 1,000 kept for listeners and logs.
+// maxConn is the connection cap that fits Files: three descriptors per
+// proxied connection (its two sockets and a share of the splice pipes:
+// HAProxy counts 2.5), 1,000 kept for listeners and logs.
 func (c ProxyConfig) maxConn() (files, conns int) {
 	files = c.Files
 	if files <= 0 {
 		files = 400000
 	}
-	return files, max(100, (files-1000)/2)
+	return files, max(100, (files-1000)/3)
 }
 
 // Path is the configuration file's path.
