@@ -16,7 +16,7 @@ import (
 // next to netward: the cheapest relay that terminates flows.
 type Relay struct {
 	*Proc
-	lab *Lab
+	rules tproxyRules
 }
 
 // The relay's port, mark and routing table in the appliance namespace (the
@@ -46,26 +46,13 @@ func (l *Lab) relayRules() [][]string {
 // StartRelay installs the relay's rules and routes in the appliance and
 // starts peerBinary's relay there; on error it leaves nothing behind.
 func (l *Lab) StartRelay(ctx context.Context, peerBinary string) (*Relay, error) {
-	r := &Relay{lab: l}
-	a := l.Appliance
-	for _, tool := range relayIPTables {
-		for _, rule := range l.relayRules() {
-			if err := a.run(ctx, append([]string{tool, "-w", "-t", "mangle", "-A", "PREROUTING"}, rule...)...); err != nil {
-				return nil, errors.Join(err, r.removeRules())
-			}
-		}
+	r := &Relay{rules: tproxyRules{lab: l, specs: l.relayRules(), mark: relayMark, table: relayTable}}
+	if err := r.rules.install(ctx); err != nil {
+		return nil, err
 	}
-	for _, fam := range []struct{ flag, all string }{{"-4", "0.0.0.0/0"}, {"-6", "::/0"}} {
-		if err := a.run(ctx, "ip", fam.flag, "rule", "add", "fwmark", relayMark, "lookup", relayTable); err != nil {
-			return nil, errors.Join(err, r.removeRules())
-		}
-		if err := a.run(ctx, "ip", fam.flag, "route", "add", "local", fam.all, "dev", "lo", "table", relayTable); err != nil {
-			return nil, errors.Join(err, r.removeRules())
-		}
-	}
-	p, err := a.Start("nwpeer-relay", peerBinary, "relay", "-port", strconv.Itoa(RelayPort))
+	p, err := l.Appliance.Start("nwpeer-relay", peerBinary, "relay", "-port", strconv.Itoa(RelayPort))
 	if err != nil {
-		return nil, errors.Join(err, r.removeRules())
+		return nil, errors.Join(err, r.rules.remove())
 	}
 	r.Proc = p
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -85,61 +72,14 @@ func (r *Relay) Stop(grace time.Duration) error {
 			err = fmt.Errorf("lab: relay: %w\n%s", err, r.Log())
 		}
 	}
-	return errors.Join(err, r.removeRules())
-}
-
-// removeRules removes whatever of the relay's rules and routes is there.
-func (r *Relay) removeRules() error {
-	// Runs also when the caller's context is done (an interrupted bench).
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	a := r.lab.Appliance
-	var errs []error
-	for _, tool := range relayIPTables {
-		for _, rule := range r.lab.relayRules() {
-			args := append([]string{tool, "-w", "-t", "mangle", "-C", "PREROUTING"}, rule...)
-			if a.run(ctx, args...) != nil {
-				continue // not installed
-			}
-			args[4] = "-D"
-			if err := a.run(ctx, args...); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	for _, fam := range []string{"-4", "-6"} {
-		if out, err := a.Run(ctx, "ip", fam, "route", "show", "table", relayTable); err == nil && strings.TrimSpace(out) != "" {
-			if err := a.run(ctx, "ip", fam, "route", "flush", "table", relayTable); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		for range 10 {
-			out, err := a.Run(ctx, "ip", fam, "rule", "show", "fwmark", relayMark)
-			if err != nil || strings.TrimSpace(out) == "" {
-				break
-			}
-			if err := a.run(ctx, "ip", fam, "rule", "del", "fwmark", relayMark, "lookup", relayTable); err != nil {
-				errs = append(errs, err)
-				break
-			}
-		}
-	}
-	return errors.Join(errs...)
+	return errors.Join(err, r.rules.remove())
 }
 
 // Bytes are the bytes the relay's rules have handed it so far, IPv4 and
 // IPv6 together: from the client (TPROXY) and from the server (MARK). They
 // prove that traffic crossed the relay rather than kernel forwarding.
 func (r *Relay) Bytes(ctx context.Context) (fromClient, fromServer int64, err error) {
-	for _, tool := range relayIPTables {
-		out, err := r.lab.Appliance.Run(ctx, tool, "-w", "-t", "mangle", "-n", "-v", "-x", "-L", "PREROUTING")
-		if err != nil {
-			return 0, 0, err
-		}
-		c, s := RelayCounters(out)
-		fromClient, fromServer = fromClient+c, fromServer+s
-	}
-	return fromClient, fromServer, nil
+	return r.rules.bytes(ctx)
 }
 
 // RelayCounters sums the byte counters of the TPROXY and MARK rules in
