@@ -213,11 +213,22 @@ func (p *Proxy) PIDs() []int {
 func (p *Proxy) Stop(grace time.Duration) error {
 	err := p.rules.remove()
 	if p.Proc != nil {
-		if serr := p.Proc.Stop(grace); serr != nil {
+		if serr := p.Proc.Stop(grace); serr != nil && !diedOf(serr, syscall.SIGTERM) {
 			err = errors.Join(err, fmt.Errorf("lab: %s: %w\n%s", p.Config.Kind, serr, tail(p.Log(), 4000)))
 		}
 	}
 	return err
+}
+
+// diedOf says whether err is the exit of a process killed by sig: HAProxy
+// in the foreground (-db) stops on SIGTERM by dying of it.
+func diedOf(err error, sig syscall.Signal) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == sig
 }
 
 // Bytes are the bytes the proxy's rules have handed it so far, IPv4 and
