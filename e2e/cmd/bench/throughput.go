@@ -212,6 +212,19 @@ func (p *path) iperf(c iperfCase) error {
 	})
 }
 
+// retried runs one measurement, and once more if it fails: iperf3 now and
+// then never ends a run (its control connection waits forever for a
+// stream's end), which would cost the whole bench. The failure is noted
+// under the table; a second one ends the bench.
+func (p *path) retried(what string, f func() error) error {
+	err := f()
+	if err == nil {
+		return nil
+	}
+	p.b.health = append(p.b.health, fmt.Sprintf("  %s, %s: failed once, measured again: %v", p.col(), what, err))
+	return f()
+}
+
 func latencyRow(fam, pct string) string {
 	return fmt.Sprintf("latency %s IPv%s (64 B request/response, open conn)", pct, fam)
 }
@@ -247,7 +260,7 @@ func (b *bench) throughputAndLatency() error {
 				return err
 			}
 			for _, c := range iperfCases {
-				if err := p.iperf(c); err != nil {
+				if err := p.retried(c.name(), func() error { return p.iperf(c) }); err != nil {
 					return errors.Join(err, p.stop())
 				}
 			}
