@@ -61,6 +61,7 @@ func (s *Stack) Handoff(f *Flow, c Conn) (*net.TCPConn, error) {
 			// the client is done with this connection (newSYN).
 			s.pendingTW.add(key)
 			s.stats.Handoffs.Add(1)
+			s.setClient(f, kc) // Shutdown resets the kernel socket now
 			return kc, nil
 		}
 	}

@@ -178,7 +178,7 @@ const flowShards = 64
 // cache line.
 type flowShard struct {
 	mu    sync.Mutex
-	flows map[*liveFlow]struct{}
+	flows map[uint64]*liveFlow // by Flow.ID
 	// dialCtx ends the shard's kernel dials at Shutdown (cancelDials).
 	// Each dial's deadline context registers with its parent under the
 	// parent's lock, so the parent is per shard, not one for the stack.
@@ -221,7 +221,7 @@ func New(o Options) (*Stack, error) {
 	s.destroyer.fd = -1
 	for i := range s.flows {
 		shard := &s.flows[i]
-		shard.flows = make(map[*liveFlow]struct{})
+		shard.flows = make(map[uint64]*liveFlow)
 		shard.dialCtx, shard.cancelDials = context.WithCancel(context.Background())
 	}
 	s.upstreamKernel.Store(o.UpstreamKernel)
@@ -483,7 +483,7 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		server.Close()
 		return
 	}
-	shard.flows[lf] = struct{}{}
+	shard.flows[f.ID] = lf
 	shard.mu.Unlock()
 	s.stats.FlowsServed.Add(1)
 	s.stats.FlowsActive.Add(1)
@@ -491,7 +491,7 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	s.handler.Serve(f, client, server)
 	s.stats.FlowsActive.Add(-1)
 	shard.mu.Lock()
-	delete(shard.flows, lf)
+	delete(shard.flows, f.ID)
 	shard.mu.Unlock()
 }
 
@@ -652,7 +652,7 @@ func (s *Stack) Shutdown(ctx context.Context) error {
 	for i := range s.flows {
 		shard := &s.flows[i]
 		shard.mu.Lock()
-		for lf := range shard.flows {
+		for _, lf := range shard.flows {
 			abort(lf.client)
 			abort(lf.server)
 		}
@@ -665,6 +665,22 @@ func (s *Stack) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("netstack: shutdown: %d flows still open: %w", s.stats.FlowsActive.Load(), ctx.Err())
+	}
+}
+
+// setClient makes c the client leg Shutdown resets for flow f: the kernel
+// socket a handoff moved the connection to. After Shutdown began, c is
+// reset here (Shutdown may have passed f's shard already).
+func (s *Stack) setClient(f *Flow, c Conn) {
+	shard := &s.flows[f.ID%flowShards]
+	shard.mu.Lock()
+	if lf := shard.flows[f.ID]; lf != nil {
+		lf.client = c
+	}
+	closing := s.closing.Load()
+	shard.mu.Unlock()
+	if closing {
+		abort(c)
 	}
 }
 

@@ -112,7 +112,7 @@
 //	iptables -t raw -I OUTPUT 1 -j NETWARD_UPSTREAM
 //	iptables -t mangle -N NETWARD_TPROXY
 //	iptables -t mangle -A NETWARD_TPROXY -p tcp --syn -j RETURN
-//	iptables -t mangle -A NETWARD_TPROXY ! -i netward0 -p tcp -m socket --transparent -j MARK --set-xmark 0x4e58/0xffff
+//	iptables -t mangle -A NETWARD_TPROXY ! -i netward0 -p tcp -m socket --transparent --restore-skmark -m mark --mark 0x4e59/0xffff -j MARK --set-xmark 0x4e58/0xffff
 //	iptables -t mangle -A NETWARD_TPROXY -m mark --mark 0x4e58/0xffff -j ACCEPT
 //	iptables -t mangle -I PREROUTING 1 -p tcp -j NETWARD_TPROXY
 //	ip6tables -t raw -N NETWARD_UPSTREAM
@@ -120,7 +120,7 @@
 //	ip6tables -t raw -I OUTPUT 1 -j NETWARD_UPSTREAM
 //	ip6tables -t mangle -N NETWARD_TPROXY
 //	ip6tables -t mangle -A NETWARD_TPROXY -p tcp --syn -j RETURN
-//	ip6tables -t mangle -A NETWARD_TPROXY ! -i netward0 -p tcp -m socket --transparent -j MARK --set-xmark 0x4e58/0xffff
+//	ip6tables -t mangle -A NETWARD_TPROXY ! -i netward0 -p tcp -m socket --transparent --restore-skmark -m mark --mark 0x4e59/0xffff -j MARK --set-xmark 0x4e58/0xffff
 //	ip6tables -t mangle -A NETWARD_TPROXY -m mark --mark 0x4e58/0xffff -j ACCEPT
 //	ip6tables -t mangle -I PREROUTING 1 -p tcp -j NETWARD_TPROXY
 //
@@ -135,6 +135,12 @@
 //
 // Why: the server's answers are addressed to the client, so without these
 // they would be steered (or forwarded) instead of reaching the socket.
+// The socket match restores the socket's SO_MARK onto the packet and
+// takes only UpstreamMark: netward's own sockets, and only full ones (a
+// TIME_WAIT socket has no mark to restore). A client leg handed off to the
+// kernel ends in TIME_WAIT; a new connection from the same client port has
+// its handshake in gVisor, and its packets must go on to the TUN instead
+// of into that TIME_WAIT.
 // NETWARD_TPROXY is jumped to before NETWARD and ACCEPTs them, which ends
 // mangle PREROUTING before they could get the steering mark; the ip rule
 // delivers them locally. The TUN is excluded because gVisor's client leg

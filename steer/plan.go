@@ -64,7 +64,13 @@ func upstreamPlan(c *Config) []chainPlan {
 			jump:  []string{"-p", "tcp", "-j", TransparentChain},
 			rules: [][]string{
 				{"-p", "tcp", "--syn", "-j", "RETURN"},
-				{"!", "-i", c.TUN, "-p", "tcp", "-m", "socket", "--transparent", "-j", "MARK", "--set-xmark", tmark},
+				// Only netward's own full sockets (their SO_MARK restored
+				// onto the packet): a TIME_WAIT socket of a flow handed
+				// off to the kernel would take the packets of a new
+				// connection on its tuple, whose handshake is in gVisor.
+				// Those go on to the TUN.
+				{"!", "-i", c.TUN, "-p", "tcp", "-m", "socket", "--transparent", "--restore-skmark",
+					"-m", "mark", "--mark", fmt.Sprintf("%#x/%#x", c.UpstreamMark, c.Mask), "-j", "MARK", "--set-xmark", tmark},
 				{"-m", "mark", "--mark", tmark, "-j", "ACCEPT"},
 			},
 		},
