@@ -15,7 +15,9 @@ import (
 // upstreamKernelArgs runs netward with the kernel upstream leg: the
 // upstream of each flow is an IP_TRANSPARENT kernel socket, and steer
 // installs the rules it needs (none are added here by hand).
-var upstreamKernelArgs = []string{"--upstream", "kernel"}
+// --handoff-http: these checks are also the end-to-end test of HTTP
+// flows handed off to the kernel after their first request.
+var upstreamKernelArgs = []string{"--upstream", "kernel", "--handoff-http"}
 
 // TestUpstreamKernel: `netward run --upstream kernel` on a lab with no
 // rules added by hand relays IPv4 and IPv6 with the client's own address,
