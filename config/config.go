@@ -72,6 +72,21 @@ type Config struct {
 	Health  Health  `yaml:"health"`
 	Admin   Admin   `yaml:"admin"`
 	Limits  Limits  `yaml:"limits"`
+	Geneve  Geneve  `yaml:"geneve"`
+}
+
+// Geneve configures the GENEVE datapath behind an AWS Gateway Load
+// Balancer (netward run --geneve): flows arrive and leave encapsulated on
+// UDP instead of through the TUN and the steering rules.
+type Geneve struct {
+	// Enabled turns the GENEVE datapath on (and the TUN and steering off).
+	Enabled bool `yaml:"enabled"`
+	// Listen is the UDP address GENEVE arrives on (GWLB sends to 6081).
+	Listen string `yaml:"listen"`
+	// MaxEndpoints caps the (GWLB endpoint, attachment) pairs served at
+	// once, each with its own stack; packets of more are dropped and
+	// counted.
+	MaxEndpoints int `yaml:"max_endpoints"`
 }
 
 // Health configures the health check a load balancer (AWS Gateway Load
@@ -173,6 +188,7 @@ func Default() *Config {
 		},
 		Metrics: Metrics{Listen: ""},
 		Health:  Health{DrainTimeout: 10 * time.Second},
+		Geneve:  Geneve{Listen: ":6081", MaxEndpoints: 64},
 		Admin:   Admin{Socket: "/run/netward/admin.sock"},
 		Limits: Limits{
 			MaxFlows:          200000,
@@ -293,6 +309,12 @@ func (c *Config) Validate() error {
 		if _, err := netip.ParseAddrPort(c.Health.Listen); err != nil && !strings.HasPrefix(c.Health.Listen, ":") {
 			bad("health.listen", "%q is not ip:port or :port", c.Health.Listen)
 		}
+	}
+	if _, err := netip.ParseAddrPort(c.Geneve.Listen); c.Geneve.Enabled && err != nil && !strings.HasPrefix(c.Geneve.Listen, ":") {
+		bad("geneve.listen", "%q is not ip:port or :port", c.Geneve.Listen)
+	}
+	if c.Geneve.MaxEndpoints < 1 || c.Geneve.MaxEndpoints > 4096 {
+		bad("geneve.max_endpoints", "%d is outside 1..4096", c.Geneve.MaxEndpoints)
 	}
 	if c.Health.DrainTimeout < 0 || c.Health.DrainTimeout > time.Hour {
 		bad("health.drain_timeout", "%v is outside 0..1h", c.Health.DrainTimeout)

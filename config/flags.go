@@ -98,6 +98,25 @@ func NewFlags(fs *flag.FlagSet) *Flags {
 		c.Limits.UDPIdleTimeout = d
 		return nil
 	}
+	fs.Bool("geneve", false, "GENEVE datapath behind an AWS Gateway Load Balancer: flows arrive and leave encapsulated on UDP (--geneve-listen), no TUN, no steering")
+	f.set["geneve"] = func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("--geneve: %q is not true or false", v)
+		}
+		c.Geneve.Enabled = b
+		return nil
+	}
+	str("geneve-listen", "UDP `ADDR` GENEVE arrives on (default :6081)", func(c *Config, v string) { c.Geneve.Listen = v })
+	fs.String("geneve-max-endpoints", "", "most GWLB (endpoint, attachment) pairs served at once, each with its own stack (default 64)")
+	f.set["geneve-max-endpoints"] = func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("--geneve-max-endpoints: %q is not a number", v)
+		}
+		c.Geneve.MaxEndpoints = n
+		return nil
+	}
 	fs.String("pprof", "", "serve /debug/pprof on the metrics listener: true or false")
 	f.set["pprof"] = func(c *Config, v string) error {
 		b, err := strconv.ParseBool(v)

@@ -57,6 +57,10 @@ func runMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "netward run: %v\n", err)
 		return 2
 	}
+	if cfg.Geneve.Enabled && *upstream == "kernel" && flagGiven(fs, "upstream") {
+		fmt.Fprintln(os.Stderr, "netward run: --geneve reaches the server back through the tunnel (the gVisor upstream leg); --upstream kernel does not apply")
+		return 2
+	}
 	if *upstream != "gvisor" && *upstream != "kernel" {
 		fmt.Fprintf(os.Stderr, "netward run: --upstream %q is not gvisor or kernel\n", *upstream)
 		return 2
@@ -66,6 +70,14 @@ func runMain(args []string) int {
 		return 2
 	}
 	log := newLogger(cfg.Log)
+	if cfg.Geneve.Enabled {
+		dp := datapathOptions{tunWriters: *tunWriters, tunDirectMax: *tunDirectMax}
+		if err := runGeneve(cfg, dp, log); err != nil {
+			log.Error("netward run failed", "error", err)
+			return 1
+		}
+		return 0
+	}
 	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, tunDirectMax: *tunDirectMax, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark), handoff: *handoff, handoffHTTP: *handoffHTTP}
 	fs.Visit(func(f *flag.Flag) { dp.upstreamAsked = dp.upstreamAsked || f.Name == "upstream" })
 	if err := run(cfg, dp, log); err != nil {
@@ -73,6 +85,12 @@ func runMain(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// flagGiven reports whether the flag name was set on the command line.
+func flagGiven(fs *flag.FlagSet, name string) (given bool) {
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
 }
 
 func newLogger(c config.Log) *slog.Logger {
