@@ -107,6 +107,10 @@ type Datapath struct {
 	mu      sync.Mutex
 	links   map[key]*link
 	closing bool
+	// known is a copy of links, replaced whenever links changes (an
+	// endpoint's first packet, Close): every packet looks its endpoint
+	// up here, without mu.
+	known atomic.Pointer[map[key]*link]
 
 	wg       sync.WaitGroup
 	failOnce sync.Once
@@ -258,6 +262,7 @@ func (d *Datapath) Close() error {
 	d.mu.Lock()
 	links := d.links
 	d.links = map[key]*link{}
+	d.known.Store(new(map[key]*link)) // a nil map: finds nothing
 	d.mu.Unlock()
 	for _, l := range links {
 		if err := l.close(); err != nil {
@@ -373,6 +378,11 @@ func (d *Datapath) send(pkt []byte, to netip.Addr) {
 // endpoint's first packet; nil when the cap is reached or the stack cannot
 // be built (counted).
 func (d *Datapath) link(k key) *link {
+	if known := d.known.Load(); known != nil {
+		if l := (*known)[k]; l != nil {
+			return l
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if l := d.links[k]; l != nil {
@@ -393,6 +403,11 @@ func (d *Datapath) link(k key) *link {
 		return nil
 	}
 	d.links[k] = l
+	known := make(map[key]*link, len(d.links))
+	for k, l := range d.links {
+		known[k] = l
+	}
+	d.known.Store(&known)
 	d.m.endpoints.Set(float64(len(d.links)))
 	d.log.Info("GWLB endpoint", "endpoint", fmt.Sprintf("%016x", k.endpoint), "attachment", fmt.Sprintf("%016x", k.attachment), "endpoints", len(d.links))
 	return l

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/netward/netward/geneve"
@@ -70,12 +71,12 @@ func (l *link) txLoop() {
 		}
 		pkt := buf[headroom : headroom+n]
 		m.fromStack.Inc()
+		h.Protocol = protoOf(pkt)
 		var t tuple
-		if !t.parse(pkt, protoOf(pkt)) || !t.hasPorts {
+		if !t.parse(pkt, h.Protocol) || !t.hasPorts {
 			m.drops[DropNoFlow].Inc()
 			continue
 		}
-		h.Protocol = protoOf(pkt)
 		to, ok := l.flows.header(t.key(), &h)
 		if !ok {
 			m.drops[DropNoFlow].Inc()
@@ -193,8 +194,7 @@ type flowTable struct {
 		mu sync.Mutex
 		m  map[flowKey]*flowEntry
 	}
-	mu sync.Mutex // guards count
-	n  int
+	n atomic.Int64 // entries over all shards: one counter, no lock of its own
 }
 
 func (ft *flowTable) init() {
@@ -215,13 +215,8 @@ func (ft *flowTable) note(k flowKey, h *geneve.Header, from netip.Addr, max int)
 	defer s.mu.Unlock()
 	e := s.m[k]
 	if e == nil {
-		ft.mu.Lock()
-		full := ft.n >= max
-		if !full {
-			ft.n++
-		}
-		ft.mu.Unlock()
-		if full {
+		if ft.n.Add(1) > int64(max) {
+			ft.n.Add(-1)
 			return false
 		}
 		e = &flowEntry{}
@@ -271,7 +266,5 @@ func (ft *flowTable) sweep(cutoff time.Time) {
 		}
 		s.mu.Unlock()
 	}
-	ft.mu.Lock()
-	ft.n -= removed
-	ft.mu.Unlock()
+	ft.n.Add(-int64(removed))
 }
