@@ -147,16 +147,7 @@ func TestHandoff(t *testing.T) {
 			_, err := curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(256<<20), "-o", "/dev/null", "--limit-rate", "20M")
 			done <- err
 		}()
-		deadline := time.Now().Add(10 * time.Second)
-		var out string
-		for time.Now().Before(deadline) {
-			out, _ = runIn(l.Appliance, labtest.Netward(t), "status", "--socket", d.nw.AdminSocket)
-			if strings.Contains(out, "leg=kernel") {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if !strings.Contains(out, "leg=kernel") {
+		if out, ok := waitKernelLeg(t, d); !ok {
 			t.Errorf("netward status never showed leg=kernel:\n%s", out)
 		}
 		runIn(l.Client, "pkill", "-f", "limit-rate")
@@ -205,16 +196,8 @@ func TestHandoff(t *testing.T) {
 			out, err := curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(256<<20), "-o", "/dev/null", "--limit-rate", "2M", "-w", "%{size_download}")
 			done <- result{out, err}
 		}()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			out, _ := runIn(l.Appliance, labtest.Netward(t), "status", "--socket", d.nw.AdminSocket)
-			if strings.Contains(out, "leg=kernel") {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the download never showed leg=kernel:\n%s", out)
-			}
-			time.Sleep(100 * time.Millisecond)
+		if out, ok := waitKernelLeg(t, d); !ok {
+			t.Fatalf("the download never showed leg=kernel:\n%s", out)
 		}
 		start := time.Now()
 		if err := d.nw.Terminate(15 * time.Second); err != nil {
@@ -273,6 +256,22 @@ func TestHandoff(t *testing.T) {
 			t.Fatalf("netward on SIGTERM: %v", err)
 		}
 	})
+}
+
+// waitKernelLeg polls `netward status` for up to 10 s until a flow shows
+// leg=kernel; it returns the last output.
+func waitKernelLeg(t testing.TB, d *datapath) (string, bool) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := runIn(d.lab.Appliance, labtest.Netward(t), "status", "--socket", d.nw.AdminSocket)
+		if strings.Contains(out, "leg=kernel") {
+			return out, true
+		}
+		if time.Now().After(deadline) {
+			return out, false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // checkXferHandedOff is checkXfer for a flow whose data does not cross

@@ -113,11 +113,7 @@ func (p *path) tlsBulk(fam string) error {
 			return 0, fmt.Errorf("curl downloaded %d bytes, want %d", got, n)
 		}
 		p.b.set(row, "Gbit/s", p.col(), float64(got)*8/secs/1e9)
-		gb := float64(got) / 1e9
-		p.b.set(subKey(row, machineCPURow), "CPU-s/GB", p.col(), machine/gb)
-		if len(pids) > 0 {
-			p.b.set(subKey(row, netwardCPURow), "CPU-s/GB", p.col(), netwrd/gb)
-		}
+		p.setCPUPerGB(row, got, machine, netwrd, len(pids) > 0)
 		return got, nil
 	})
 }
@@ -201,15 +197,22 @@ func (p *path) iperf(c iperfCase) error {
 		}
 		moved := r.End.SumReceived.Bytes
 		p.b.set(c.name(), "Gbit/s", p.col(), r.End.SumReceived.BPS/1e9)
-		if moved > 0 {
-			gb := float64(moved) / 1e9
-			p.b.set(subKey(c.name(), machineCPURow), "CPU-s/GB", p.col(), machine/gb)
-			if len(pids) > 0 {
-				p.b.set(subKey(c.name(), netwardCPURow), "CPU-s/GB", p.col(), netwrd/gb)
-			}
-		}
+		p.setCPUPerGB(c.name(), moved, machine, netwrd, len(pids) > 0)
 		return moved, nil
 	})
+}
+
+// setCPUPerGB fills row's CPU sub-rows for moved bytes: the machine's,
+// and the column's own process when it has one.
+func (p *path) setCPUPerGB(row string, moved int64, machine, own float64, hasOwn bool) {
+	if moved <= 0 {
+		return
+	}
+	gb := float64(moved) / 1e9
+	p.b.set(subKey(row, machineCPURow), "CPU-s/GB", p.col(), machine/gb)
+	if hasOwn {
+		p.b.set(subKey(row, netwardCPURow), "CPU-s/GB", p.col(), own/gb)
+	}
 }
 
 // retried runs one measurement, and once more if it fails: iperf3 now and
