@@ -112,6 +112,7 @@ type ruleApp struct {
 type ruleAppConn struct {
 	Proto  string // "http" or "https"
 	Remote netip.AddrPort
+	Local  netip.AddrPort // the server's end: with Remote, the flow's 4-tuple
 	recv   atomic.Int64
 	closed chan struct{} // closed when the server has closed the connection
 	once   sync.Once
@@ -124,7 +125,7 @@ func (c *ruleAppConn) Recv() int64 { return c.recv.Load() }
 // ruleAppRequest is one request the application answered.
 type ruleAppRequest struct {
 	Proto, Host, Method, Path, SNI string
-	Remote                         netip.AddrPort
+	Remote, Local                  netip.AddrPort
 }
 
 // startRuleApp starts the servers in ns; they stop in t.Cleanup.
@@ -184,6 +185,9 @@ func (a *ruleApp) handler(proto string) http.Handler {
 		rec := ruleAppRequest{Proto: proto, Host: r.Host, Method: r.Method, Path: r.URL.Path}
 		rec.Remote, _ = netip.ParseAddrPort(r.RemoteAddr)
 		rec.Remote = netip.AddrPortFrom(rec.Remote.Addr().Unmap(), rec.Remote.Port())
+		if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			rec.Local = unmappedAddrPort(la)
+		}
 		if r.TLS != nil {
 			rec.SNI = r.TLS.ServerName
 		}
@@ -309,12 +313,17 @@ func (l *ruleCountingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-	rec := &ruleAppConn{Proto: l.proto, Remote: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), closed: make(chan struct{})}
+	rec := &ruleAppConn{Proto: l.proto, Remote: unmappedAddrPort(c.RemoteAddr()), Local: unmappedAddrPort(c.LocalAddr()), closed: make(chan struct{})}
 	l.srv.mu.Lock()
 	l.srv.conns = append(l.srv.conns, rec)
 	l.srv.mu.Unlock()
 	return &ruleCountingConn{Conn: c, rec: rec}, nil
+}
+
+// unmappedAddrPort is a as a netip.AddrPort, IPv4-mapped IPv6 unmapped.
+func unmappedAddrPort(a net.Addr) netip.AddrPort {
+	ap, _ := netip.ParseAddrPort(a.String())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 type ruleCountingConn struct {

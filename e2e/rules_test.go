@@ -209,12 +209,14 @@ func (r *ruleLab) requireVerdict(t testing.TB, src, dst netip.AddrPort, verdict,
 // requireNothingReceived checks that the application got no byte from the
 // client connection src. netward dials the application at the SYN, so the
 // server may have accepted that connection; it must not have read from it.
-func (r *ruleLab) requireNothingReceived(t testing.TB, src netip.AddrPort) {
+func (r *ruleLab) requireNothingReceived(t testing.TB, src, dst netip.AddrPort) {
 	t.Helper()
 	r.app.mu.Lock()
 	var recs []*ruleAppConn
 	for _, c := range r.app.conns {
-		if c.Remote == src {
+		// The 4-tuple, not the source alone: the client's kernel may reuse
+		// an allowed flow's source port towards another destination port.
+		if c.Remote == src && c.Local == dst {
 			recs = append(recs, c)
 		}
 	}
@@ -228,7 +230,7 @@ func (r *ruleLab) requireNothingReceived(t testing.TB, src netip.AddrPort) {
 		}
 	}
 	for _, q := range r.requests() {
-		if q.Remote == src {
+		if q.Remote == src && q.Local == dst {
 			t.Errorf("the application answered a request of the refused flow from %s: %+v", src, q)
 		}
 	}
@@ -360,7 +362,7 @@ func (r *ruleLab) testHTTPSCurl(t *testing.T) {
 				t.Errorf("%v\nwant exit 35 (TLS handshake failed) with the access denied alert", res)
 			}
 			r.requireVerdict(t, res.Local, dst, "deny", tc.rule)
-			r.requireNothingReceived(t, res.Local)
+			r.requireNothingReceived(t, res.Local, dst)
 		})
 	}
 }
@@ -403,7 +405,7 @@ func (r *ruleLab) testHTTPSOpenSSL(t *testing.T) {
 				t.Errorf("openssl exit %d, stdout %q, stderr %q; want a failure with \"alert access denied\"", res.Exit, res.Stdout, res.Stderr)
 			}
 			r.requireVerdict(t, src, dst, "deny", tc.rule)
-			r.requireNothingReceived(t, src)
+			r.requireNothingReceived(t, src, dst)
 		})
 	}
 }
@@ -463,7 +465,7 @@ func (r *ruleLab) testClientHelloShapes(t *testing.T) {
 						t.Errorf("%s: handshake error %v, want the access denied alert", desc, res.Err)
 					}
 					r.requireVerdict(t, res.Local, dst, "deny", n.rule)
-					r.requireNothingReceived(t, res.Local)
+					r.requireNothingReceived(t, res.Local, dst)
 				case n.edit[0] == "":
 					if res.Err != nil || !strings.HasPrefix(res.Body, "200 app ok proto=https") {
 						t.Errorf("%s: error %v, answer %q; want the application's answer", desc, res.Err, res.Body)
@@ -514,7 +516,7 @@ func (r *ruleLab) testClientHelloAfterAlert(t *testing.T) {
 			if f.Verdict != "deny" {
 				t.Errorf("netward %s the flow by %q: %s", f.Verdict, f.Rule, f)
 			}
-			r.requireNothingReceived(t, res.Local)
+			r.requireNothingReceived(t, res.Local, dst)
 			t.Logf("netward %s by %q; client: %v", f.Verdict, f.Rule, res.Err)
 		})
 	}
@@ -567,7 +569,7 @@ func (r *ruleLab) testHTTP(t *testing.T) {
 				t.Errorf("%v\nwant netward's 403 page naming rule %q", res, tc.rule)
 			}
 			r.requireVerdict(t, res.Local, dst, "deny", tc.rule)
-			r.requireNothingReceived(t, res.Local)
+			r.requireNothingReceived(t, res.Local, dst)
 		})
 	}
 }
@@ -615,7 +617,7 @@ func (r *ruleLab) testHTTPTrickled(t *testing.T) {
 				t.Errorf("status %d, body %q; want 403 naming %s", resp.StatusCode, body, tc.rule)
 			}
 			r.requireVerdict(t, local, ruleHTTPDst, "deny", tc.rule)
-			r.requireNothingReceived(t, local)
+			r.requireNothingReceived(t, local, ruleHTTPDst)
 		})
 	}
 }
@@ -663,7 +665,7 @@ func (r *ruleLab) testKeepAlive(t *testing.T) {
 			r.requireVerdict(t, local, ruleHTTPDst, "deny", tc.rule)
 			var got []string
 			for _, q := range r.requests() {
-				if q.Remote == local {
+				if q.Remote == local && q.Local == ruleHTTPDst {
 					got = append(got, q.Method+" "+q.Path)
 				}
 			}
@@ -745,7 +747,7 @@ func (r *ruleLab) testDrop(t *testing.T) {
 			if f.BytesDown != 0 {
 				t.Errorf("flow line %s: want no bytes to the client", f)
 			}
-			r.requireNothingReceived(t, src)
+			r.requireNothingReceived(t, src, tc.dst)
 			if tc.syn {
 				r.requireNoConnection(t, netip.AddrPortFrom(src.Addr(), 0))
 			}
