@@ -102,3 +102,31 @@ func TestLogrotateMatchesConfig(t *testing.T) {
 		t.Error("copytruncate loses events; netward reopens on SIGUSR1")
 	}
 }
+
+// TestAWSGWLBConfigLoads reads the netward.yaml of README-aws.md's Gateway
+// Load Balancer section with the config loader, so the documented keys stay
+// the ones netward reads.
+func TestAWSGWLBConfigLoads(t *testing.T) {
+	doc := readFile(t, "README-aws.md")
+	_, sec, ok := strings.Cut(doc, "## 8. A fleet behind a Gateway Load Balancer")
+	if !ok {
+		t.Fatal("README-aws.md: no Gateway Load Balancer section")
+	}
+	_, block, ok := strings.Cut(sec, "```yaml\n")
+	if !ok {
+		t.Fatal("README-aws.md section 8: no yaml block")
+	}
+	block, _, _ = strings.Cut(block, "```")
+	path := t.TempDir() + "/netward.yaml"
+	if err := os.WriteFile(path, []byte(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("README-aws.md section 8's netward.yaml: %v", err)
+	}
+	if !c.Geneve.Enabled || c.Geneve.Listen != ":6081" || c.Geneve.MaxEndpoints != 64 ||
+		c.Health.Listen != ":9741" || c.Health.DrainTimeout.Seconds() != 20 || !strings.HasPrefix(c.Rules, "https://") {
+		t.Errorf("section 8's netward.yaml not read as documented: %+v", c)
+	}
+}
