@@ -12,8 +12,10 @@ import (
 	"syscall"
 )
 
-// labNS matches the namespaces New creates: "nw-<6 hex>-cli|fw|app".
-var labNS = regexp.MustCompile(`^` + Prefix + `[0-9a-f]{6}-(cli|fw|app)$`)
+// labNS matches the namespaces New creates, "nw-<6 hex>-cli|fw|app", and
+// those NewGWLB creates: "nw-<6 hex>-ul" (the underlay), "-fw<N>" (the
+// appliances), "-s<N>cli|s<N>app|s<N>gw" (the sites).
+var labNS = regexp.MustCompile(`^` + Prefix + `[0-9a-f]{6}-(cli|fw|app|ul|fw[0-9]|s[0-9](cli|app|gw))$`)
 
 // Cleanup removes the namespaces (with their interfaces, routes, firewall
 // rules and processes) of every lab, such as those left by killed runs. It

@@ -132,7 +132,30 @@ func New(opts Options) (*Lab, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("lab: needs root (network namespaces)")
 	}
-	topo := opts.Topology
+	if opts.RPFilter < 0 || opts.RPFilter > 2 {
+		return nil, fmt.Errorf("lab: RPFilter %d is not 0, 1 or 2", opts.RPFilter)
+	}
+	l, err := newBase(opts.Topology, opts.Dir, opts.KeepDir, opts.Logf)
+	if err != nil {
+		return nil, err
+	}
+	base := Prefix + l.ID // "nw-abcdef"
+	l.ClientIf = base + "-c"
+	l.ApplianceClientIf = base + "-fc"
+	l.ApplianceAppIf = base + "-fa"
+	l.AppIf = base + "-a"
+	l.Client = &NS{Name: base + "-cli", Role: "client", lab: l}
+	l.Appliance = &NS{Name: base + "-fw", Role: "appliance", lab: l}
+	l.App = &NS{Name: base + "-app", Role: "app", lab: l}
+	if err := l.build(opts); err != nil {
+		return nil, errors.Join(err, l.Close())
+	}
+	return l, nil
+}
+
+// newBase makes what every lab has: its random ID, its log directory and
+// its (still empty) lists of namespaces and processes, which Close removes.
+func newBase(topo Topology, dir string, keepDir bool, logf func(string, ...any)) (*Lab, error) {
 	if !topo.ClientV4.IsValid() {
 		topo = Default()
 	}
@@ -141,39 +164,42 @@ func New(opts Options) (*Lab, error) {
 		return nil, fmt.Errorf("lab: random id: %w", err)
 	}
 	id := hex.EncodeToString(b[:])
-	base := Prefix + id // "nw-abcdef"
-	l := &Lab{
-		ID:                id,
-		Topo:              topo,
-		Dir:               opts.Dir,
-		ClientIf:          base + "-c",
-		ApplianceClientIf: base + "-fc",
-		ApplianceAppIf:    base + "-fa",
-		AppIf:             base + "-a",
-		logf:              opts.Logf,
-	}
+	l := &Lab{ID: id, Topo: topo, Dir: dir, logf: logf}
 	if l.logf == nil {
 		l.logf = func(string, ...any) {}
 	}
-	l.Client = &NS{Name: base + "-cli", Role: "client", lab: l}
-	l.Appliance = &NS{Name: base + "-fw", Role: "appliance", lab: l}
-	l.App = &NS{Name: base + "-app", Role: "app", lab: l}
 	if l.Dir == "" {
 		d, err := os.MkdirTemp("", "netward-lab-"+id+"-")
 		if err != nil {
 			return nil, fmt.Errorf("lab: %w", err)
 		}
-		l.Dir, l.rmDir = d, !opts.KeepDir
+		l.Dir, l.rmDir = d, !keepDir
 	} else if err := os.MkdirAll(l.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
-	if opts.RPFilter < 0 || opts.RPFilter > 2 {
-		return nil, fmt.Errorf("lab: RPFilter %d is not 0, 1 or 2", opts.RPFilter)
-	}
-	if err := l.build(opts); err != nil {
-		return nil, errors.Join(err, l.Close())
-	}
 	return l, nil
+}
+
+// addNS creates a namespace for the lab (deleted by Close) with IPv6 DAD
+// and router advertisements off and loopback up.
+func (l *Lab) addNS(ctx context.Context, name, role string) (*NS, error) {
+	if err := l.host(ctx, "ip", "netns", "add", name); err != nil {
+		return nil, err
+	}
+	l.created = append(l.created, name)
+	ns := &NS{Name: name, Role: role, lab: l}
+	for _, kv := range []string{
+		"net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+		"net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0",
+	} {
+		if err := ns.run(ctx, "sysctl", "-q", "-w", kv); err != nil {
+			return nil, err
+		}
+	}
+	if err := ns.run(ctx, "ip", "link", "set", "lo", "up"); err != nil {
+		return nil, err
+	}
+	return ns, nil
 }
 
 func (l *Lab) build(opts Options) error {

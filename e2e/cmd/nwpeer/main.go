@@ -1,6 +1,7 @@
 // Command nwpeer is the lab's traffic peer. `nwpeer serve` runs every test
 // server (package peer) until SIGTERM, `nwpeer relay` the bench's reference
-// relay (peer.ServeRelay) in the appliance; the other subcommands are clients
+// relay (peer.ServeRelay) in the appliance, `nwpeer gwlb` the lab's Gateway
+// Load Balancer (peer.ServeGWLB) in a GENEVE site; the other subcommands are clients
 // that print one JSON result line and exit non-zero on failure. The e2e
 // tests, the demo and the benchmark run it under `ip netns exec`.
 package main
@@ -11,8 +12,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,7 +24,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: nwpeer serve|relay|echo|xfer|dial|reuse|banner|conns|pingpong|churn|hold [flags]")
+		fmt.Fprintln(os.Stderr, "usage: nwpeer serve|relay|gwlb|genevejunk|echo|xfer|dial|reuse|banner|conns|pingpong|churn|hold [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -58,6 +61,43 @@ func main() {
 			return nil, peer.ServeRelay(ctx, *port, func() {
 				fmt.Fprintln(os.Stderr, "nwpeer: serving")
 			})
+		}
+	case "gwlb":
+		var o peer.GWLBOptions
+		fs.StringVar(&o.TUN, "tun", "", "existing TUN `device` the site routes its traffic into")
+		local := fs.String("local", "", "underlay `IP` to send and receive GENEVE on (port 6081)")
+		targets := fs.String("targets", "", "comma-separated appliance underlay `IPs`")
+		fs.IntVar(&o.HealthPort, "health-port", 9741, "targets' /healthz `port`")
+		fs.DurationVar(&o.HealthInterval, "health-interval", 200*time.Millisecond, "health check `interval`")
+		fs.Uint64Var(&o.EndpointID, "endpoint-id", 1, "GWLB endpoint `ID` (option type 1)")
+		fs.Uint64Var(&o.AttachmentID, "attachment-id", 1, "attachment `ID` (option type 2)")
+		fs.StringVar(&o.Stats, "stats", "127.0.0.1:9080", "`address` of the stats endpoint (GET /stats)")
+		run = func(ctx context.Context) (any, error) {
+			a, err := netip.ParseAddr(*local)
+			if err != nil {
+				return nil, fmt.Errorf("-local: %w", err)
+			}
+			o.Local = a
+			for _, s := range strings.Split(*targets, ",") {
+				t, err := netip.ParseAddr(s)
+				if err != nil {
+					return nil, fmt.Errorf("-targets: %w", err)
+				}
+				o.Targets = append(o.Targets, t)
+			}
+			o.Log = os.Stderr
+			o.Ready = func() { fmt.Fprintln(os.Stderr, "nwpeer: serving") }
+			return nil, peer.ServeGWLB(ctx, o)
+		}
+	case "genevejunk":
+		kind := fs.String("kind", "", "truncated, critical_option, protocol, oversized, wrong_class or option_length")
+		n := fs.Int("n", 1, "`datagrams` to send")
+		run = func(ctx context.Context) (any, error) {
+			to, err := netip.ParseAddrPort(*addr)
+			if err != nil {
+				return nil, fmt.Errorf("-addr: %w", err)
+			}
+			return map[string]any{"kind": *kind, "sent": *n}, peer.SendGeneveJunk(to, *kind, *n)
 		}
 	case "echo":
 		listen := fs.String("listen", "", "`address` to listen on, e.g. :9100 (dual-stack)")
@@ -193,7 +233,7 @@ func main() {
 		os.Exit(2)
 	}
 	fs.Parse(os.Args[2:])
-	if os.Args[1] != "serve" && os.Args[1] != "relay" && os.Args[1] != "echo" && os.Args[1] != "hold" {
+	if os.Args[1] != "serve" && os.Args[1] != "relay" && os.Args[1] != "echo" && os.Args[1] != "hold" && os.Args[1] != "gwlb" {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *timeout)
 		defer cancel()

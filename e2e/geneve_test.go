@@ -1,0 +1,461 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/netward/netward/e2e/cmd/soak/opslab"
+	"github.com/netward/netward/e2e/lab"
+	"github.com/netward/netward/e2e/lab/labtest"
+	"github.com/netward/netward/e2e/peer"
+)
+
+// Issue 19: a fleet of `netward run --geneve` appliances behind the lab's
+// Gateway Load Balancer (e2e/lab/gwlb.go, peer.ServeGWLB): two sites (GWLB
+// endpoints) with the same inner addresses, two appliances as targets.
+
+const (
+	gwlbTLSPort = 8443
+	gwlbSNI     = "app.example"
+	gwlbRules   = `default: allow
+rules:
+  - name: deny-blocked-sni
+    action: deny
+    sni: blocked.example
+  - name: deny-blocked-host
+    action: deny
+    host: blocked.example
+`
+	// gwlbMetrics is where each appliance serves /metrics, on its loopback.
+	gwlbMetrics = "127.0.0.1:9740"
+)
+
+type gwlbEnv struct {
+	g    *lab.GWLBLab
+	cert string
+	// nw are the appliances' netward processes; apps the sites' servers.
+	nw   []*lab.Netward
+	apps []*lab.Proc
+	args []string // netward's flags (to restart an appliance)
+}
+
+func newGWLBEnv(t *testing.T) *gwlbEnv {
+	t.Helper()
+	labtest.RequireRoot(t)
+	labtest.RequireTools(t, "ip", "sysctl", "curl", "openssl", "iperf3")
+	dir, err := os.MkdirTemp("", "netward-gwlb-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := lab.NewGWLB(lab.GWLBOptions{Sites: 2, Appliances: 2, Dir: dir})
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		failed := t.Failed()
+		if failed {
+			logs, _ := filepath.Glob(filepath.Join(g.Dir, "*.log"))
+			for _, f := range logs {
+				b, _ := os.ReadFile(f)
+				s := string(b)
+				if len(s) > 6000 {
+					s = "…" + s[len(s)-6000:]
+				}
+				t.Logf("--- %s ---\n%s", filepath.Base(f), s)
+			}
+		}
+		if err := g.Close(); err != nil {
+			t.Errorf("lab teardown: %v", err)
+		}
+		if failed {
+			t.Logf("lab logs kept in %s", g.Dir)
+		} else {
+			os.RemoveAll(g.Dir)
+		}
+	})
+	e := &gwlbEnv{g: g}
+	tdir := t.TempDir()
+	cert, key, err := peer.WriteCert(tdir, gwlbSNI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cert = cert
+	rules := filepath.Join(tdir, "rules.yaml")
+	if err := os.WriteFile(rules, []byte(gwlbRules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.args = []string{"--rules", rules, "--metrics", gwlbMetrics, "--drain-timeout", "0"}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := range g.Appliances {
+		w, err := g.StartAppliance(ctx, labtest.Netward(t), i, e.args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.nw = append(e.nw, w)
+	}
+	for i, s := range g.Sites {
+		e.apps = append(e.apps, labtest.StartPeer(t, s.App,
+			"-tls-port", strconv.Itoa(gwlbTLSPort), "-tls-cert", cert, "-tls-key", key))
+		if _, err := g.StartGWLB(ctx, labtest.Peer(t), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range g.Sites {
+		e.waitHealthy(t, i, len(g.Appliances))
+	}
+	return e
+}
+
+// stats reads site i's GWLB counters.
+func (e *gwlbEnv) stats(t testing.TB, i int, flows bool) peer.GWLBStats {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var s peer.GWLBStats
+	if err := e.g.GWLBStats(ctx, i, flows, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitHealthy waits until site i's GWLB has n healthy targets.
+func (e *gwlbEnv) waitHealthy(t testing.TB, site, n int) peer.GWLBStats {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		s := e.stats(t, site, false)
+		healthy := 0
+		for _, tg := range s.Targets {
+			if tg.Healthy {
+				healthy++
+			}
+		}
+		if healthy == n {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("site %d: %d healthy targets after 15 s, want %d: %+v", site, healthy, n, s.Targets)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// metrics reads appliance i's Prometheus exposition.
+func (e *gwlbEnv) metrics(t testing.TB, i int) string {
+	return labtest.Run(t, e.g.Appliances[i].NS, "curl", "-sS", "--max-time", "5", "http://"+gwlbMetrics+"/metrics")
+}
+
+// curl runs curl in site i's client against the application (v4 or v6).
+func (e *gwlbEnv) curl(site int, fam, url string, extra ...string) (string, error) {
+	t := lab.Default()
+	host := t.AppV4.Addr().String()
+	if fam == "6" {
+		host = "[" + t.AppV6.Addr().String() + "]"
+	}
+	url = strings.ReplaceAll(url, "APP", host)
+	args := append([]string{"curl", "-sS", "--max-time", "15"}, extra...)
+	return runIn(e.g.Sites[site].Client, append(args, url)...)
+}
+
+func (e *gwlbEnv) curlTLS(site int, fam, sni, path string) (string, error) {
+	t := lab.Default()
+	host := t.AppV4.Addr().String()
+	if fam == "6" {
+		host = "[" + t.AppV6.Addr().String() + "]"
+	}
+	return runIn(e.g.Sites[site].Client, "curl", "-sS", "--max-time", "15", "--cacert", e.cert,
+		"--resolve", fmt.Sprintf("%s:%d:%s", sni, gwlbTLSPort, host),
+		fmt.Sprintf("https://%s:%d%s", sni, gwlbTLSPort, path))
+}
+
+// TestGWLB: through the lab's GWLB, allowed and denied flows by SNI and
+// Host for IPv4 and IPv6, with the application seeing the real client
+// address; the options echoed byte for byte; two endpoints with the same
+// inner addresses kept apart; flows spread over both targets; iperf3 and
+// openssl through the tunnel; malformed GENEVE counted; /healthz turning
+// 503 when an appliance stops, and flows re-hashed to the survivor after
+// the other is killed (the open flow is reset there: a terminating
+// appliance has no state for it).
+func TestGWLB(t *testing.T) {
+	e := newGWLBEnv(t)
+	tp := lab.Default()
+
+	t.Run("HTTP", func(t *testing.T) {
+		for _, fam := range []string{"4", "6"} {
+			out, err := e.curl(0, fam, "http://APP:8080/")
+			client := tp.ClientV4.Addr().String()
+			if fam == "6" {
+				client = "[" + tp.ClientV6.Addr().String() + "]"
+			}
+			if err != nil || !strings.Contains(out, "remote="+client+":") {
+				t.Fatalf("IPv%s: allowed HTTP: %v\n%s (want remote=%s:…, the real client)", fam, err, out, client)
+			}
+			out, err = e.curl(0, fam, "http://APP:8080/", "-H", "Host: blocked.example", "-o", "/dev/null", "-w", "%{http_code}")
+			if err != nil || out != "403" {
+				t.Errorf("IPv%s: Host blocked.example: %v, status %q, want 403", fam, err, out)
+			}
+		}
+	})
+
+	t.Run("TLS", func(t *testing.T) {
+		for _, fam := range []string{"4", "6"} {
+			if out, err := e.curlTLS(0, fam, gwlbSNI, "/"); err != nil || !strings.Contains(out, "remote=") {
+				t.Fatalf("IPv%s: allowed SNI: %v\n%s", fam, err, out)
+			}
+			if out, err := e.curlTLS(0, fam, "blocked.example", "/"); err == nil {
+				t.Errorf("IPv%s: SNI blocked.example got an answer:\n%s", fam, out)
+			}
+		}
+		// openssl: the denied handshake ends with netward's alert.
+		out, _ := runIn(e.g.Sites[0].Client, "sh", "-c", fmt.Sprintf(
+			"echo Q | openssl s_client -connect %s:%d -servername blocked.example 2>&1", tp.AppV4.Addr(), gwlbTLSPort))
+		if !strings.Contains(out, "alert") {
+			t.Errorf("openssl s_client with SNI blocked.example: no TLS alert:\n%s", out)
+		}
+		out, err := runIn(e.g.Sites[0].Client, "sh", "-c", fmt.Sprintf(
+			"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect %s:%d -servername %s 2>/dev/null", tp.AppV4.Addr(), gwlbTLSPort, gwlbSNI))
+		if err != nil || !strings.Contains(out, "remote=") {
+			t.Errorf("openssl s_client with SNI %s: %v\n%s", gwlbSNI, err, out)
+		}
+	})
+
+	t.Run("Ping", func(t *testing.T) {
+		// Not TCP: back to GWLB unchanged (netward_geneve_passthrough).
+		if out, err := runIn(e.g.Sites[0].Client, "ping", "-c", "2", "-i", "0.2", "-W", "2", tp.AppV4.Addr().String()); err != nil {
+			t.Errorf("ping through the tunnel: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("TwoEndpointsSameAddresses", func(t *testing.T) {
+		// Each site's client asks its own application for its own path;
+		// the inner 5-tuples may even be equal (same addresses, and the
+		// clients' kernels pick ports on their own).
+		for site := range e.g.Sites {
+			for k := range 5 {
+				path := fmt.Sprintf("/site%d/%d", site, k)
+				if out, err := e.curl(site, "4", "http://APP:8080"+path); err != nil || !strings.Contains(out, "remote=") {
+					t.Fatalf("site %d %s: %v\n%s", site, path, err, out)
+				}
+			}
+		}
+		for site, app := range e.apps {
+			for _, l := range labtest.ServerLogs(t, app) {
+				if strings.HasPrefix(l.Path, "/site") && !strings.HasPrefix(l.Path, fmt.Sprintf("/site%d/", site)) {
+					t.Errorf("site %d's application got %s: flows of two endpoints were mixed", site, l.Path)
+				}
+			}
+		}
+		var eps float64
+		for i := range e.nw {
+			eps += metricValue(e.metrics(t, i), "netward_geneve_endpoints")
+		}
+		if eps < 2 {
+			t.Errorf("netward_geneve_endpoints summed over the appliances = %v, want ≥ 2 (one stack per endpoint)", eps)
+		}
+	})
+
+	t.Run("Iperf3", func(t *testing.T) {
+		srv, err := e.g.Sites[0].App.Start("iperf3", "iperf3", "-s", "-1", "-p", "5201")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Stop(2 * time.Second)
+		time.Sleep(200 * time.Millisecond)
+		out, err := runIn(e.g.Sites[0].Client, "iperf3", "-c", tp.AppV4.Addr().String(), "-p", "5201", "-t", "2", "-J")
+		if err != nil {
+			t.Fatalf("iperf3 through the tunnel: %v\n%s", err, out)
+		}
+		if bps := iperfBitsPerSecond(t, out); bps < 10e6 {
+			t.Errorf("iperf3 through the tunnel: %.0f bit/s, want > 10 Mbit/s", bps)
+		} else {
+			t.Logf("iperf3 through GWLB + netward: %.2f Gbit/s", bps/1e9)
+		}
+	})
+
+	t.Run("OptionsEchoed", func(t *testing.T) {
+		for site := range e.g.Sites {
+			s := e.stats(t, site, false)
+			if s.EchoOK == 0 || s.EchoMismatch != 0 || s.EchoUnknownFlow != 0 || s.BadGeneve != 0 {
+				t.Errorf("site %d: echo ok %d, mismatch %d, unknown flow %d, bad GENEVE %d: want every packet back with its own options",
+					site, s.EchoOK, s.EchoMismatch, s.EchoUnknownFlow, s.BadGeneve)
+			}
+		}
+	})
+
+	t.Run("FlowsSpread", func(t *testing.T) {
+		// 20 more connections: the GWLB hashes them over both targets.
+		for k := range 20 {
+			if _, err := e.curl(0, "4", fmt.Sprintf("http://APP:8080/spread/%d", k)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s := e.stats(t, 0, false)
+		for _, tg := range s.Targets {
+			if tg.Sent == 0 || tg.Received == 0 {
+				t.Errorf("target %s: sent %d, received %d: flows not spread over both appliances", tg.Addr, tg.Sent, tg.Received)
+			}
+		}
+	})
+
+	t.Run("BadInput", func(t *testing.T) {
+		a := e.g.Appliances[0]
+		to := netip.AddrPortFrom(a.Addr, 6081).String()
+		for _, c := range []struct{ kind, reason string }{
+			{"truncated", "truncated"},
+			{"critical_option", "critical_option"},
+			{"protocol", "protocol"},
+			{"oversized", "oversized"},
+			{"wrong_class", "missing_option"},
+			{"option_length", "option_length"},
+		} {
+			before := metricValue(e.metrics(t, 0), `netward_geneve_drops_total{reason="`+c.reason+`"}`)
+			labtest.RunPeer(t, e.g.Sites[0].Gateway, nil, "genevejunk", "-addr", to, "-kind", c.kind, "-n", "3")
+			var got float64
+			for range 50 {
+				if got = metricValue(e.metrics(t, 0), `netward_geneve_drops_total{reason="`+c.reason+`"}`); got >= before+3 {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if got != before+3 {
+				t.Errorf("%s: netward_geneve_drops_total{reason=%q} %v → %v, want +3", c.kind, c.reason, before, got)
+			}
+		}
+		if exited, _ := e.nw[0].Exited(); exited {
+			t.Fatalf("netward exited on bad input:\n%s", e.nw[0].Log())
+		}
+		if out, err := e.curl(0, "4", "http://APP:8080/after-junk"); err != nil {
+			t.Errorf("after bad input: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("HealthAndFailover", func(t *testing.T) {
+		// An open connection from site 0 and the appliance its flow is on.
+		d := &opslab.Dialer{NS: opslab.NS{Name: e.g.Sites[0].Client.Name}}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(tp.AppV4.Addr(), peer.EchoPort).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		echo := func(b byte) error {
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write([]byte{b}); err != nil {
+				return err
+			}
+			var r [1]byte
+			if _, err := c.Read(r[:]); err != nil {
+				return err
+			}
+			if r[0] != b {
+				return fmt.Errorf("echo %q, want %q", r[0], b)
+			}
+			return nil
+		}
+		if err := echo('a'); err != nil {
+			t.Fatal(err)
+		}
+		local := c.LocalAddr().String()
+		var on string
+		for _, f := range e.stats(t, 0, true).Flows {
+			if f.Has(local) {
+				on = f.Target
+			}
+		}
+		victim := -1
+		for i, a := range e.g.Appliances {
+			if a.Addr.String() == on {
+				victim = i
+			}
+		}
+		if victim < 0 {
+			t.Fatalf("flow of %s not in the GWLB's flow table (target %q)", local, on)
+		}
+		survivor := 1 - victim
+
+		// SIGKILL: no drain, /healthz gone; the GWLB's checks fail.
+		e.nw[victim].Kill()
+		e.waitHealthy(t, 0, 1)
+		if s := e.stats(t, 0, false); s.Rehashed == 0 {
+			t.Errorf("no flow re-hashed after target %s turned unhealthy", on)
+		}
+		// The open flow now reaches the survivor, which never saw its
+		// handshake: it answers with a reset.
+		var errEcho error
+		for range 3 {
+			if errEcho = echo('b'); errEcho != nil {
+				break
+			}
+		}
+		if errEcho == nil || !(errors.Is(errEcho, syscall.ECONNRESET) || errors.Is(errEcho, net.ErrClosed) || strings.Contains(errEcho.Error(), "reset")) {
+			t.Errorf("the open flow after its appliance died: %v, want a connection reset by the survivor", errEcho)
+		}
+		// New flows all go to the survivor and work.
+		before := e.stats(t, 0, false)
+		for k := range 5 {
+			if out, err := e.curl(0, "4", fmt.Sprintf("http://APP:8080/failover/%d", k)); err != nil || !strings.Contains(out, "remote=") {
+				t.Fatalf("new flow %d after failover: %v\n%s", k, err, out)
+			}
+		}
+		after := e.stats(t, 0, false)
+		vt, _ := before.Target(e.g.Appliances[victim].Addr.String())
+		vt2, _ := after.Target(e.g.Appliances[victim].Addr.String())
+		if vt2.Sent != vt.Sent {
+			t.Errorf("the GWLB sent %d packets to the dead target", vt2.Sent-vt.Sent)
+		}
+
+		// The survivor stops with SIGTERM: /healthz answers 503 (or is
+		// gone) and the GWLB has no healthy target left.
+		url := "http://" + netip.AddrPortFrom(e.g.Appliances[survivor].Addr, lab.GWLBHealthPort).String() + "/healthz"
+		if code, _ := runIn(e.g.Appliances[survivor].NS, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url); code != "200" {
+			t.Fatalf("survivor /healthz = %q before stop, want 200", code)
+		}
+		if err := e.nw[survivor].Terminate(15 * time.Second); err != nil {
+			t.Errorf("netward did not stop cleanly on SIGTERM: %v", err)
+		}
+		e.waitHealthy(t, 0, 0)
+
+		// Restart the killed appliance: the GWLB takes it back.
+		sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer scancel()
+		w, err := e.g.StartAppliance(sctx, labtest.Netward(t), victim, e.args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.nw[victim] = w
+		e.waitHealthy(t, 0, 1)
+		if out, err := e.curl(0, "4", "http://APP:8080/back"); err != nil || !strings.Contains(out, "remote=") {
+			t.Errorf("after the appliance came back: %v\n%s", err, out)
+		}
+	})
+}
+
+// iperfBitsPerSecond reads the receiver's rate from `iperf3 -J`.
+func iperfBitsPerSecond(t testing.TB, out string) float64 {
+	t.Helper()
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BPS float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("iperf3 -J output: %v\n%s", err, out)
+	}
+	return r.End.SumReceived.BPS
+}
