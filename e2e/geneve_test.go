@@ -36,6 +36,9 @@ rules:
   - name: deny-blocked-host
     action: deny
     host: blocked.example
+  - name: no-ads
+    action: deny
+    dns: .ads.example
 `
 	// gwlbMetrics is where each appliance serves /metrics, on its loopback.
 	gwlbMetrics = "127.0.0.1:9740"
@@ -53,7 +56,7 @@ type gwlbEnv struct {
 func newGWLBEnv(t *testing.T) *gwlbEnv {
 	t.Helper()
 	labtest.RequireRoot(t)
-	labtest.RequireTools(t, "ip", "sysctl", "curl", "openssl", "iperf3")
+	labtest.RequireTools(t, "ip", "sysctl", "curl", "openssl", "iperf3", "dig")
 	dir, err := os.MkdirTemp("", "netward-gwlb-")
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +111,8 @@ func newGWLBEnv(t *testing.T) *gwlbEnv {
 	}
 	for i, s := range g.Sites {
 		e.apps = append(e.apps, labtest.StartPeer(t, s.App,
-			"-tls-port", strconv.Itoa(gwlbTLSPort), "-tls-cert", cert, "-tls-key", key))
+			"-tls-port", strconv.Itoa(gwlbTLSPort), "-tls-cert", cert, "-tls-key", key,
+			"-h3-port", strconv.Itoa(gwlbTLSPort), "-dns-port", "53"))
 		if _, err := g.StartGWLB(ctx, labtest.Peer(t), i); err != nil {
 			t.Fatal(err)
 		}
@@ -229,6 +233,61 @@ func TestGWLB(t *testing.T) {
 			"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect %s:%d -servername %s 2>/dev/null", tp.AppV4.Addr(), gwlbTLSPort, gwlbSNI))
 		if err != nil || !strings.Contains(out, "remote=") {
 			t.Errorf("openssl s_client with SNI %s: %v\n%s", gwlbSNI, err, out)
+		}
+	})
+
+	t.Run("UDP", func(t *testing.T) {
+		// QUIC by the ClientHello in its Initial, DNS query by query: the
+		// same rules as in TUN mode, inside the tunnel.
+		h3 := func(fam, sni string) (h3Result, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			addr := tp.AppV4.Addr()
+			if fam == "6" {
+				addr = tp.AppV6.Addr()
+			}
+			out, err := e.g.Sites[0].Client.Run(ctx, labtest.Peer(t), "h3get", "-url",
+				"https://"+netip.AddrPortFrom(addr, gwlbTLSPort).String()+"/", "-sni", sni, "-timeout", "3s")
+			var r h3Result
+			if jerr := json.Unmarshal([]byte(lastLine(out)), &r); jerr != nil && err == nil {
+				err = jerr
+			}
+			return r, err
+		}
+		for _, fam := range []string{"4", "6"} {
+			if r, err := h3(fam, gwlbSNI); err != nil || r.Status != 200 {
+				t.Errorf("IPv%s: HTTP/3 with SNI %s: %+v %v", fam, gwlbSNI, r, err)
+			}
+			if r, err := h3(fam, "blocked.example"); err == nil && r.Status == 200 {
+				t.Errorf("IPv%s: HTTP/3 with SNI blocked.example got an answer: %+v", fam, r)
+			}
+			dig := func(name string) string {
+				addr := tp.AppV4.Addr()
+				if fam == "6" {
+					addr = tp.AppV6.Addr()
+				}
+				out, _ := runIn(e.g.Sites[0].Client, "dig", "@"+addr.String(), "+time=2", "+tries=1", name, "A")
+				return out
+			}
+			if out := dig("www.app.example"); !strings.Contains(out, peer.DNSAnswerA.String()) {
+				t.Errorf("IPv%s: allowed DNS name: no answer %s:\n%s", fam, peer.DNSAnswerA, out)
+			}
+			if out := dig("x.ads.example"); !strings.Contains(out, "status: NXDOMAIN") || strings.Contains(out, peer.DNSAnswerA.String()) {
+				t.Errorf("IPv%s: denied DNS name: want NXDOMAIN from netward:\n%s", fam, out)
+			}
+		}
+		for _, l := range strings.Split(e.apps[0].Log(), "\n") {
+			if strings.Contains(l, "ads.example") {
+				t.Errorf("a denied DNS query reached the server: %s", l)
+			}
+		}
+		var judged float64
+		for i := range e.nw {
+			judged += metricValue(e.metrics(t, i), `netward_udp_datagrams_total{result="refused"}`) +
+				metricValue(e.metrics(t, i), `netward_udp_datagrams_total{result="answered"}`)
+		}
+		if judged == 0 {
+			t.Errorf("no UDP refusal counted by the appliances: the datagrams were not judged")
 		}
 	})
 

@@ -12,9 +12,12 @@
 // sits on one end of a SOCK_SEQPACKET socketpair (one IP packet per
 // message, like a TUN); this package holds the other end.
 //
-// Inner packets that are not TCP (UDP, ICMP) are not inspected in this
-// mode: they go back to GWLB at once, unchanged, with their options
-// (counted as passthrough).
+// Inner UDP goes to the endpoint's stack too (Options.UDP), whose
+// DatagramHandler judges QUIC, DNS and plain UDP as in TUN mode; what it
+// lets through or answers comes back out of the stack like TCP. Other
+// inner packets (ICMP echo, other protocols) are not inspected: they go
+// back to GWLB at once, unchanged, with their options (counted as
+// passthrough).
 package gwlb
 
 import (
@@ -85,6 +88,9 @@ type Options struct {
 	MaxFlows int
 	// FlowIdle: see DefaultFlowIdle.
 	FlowIdle time.Duration
+	// UDP sends inner UDP to the endpoint's stack, for its
+	// DatagramHandler to judge; false sends it straight back.
+	UDP bool
 	// Metrics counts packets and drops; nil counts nowhere but Stats.
 	Metrics *Metrics
 	// Logger; nil discards.
@@ -101,6 +107,7 @@ type Datapath struct {
 	maxEP    int
 	maxFlows int
 	idle     time.Duration
+	udp      bool
 	m        *Metrics
 	log      *slog.Logger
 
@@ -155,7 +162,7 @@ func New(o Options) (*Datapath, error) {
 	conn.SetReadBuffer(8 << 20)
 	conn.SetWriteBuffer(8 << 20)
 	d := &Datapath{
-		conn: conn, newStack: o.NewStack, maxEP: o.MaxEndpoints, maxFlows: o.MaxFlows, idle: o.FlowIdle,
+		conn: conn, newStack: o.NewStack, maxEP: o.MaxEndpoints, maxFlows: o.MaxFlows, idle: o.FlowIdle, udp: o.UDP,
 		m: o.Metrics, log: o.Logger,
 		links:  make(map[key]*link),
 		failed: make(chan struct{}),
@@ -332,8 +339,8 @@ func (d *Datapath) receive(b []byte, from netip.Addr, h *geneve.Header) {
 			return
 		}
 	}
-	if t.proto != protoTCP {
-		// Not inspected in this mode: straight back to GWLB.
+	if t.proto != protoTCP && (t.proto != protoUDP || !d.udp) {
+		// Not inspected: straight back to GWLB.
 		m.passthrough.Inc()
 		d.sendBack(inner, h, from)
 		return

@@ -250,3 +250,63 @@ func FuzzReceive(f *testing.F) {
 		d.receive(b, netip.MustParseAddr("192.0.2.1"), &h)
 	})
 }
+
+// refuseUDP answers every datagram with an ICMP port unreachable from the
+// server, as the UDP guard's deny does.
+type refuseUDP struct{ st **netstack.Stack }
+
+func (r refuseUDP) HandleDatagram(pkt []byte) {
+	ip := header.IPv4(pkt)
+	quote := pkt[:min(len(pkt), int(ip.HeaderLength())+8)]
+	b := make([]byte, header.IPv4MinimumSize+header.ICMPv4MinimumSize+len(quote))
+	out := header.IPv4(b)
+	out.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.ICMPv4ProtocolNumber),
+		SrcAddr: ip.DestinationAddress(), DstAddr: ip.SourceAddress()})
+	out.SetChecksum(^out.CalculateChecksum())
+	icmp := header.ICMPv4(b[header.IPv4MinimumSize:])
+	icmp.SetType(header.ICMPv4DstUnreachable)
+	icmp.SetCode(header.ICMPv4PortUnreachable)
+	copy(icmp[header.ICMPv4MinimumSize:], quote)
+	icmp.SetChecksum(^checksum.Checksum(icmp, 0))
+	(*r.st).WriteDatagram(b)
+}
+
+// With Options.UDP, inner UDP goes to the stack's DatagramHandler, and an
+// ICMP error it sends goes back with the options of the flow it quotes.
+func TestUDPToStackICMPErrorEchoesOptions(t *testing.T) {
+	var st *netstack.Stack
+	f := newFixture(t, Options{UDP: true, NewStack: func(files []*os.File, mtu int) (*netstack.Stack, error) {
+		var err error
+		st, err = netstack.New(netstack.Options{Files: files, MTU: mtu, Handler: acceptAll{}, Datagrams: refuseUDP{&st}})
+		return st, err
+	}})
+	opts := geneve.AWSOptions(nil, 7, 8, 9)
+	udp := make([]byte, header.IPv4MinimumSize+header.UDPMinimumSize+4)
+	ip := header.IPv4(udp)
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(udp)), TTL: 64, Protocol: uint8(header.UDPProtocolNumber),
+		SrcAddr: tcpip.AddrFrom4(client.Addr().As4()), DstAddr: tcpip.AddrFrom4(server.Addr().As4())})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	u := header.UDP(udp[header.IPv4MinimumSize:])
+	u.Encode(&header.UDPFields{SrcPort: client.Port(), DstPort: server.Port(), Length: uint16(len(u))})
+	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(u)))
+	u.SetChecksum(^checksum.Checksum(u, xsum))
+	f.send(t, encap(t, opts, udp))
+
+	buf := make([]byte, 65536)
+	f.gwlb.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _, err := f.gwlb.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("no ICMP error back: %v (passthrough %v)", err, counter(t, f.reg, "netward_geneve_passthrough_packets_total", "", ""))
+	}
+	var h geneve.Header
+	p, err := geneve.Parse(buf[:n], &h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(h.Options, opts) {
+		t.Errorf("ICMP error's options %x, want the flow's %x", h.Options, opts)
+	}
+	if header.IPv4(p).Protocol() != uint8(header.ICMPv4ProtocolNumber) || header.ICMPv4(p[header.IPv4MinimumSize:]).Type() != header.ICMPv4DstUnreachable {
+		t.Errorf("got %x, want the stack's port unreachable", p)
+	}
+}

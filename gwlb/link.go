@@ -73,7 +73,7 @@ func (l *link) txLoop() {
 		m.fromStack.Inc()
 		h.Protocol = protoOf(pkt)
 		var t tuple
-		if !t.parse(pkt, h.Protocol) || !t.hasPorts {
+		if !t.parse(pkt, h.Protocol) || (!t.hasPorts && !t.parseICMPError(pkt, h.Protocol)) {
 			m.drops[DropNoFlow].Inc()
 			continue
 		}
@@ -107,8 +107,10 @@ func protoOf(p []byte) uint16 {
 }
 
 const (
-	protoTCP = 6
-	protoUDP = 17
+	protoICMP   = 1
+	protoTCP    = 6
+	protoUDP    = 17
+	protoICMPv6 = 58
 )
 
 // tuple is an inner packet's addresses, protocol and ports.
@@ -158,6 +160,37 @@ func (t *tuple) parse(p []byte, proto uint16) bool {
 		sp, dp = binary.BigEndian.Uint16(l4[0:2]), binary.BigEndian.Uint16(l4[2:4])
 	}
 	t.src, t.dst = netip.AddrPortFrom(src, sp), netip.AddrPortFrom(dst, dp)
+	return true
+}
+
+// parseICMPError sets t to the flow of the packet an ICMP or ICMPv6 error
+// quotes (the UDP guard's port unreachable refusals), so the error goes
+// back with its flow's options; false for anything else.
+func (t *tuple) parseICMPError(p []byte, proto uint16) bool {
+	var quoted []byte
+	switch {
+	case proto == geneve.ProtoIPv4 && t.proto == protoICMP:
+		ihl := int(p[0]&0xf) * 4
+		if len(p) < ihl+8 || binary.BigEndian.Uint16(p[6:8])&0x1fff != 0 {
+			return false
+		}
+		if typ := p[ihl]; typ != 3 && typ != 11 && typ != 12 { // unreachable, time exceeded, parameter problem
+			return false
+		}
+		quoted = p[ihl+8:]
+	case proto == geneve.ProtoIPv6 && t.proto == protoICMPv6:
+		if len(p) < 48 || p[40] < 1 || p[40] > 4 { // the error types
+			return false
+		}
+		quoted = p[48:]
+	default:
+		return false
+	}
+	var q tuple
+	if !q.parse(quoted, proto) || !q.hasPorts {
+		return false
+	}
+	*t = q
 	return true
 }
 

@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/netward/netward/config"
+	"github.com/netward/netward/datagram"
 	"github.com/netward/netward/gwlb"
 	"github.com/netward/netward/metrics"
 	"github.com/netward/netward/netstack"
@@ -26,22 +28,54 @@ func runGeneve(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		return err
 	}
 	defer svc.Close()
+	// Each endpoint's stack has a UDP guard of its own: flows behind two
+	// endpoints may have the same 5-tuple. No conntrack bypass here: every
+	// datagram of a flow crosses the guard (there is no kernel path to
+	// hand it to).
+	var (
+		guardsMu sync.Mutex
+		guards   []*datagram.Guard
+	)
+	defer func() {
+		guardsMu.Lock()
+		defer guardsMu.Unlock()
+		for _, g := range guards {
+			g.Close()
+		}
+	}()
 	newStack := func(files []*os.File, mtu int) (*netstack.Stack, error) {
-		return netstack.New(netstack.Options{
+		var udp *datagram.Guard
+		var datagrams netstack.DatagramHandler
+		if cfg.UDP {
+			udp = svc.newUDPGuard()
+			datagrams = udp
+		}
+		st, err := netstack.New(netstack.Options{
 			Files:        files,
 			MTU:          mtu,
 			Handler:      svc.guard,
+			Datagrams:    datagrams,
 			Logger:       log,
 			MaxInFlight:  cfg.Limits.MaxHalfOpen,
 			DialTimeout:  cfg.Limits.ConnectTimeout,
 			TUNWriters:   dp.tunWriters,
 			TUNDirectMax: dp.tunDirectMax,
 		})
+		if err != nil || udp == nil {
+			return st, err
+		}
+		udp.Out, udp.NewID = st, st.NewFlowID
+		udp.Start()
+		guardsMu.Lock()
+		guards = append(guards, udp)
+		guardsMu.Unlock()
+		return st, nil
 	}
 	d, err := gwlb.New(gwlb.Options{
 		Listen:       cfg.Geneve.Listen,
 		NewStack:     newStack,
 		MaxEndpoints: cfg.Geneve.MaxEndpoints,
+		UDP:          cfg.UDP,
 		Metrics:      gwlb.NewMetrics(svc.metrics.Registry()),
 		Logger:       log,
 	})
@@ -50,7 +84,7 @@ func runGeneve(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	}
 	attachGeneve(svc, d)
 	log.Info("netward running (GENEVE)", "listen", d.LocalAddr().String(), "inner_mtu", gwlb.InnerMTU,
-		"max_endpoints", cfg.Geneve.MaxEndpoints, "health_listen", cfg.Health.Listen)
+		"max_endpoints", cfg.Geneve.MaxEndpoints, "udp", cfg.UDP, "health_listen", cfg.Health.Listen)
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)

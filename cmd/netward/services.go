@@ -33,7 +33,9 @@ type services struct {
 	servers []*metrics.Server
 	guard   *relay.Guard
 	udp     *datagram.Guard
-	stop    []func()
+	// udpLimits are the limits of every UDP guard (newUDPGuard).
+	udpLimits datagram.Limits
+	stop      []func()
 }
 
 // startServices opens everything a config names. On error nothing is left
@@ -120,22 +122,30 @@ func startServices(cfg *config.Config, log *slog.Logger) (s *services, err error
 			HalfClosedTimeout: cfg.Limits.HalfClosedTimeout,
 		},
 	}
-	s.udp = &datagram.Guard{
-		Policy:  s.policy,
-		Geo:     s.geo,
-		Events:  s.events,
-		Metrics: s.metrics,
-		Log:     log,
-		Limits: datagram.Limits{
-			MaxFlows:       cfg.Limits.MaxFlows,
-			IdleTimeout:    cfg.Limits.UDPIdleTimeout,
-			InspectTimeout: cfg.Limits.UDPInspectTimeout,
-		},
+	s.udpLimits = datagram.Limits{
+		MaxFlows:       cfg.Limits.MaxFlows,
+		IdleTimeout:    cfg.Limits.UDPIdleTimeout,
+		InspectTimeout: cfg.Limits.UDPInspectTimeout,
 	}
+	s.udp = s.newUDPGuard()
 	if s.policy != nil {
 		s.watchRules()
 	}
 	return s, nil
+}
+
+// newUDPGuard is a UDP guard with the services' policy, geo, events,
+// metrics and limits; the caller sets Out (and Bypass, NewID) and starts
+// it. The GENEVE datapath makes one per endpoint, as it does stacks.
+func (s *services) newUDPGuard() *datagram.Guard {
+	return &datagram.Guard{
+		Policy:  s.policy,
+		Geo:     s.geo,
+		Events:  s.events,
+		Metrics: s.metrics,
+		Log:     s.log,
+		Limits:  s.udpLimits,
+	}
 }
 
 // watchRules reloads the rules on SIGHUP and when the file changes (a

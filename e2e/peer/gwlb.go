@@ -280,6 +280,13 @@ func innerKey(p []byte) (k gwlbKey, proto uint16, ok bool) {
 	default:
 		return k, 0, false
 	}
+	// An ICMP error belongs to the flow of the packet it quotes (the
+	// appliance's port unreachable refusals of UDP flows).
+	if quoted, ok := icmpErrorQuote(k.proto, l4); ok {
+		if q, qproto, ok := innerKey(quoted); ok && qproto == proto && q.proto != 1 && q.proto != 58 {
+			return q, proto, true
+		}
+	}
 	var sp, dp uint16
 	if (k.proto == 6 || k.proto == 17) && len(l4) >= 4 {
 		sp, dp = binary.BigEndian.Uint16(l4[0:2]), binary.BigEndian.Uint16(l4[2:4])
@@ -290,6 +297,20 @@ func innerKey(p []byte) (k gwlbKey, proto uint16, ok bool) {
 	}
 	k.a, k.b = a, b
 	return k, proto, true
+}
+
+// icmpErrorQuote returns the packet an ICMP (proto 1: destination
+// unreachable, time exceeded, parameter problem) or ICMPv6 (58: types 1–4)
+// error quotes.
+func icmpErrorQuote(proto uint8, l4 []byte) ([]byte, bool) {
+	if len(l4) < 8 {
+		return nil, false
+	}
+	switch typ := l4[0]; {
+	case proto == 1 && (typ == 3 || typ == 11 || typ == 12), proto == 58 && typ >= 1 && typ <= 4:
+		return l4[8:], true
+	}
+	return nil, false
 }
 
 // score is the flow's rendezvous hash for target t: a flow goes to the
