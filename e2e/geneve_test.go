@@ -61,7 +61,7 @@ func newGWLBEnv(t *testing.T) *gwlbEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := lab.NewGWLB(lab.GWLBOptions{Sites: 2, Appliances: 2, Dir: dir})
+	g, err := lab.NewGWLB(lab.GWLBOptions{Sites: 2, Appliances: 2, InnerMTU: 8432, Dir: dir})
 	if err != nil {
 		os.RemoveAll(dir)
 		t.Fatal(err)
@@ -295,6 +295,11 @@ func TestGWLB(t *testing.T) {
 		// Not TCP: back to GWLB unchanged (netward_geneve_passthrough).
 		if out, err := runIn(e.g.Sites[0].Client, "ping", "-c", "2", "-i", "0.2", "-W", "2", tp.AppV4.Addr().String()); err != nil {
 			t.Errorf("ping through the tunnel: %v\n%s", err, out)
+		}
+		// A jumbo inner packet that fits GWLB's 8500-byte frame (8400 +
+		// 28 ≤ 8432), not fragmented on the way.
+		if out, err := runIn(e.g.Sites[0].Client, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "8400", tp.AppV4.Addr().String()); err != nil {
+			t.Errorf("ping -s 8400 -M do through the tunnel: %v\n%s", err, out)
 		}
 	})
 

@@ -35,6 +35,11 @@ type GWLBOptions struct {
 	Sites int
 	// Appliances is the number of targets; 0 means 2.
 	Appliances int
+	// InnerMTU is the MTU of the sites' links and TUNs; 0 means 1500.
+	// GWLB's largest inner packet is 8432 bytes (gwlb.InnerMTU): its
+	// 8500-byte frames less the outer headers. The underlay is always
+	// 9001 (an EC2 instance's jumbo MTU).
+	InnerMTU int
 	// Dir, KeepDir and Logf are as in Options.
 	Dir     string
 	KeepDir bool
@@ -81,6 +86,9 @@ func GWLBApplianceAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{203, 0
 // GWLBSiteAddr is site i's GWLB underlay address, 203.0.113.(100+i).
 func GWLBSiteAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{203, 0, 113, byte(100 + i)}) }
 
+// gwlbUnderlayMTU is the underlay links' MTU, an EC2 instance's.
+const gwlbUnderlayMTU = "9001"
+
 // gwlbTable is the gateway's routing table that leads into the TUN.
 const gwlbTable = "100"
 
@@ -91,6 +99,12 @@ func NewGWLB(o GWLBOptions) (*GWLBLab, error) {
 	}
 	if o.Appliances == 0 {
 		o.Appliances = 2
+	}
+	if o.InnerMTU == 0 {
+		o.InnerMTU = 1500
+	}
+	if o.InnerMTU < 1280 || o.InnerMTU > 8432 {
+		return nil, fmt.Errorf("lab: GWLB lab inner MTU %d: must be 1280..8432", o.InnerMTU)
 	}
 	if o.Sites < 1 || o.Sites > 9 || o.Appliances < 1 || o.Appliances > 9 {
 		return nil, fmt.Errorf("lab: GWLB lab of %d sites and %d appliances: each must be 1..9", o.Sites, o.Appliances)
@@ -141,6 +155,8 @@ func (g *GWLBLab) build(o GWLBOptions) error {
 			return err
 		}
 		steps = append(steps,
+			step{g.Underlay, []string{"ip", "link", "set", peer, "mtu", gwlbUnderlayMTU}},
+			step{ns, []string{"ip", "link", "set", dev, "mtu", gwlbUnderlayMTU}},
 			step{g.Underlay, []string{"ip", "link", "set", peer, "master", bridge}},
 			step{g.Underlay, []string{"ip", "link", "set", peer, "up"}},
 			step{ns, []string{"ip", "addr", "add", netip.PrefixFrom(a, gwlbUnderlay.Bits()).String(), "dev", dev}},
@@ -195,7 +211,12 @@ func (g *GWLBLab) build(o GWLBOptions) error {
 			return step{ns, args}
 		}
 		gw := s.Gateway
+		mtu := strconv.Itoa(o.InnerMTU)
 		steps = append(steps,
+			step{s.Client, []string{"ip", "link", "set", cli, "mtu", mtu}},
+			step{s.App, []string{"ip", "link", "set", app, "mtu", mtu}},
+			step{gw, []string{"ip", "link", "set", gwCli, "mtu", mtu}},
+			step{gw, []string{"ip", "link", "set", gwApp, "mtu", mtu}},
 			addr(s.Client, cli, t.ClientV4), addr(s.Client, cli, t.ClientV6),
 			addr(gw, gwCli, t.ApplianceClientV4), addr(gw, gwCli, t.ApplianceClientV6),
 			addr(gw, gwApp, t.ApplianceAppV4), addr(gw, gwApp, t.ApplianceAppV6),
@@ -215,7 +236,7 @@ func (g *GWLBLab) build(o GWLBOptions) error {
 			step{gw, []string{"sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0"}},
 			step{gw, []string{"sysctl", "-q", "-w", "net.ipv4.conf.default.rp_filter=0"}},
 			step{gw, []string{"ip", "tuntap", "add", "dev", s.TUN, "mode", "tun"}},
-			step{gw, []string{"ip", "link", "set", s.TUN, "up"}},
+			step{gw, []string{"ip", "link", "set", s.TUN, "mtu", mtu, "up"}},
 			step{gw, []string{"sysctl", "-q", "-w", "net.ipv4.conf." + s.TUN + ".rp_filter=0"}},
 		)
 		for _, fam := range []string{"-4", "-6"} {

@@ -624,3 +624,52 @@ func SendGeneveJunk(to netip.AddrPort, kind string, n int) error {
 	}
 	return nil
 }
+
+// ServeGeneveReflector is the bench's baseline GENEVE appliance (`nwpeer
+// genevereflect`): every datagram that arrives on listen goes back, byte
+// for byte, to its sender's port 6081 — the least an appliance behind GWLB
+// can do (no decapsulation, no stack, no inspection). The lab's kernel has
+// no GENEVE device to forward with instead. It answers GET /healthz with
+// 200 on health.
+func ServeGeneveReflector(ctx context.Context, listen, health string, ready func()) error {
+	ap, err := netip.ParseAddrPort(listen)
+	if err != nil {
+		return fmt.Errorf("reflector: listen address: %w", err)
+	}
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
+	if err != nil {
+		return fmt.Errorf("reflector: %w", err)
+	}
+	defer conn.Close()
+	conn.SetReadBuffer(8 << 20)
+	conn.SetWriteBuffer(8 << 20)
+	ln, err := net.Listen("tcp", health)
+	if err != nil {
+		return fmt.Errorf("reflector: health listener: %w", err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	go func() { <-ctx.Done(); conn.Close() }()
+	if ready != nil {
+		ready()
+	}
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("reflector: receive: %w", err)
+		}
+		// Errors (a full socket buffer) lose the packet, as a wire would.
+		conn.WriteToUDPAddrPort(buf[:n], netip.AddrPortFrom(from.Addr(), geneve.Port))
+	}
+}

@@ -1,7 +1,8 @@
 // Command nwpeer is the lab's traffic peer. `nwpeer serve` runs every test
 // server (package peer) until SIGTERM, `nwpeer relay` the bench's reference
 // relay (peer.ServeRelay) in the appliance, `nwpeer gwlb` the lab's Gateway
-// Load Balancer (peer.ServeGWLB) in a GENEVE site; the other subcommands are clients
+// Load Balancer (peer.ServeGWLB) in a GENEVE site, `nwpeer genevereflect`
+// the bench's baseline GENEVE appliance; the other subcommands are clients
 // that print one JSON result line and exit non-zero on failure. The e2e
 // tests, the demo and the benchmark run it under `ip netns exec`.
 package main
@@ -24,7 +25,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: nwpeer serve|relay|gwlb|genevejunk|echo|xfer|dial|reuse|banner|conns|pingpong|churn|hold [flags]")
+		fmt.Fprintln(os.Stderr, "usage: nwpeer serve|relay|gwlb|genevereflect|genevejunk|echo|xfer|dial|reuse|banner|conns|pingpong|churn|hold [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -88,6 +89,12 @@ func main() {
 			o.Log = os.Stderr
 			o.Ready = func() { fmt.Fprintln(os.Stderr, "nwpeer: serving") }
 			return nil, peer.ServeGWLB(ctx, o)
+		}
+	case "genevereflect":
+		listen := fs.String("listen", "", "UDP `address` to receive GENEVE on, e.g. 203.0.113.10:6081")
+		health := fs.String("health", ":9741", "`address` of GET /healthz")
+		run = func(ctx context.Context) (any, error) {
+			return nil, peer.ServeGeneveReflector(ctx, *listen, *health, func() { fmt.Fprintln(os.Stderr, "nwpeer: serving") })
 		}
 	case "genevejunk":
 		kind := fs.String("kind", "", "truncated, critical_option, protocol, oversized, wrong_class or option_length")
@@ -233,7 +240,7 @@ func main() {
 		os.Exit(2)
 	}
 	fs.Parse(os.Args[2:])
-	if os.Args[1] != "serve" && os.Args[1] != "relay" && os.Args[1] != "echo" && os.Args[1] != "hold" && os.Args[1] != "gwlb" {
+	if os.Args[1] != "serve" && os.Args[1] != "relay" && os.Args[1] != "echo" && os.Args[1] != "hold" && os.Args[1] != "gwlb" && os.Args[1] != "genevereflect" {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *timeout)
 		defer cancel()
