@@ -46,9 +46,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netward_geneve_bytes_total",
 		Help: "Bytes of GENEVE packets (UDP payload) received (in) and sent (out)."}, []string{"direction"})
 	stack := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netward_geneve_stack_packets_total",
-		Help: "Inner TCP packets handed to the endpoints' stacks (in) and sent by them (out)."}, []string{"direction"})
+		Help: "Inner TCP and UDP packets handed to the endpoints' stacks (in) and sent by them (out)."}, []string{"direction"})
 	pass := prometheus.NewCounter(prometheus.CounterOpts{Name: "netward_geneve_passthrough_packets_total",
-		Help: "Inner packets that are not TCP, sent back to the Gateway Load Balancer unchanged."})
+		Help: "Inner packets not judged (not TCP, nor UDP when UDP is judged), sent back to the Gateway Load Balancer unchanged."})
 	drops := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netward_geneve_drops_total",
 		Help: "GENEVE and inner packets dropped, by reason."}, []string{"reason"})
 	eps := prometheus.NewGauge(prometheus.GaugeOpts{Name: "netward_geneve_endpoints",

@@ -121,7 +121,7 @@ func main() {
 	churn := flag.Duration("churn", 60*time.Second, "how long each connection-churn measurement runs (-short: 3s)")
 	idle := flag.Int("idle-conns", 10000, "idle `connections` for the memory measurement")
 	flows := flag.Int("flows", 100000, "concurrent `flows` to hold (IPv4 and IPv6 half each); 0 skips it (-short: 0)")
-	only := flag.String("only", "", "run only these `parts`, comma-separated: throughput (and latency), udp, churn, memory, flows")
+	only := flag.String("only", "", "run only these `parts`, comma-separated: throughput (and latency), udp, churn, memory, flows, geneve")
 	rulesMode := flag.String("rules", "realistic", "rule file for every netward column: none, realistic (generated: 1,000 rules + 10,000 domains) or a `FILE`")
 	flag.IntVar(&b.rounds, "rounds", 1, "repeat the throughput, latency and churn measurements this many `times`, the columns taking turns each round, and report medians: kernel forwarding's own rate drifts between runs")
 	flag.Var(&b.variants, "variant", "netward column `NAME=FLAGS` (repeatable; default netward= with no extra flags)")
@@ -162,7 +162,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	b.ctx = ctx
-	parts := map[string]bool{"throughput": true, "udp": true, "churn": true, "memory": true, "flows": true}
+	parts := map[string]bool{"throughput": true, "udp": true, "churn": true, "memory": true, "flows": true, "geneve": true}
 	if *only != "" {
 		want := map[string]bool{}
 		for _, p := range strings.Split(*only, ",") {
@@ -236,6 +236,11 @@ func (b *bench) main(rulesMode string, parts map[string]bool, idle, flows int) e
 	}
 	if parts["churn"] {
 		if err := b.churnAll(); err != nil {
+			return err
+		}
+	}
+	if parts["geneve"] {
+		if err := b.geneveAll(); err != nil {
 			return err
 		}
 	}
@@ -337,6 +342,16 @@ func (r *row) roundRatios(col string) string {
 func (b *bench) has(unit string) bool {
 	for _, r := range b.rows {
 		if r.unit == unit && len(r.values) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// hasRow reports whether the named row has a value.
+func (b *bench) hasRow(name string) bool {
+	for _, r := range b.rows {
+		if r.name == name && len(r.values) > 0 {
 			return true
 		}
 	}
@@ -746,7 +761,7 @@ func (b *bench) print(took time.Duration) {
 		}
 		fmt.Println()
 	}
-	fmt.Println("\nratio = column/kernel; every netward measurement was checked to have crossed netward's TUN.")
+	fmt.Println("\nratio = column/kernel; every netward measurement was checked to have crossed netward's TUN (GENEVE rows: its stacks).")
 	for _, v := range b.variants {
 		if v.relay {
 			fmt.Printf("%s: every measurement was checked to have crossed the relay (its TPROXY and MARK rules' byte counters).\n", v.name)
@@ -765,6 +780,11 @@ func (b *bench) print(took time.Duration) {
 	if b.has("CPU-s/GB") {
 		fmt.Println("CPU-s/GB = CPU-seconds per 10^9 bytes iperf3 delivered. machine: all CPUs' busy time in /proc/stat (user+nice+system+irq+softirq+steal:\n" +
 			"  both iperf3 ends, the kernel's forwarding, netward, and anything else running); own: netward's (or the relay's) utime+stime.")
+	}
+	if b.hasRow(geneveRowUp) || b.hasRow(geneveRowHTTP) {
+		fmt.Println("GENEVE rows: the lab's Gateway Load Balancer (nwpeer gwlb, a Go encapsulator: this kernel has no GENEVE device) in front of one appliance, jumbo\n" +
+			"  frames (inner MTU 8432); the kernel column is a GENEVE reflector appliance (nwpeer genevereflect: each datagram straight back), the\n" +
+			"  netward column netward run --geneve with the column's flags. The lab GWLB's one packet per syscall caps both columns.")
 	}
 	if b.has("conn/s") {
 		fmt.Println("server accepts/s = the application namespace's Tcp PassiveOpens per 1-s window, read from /proc while the client runs (first window left out).")
