@@ -199,13 +199,16 @@ func TestGWLB(t *testing.T) {
 
 	t.Run("HTTP", func(t *testing.T) {
 		for _, fam := range []string{"4", "6"} {
-			out, err := e.curl(0, fam, "http://APP:8080/")
+			// The server sees the client's address and port: the upstream
+			// leg went back into the tunnel from the client's own end.
+			out, err := e.curl(0, fam, "http://APP:8080/", "-w", " local_port=%{local_port}")
 			client := tp.ClientV4.Addr().String()
 			if fam == "6" {
 				client = "[" + tp.ClientV6.Addr().String() + "]"
 			}
-			if err != nil || !strings.Contains(out, "remote="+client+":") {
-				t.Fatalf("IPv%s: allowed HTTP: %v\n%s (want remote=%s:…, the real client)", fam, err, out, client)
+			_, port, _ := strings.Cut(out, " local_port=")
+			if err != nil || port == "" || !strings.Contains(out, "remote="+client+":"+port) {
+				t.Fatalf("IPv%s: allowed HTTP: %v\n%s (want remote=%s:%s, the real client)", fam, err, out, client, port)
 			}
 			out, err = e.curl(0, fam, "http://APP:8080/", "-H", "Host: blocked.example", "-o", "/dev/null", "-w", "%{http_code}")
 			if err != nil || out != "403" {
