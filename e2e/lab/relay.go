@@ -44,13 +44,14 @@ func (l *Lab) relayRules() [][]string {
 }
 
 // StartRelay installs the relay's rules and routes in the appliance and
-// starts peerBinary's relay there; on error it leaves nothing behind.
-func (l *Lab) StartRelay(ctx context.Context, peerBinary string) (*Relay, error) {
+// starts peerBinary's relay there with extra flags (-sockmap); on error it
+// leaves nothing behind.
+func (l *Lab) StartRelay(ctx context.Context, peerBinary string, extra ...string) (*Relay, error) {
 	r := &Relay{rules: tproxyRules{lab: l, specs: l.relayRules(), mark: relayMark, table: relayTable}}
 	if err := r.rules.install(ctx); err != nil {
 		return nil, err
 	}
-	p, err := l.Appliance.Start("nwpeer-relay", peerBinary, "relay", "-port", strconv.Itoa(RelayPort))
+	p, err := l.Appliance.Start("nwpeer-relay", append([]string{peerBinary, "relay", "-port", strconv.Itoa(RelayPort)}, extra...)...)
 	if err != nil {
 		return nil, errors.Join(err, r.rules.remove())
 	}

@@ -25,6 +25,12 @@ import (
 // It listens on port on every IPv4 and IPv6 address. The caller installs
 // the TPROXY rules that hand it the flows (see the bench's relay column).
 func ServeRelay(ctx context.Context, port int, ready func()) error {
+	return ServeRelayWith(ctx, port, nil, ready)
+}
+
+// ServeRelayWith is ServeRelay with the bytes moved by sm (eBPF sockmap)
+// instead of splice; nil is splice.
+func ServeRelayWith(ctx context.Context, port int, sm *SockMap, ready func()) error {
 	lc := net.ListenConfig{Control: transparent}
 	var lns []net.Listener
 	defer func() {
@@ -70,7 +76,7 @@ func ServeRelay(ctx context.Context, port int, ready func()) error {
 				mu.Unlock()
 				go func() {
 					defer wg.Done()
-					relayTransparent(c.(*net.TCPConn))
+					relayTransparent(c.(*net.TCPConn), sm)
 					mu.Lock()
 					delete(open, c)
 					mu.Unlock()
@@ -100,13 +106,19 @@ func ServeRelay(ctx context.Context, port int, ready func()) error {
 // relayTransparent connects to the address the client dialled (TPROXY
 // leaves it as c's local address), from the client's own address and port,
 // and relays.
-func relayTransparent(c *net.TCPConn) {
+func relayTransparent(c *net.TCPConn, sm *SockMap) {
 	d := net.Dialer{LocalAddr: c.RemoteAddr(), Control: transparent, KeepAlive: -1, Timeout: 10 * time.Second}
 	u, err := d.Dial("tcp", c.LocalAddr().String())
 	if err != nil {
 		c.SetLinger(0) // the client sees a reset, as from the server itself
 		c.Close()
 		return
+	}
+	if sm != nil {
+		if err := sm.Relay(c, u.(*net.TCPConn)); err == nil {
+			return
+		}
+		// Not in the map: splice instead.
 	}
 	Relay(c, u.(*net.TCPConn))
 }

@@ -48,7 +48,9 @@ import (
 type variant struct {
 	name  string
 	args  []string // more flags for netward run
-	relay bool     // not netward: the reference relay (relayColumn)
+	relay bool     // not netward: the reference relay (relayColumn, sockmapRelayColumn)
+	// sockmap: the relay moves bytes with an eBPF sockmap, not splice.
+	sockmap bool
 	proxy string   // not netward: lab.HAProxy or lab.Nginx (proxyColumns)
 }
 
@@ -61,7 +63,7 @@ type variants []variant
 func (v *variants) String() string { return fmt.Sprint(*v) }
 func (v *variants) Set(s string) error {
 	name, args, ok := strings.Cut(s, "=")
-	if !ok || name == "" || name == kernelColumn || name == relayColumn || slices.Contains(proxyKinds, name) {
+	if !ok || name == "" || name == kernelColumn || name == relayColumn || name == sockmapRelayColumn || slices.Contains(proxyKinds, name) {
 		return fmt.Errorf("want NAME=FLAGS (NAME not %q, %q or a proxy's), got %q", kernelColumn, relayColumn, s)
 	}
 	*v = append(*v, variant{name: name, args: strings.Fields(args)})
@@ -77,6 +79,12 @@ const kernelColumn = "kernel"
 // target this relay misses is out of reach for any design that terminates
 // flows.
 const relayColumn = "tproxy-relay"
+
+// sockmapRelayColumn is the -relay-sockmap column: the same relay with its
+// bytes moved by an eBPF sockmap (sk_skb verdict redirect to the peer's
+// egress, peer.SockMap) instead of splice: issue 18 asks which of the two
+// kernel-to-kernel paths is faster for handed-off flows.
+const sockmapRelayColumn = "sockmap-relay"
 
 type bench struct {
 	ctx     context.Context
@@ -127,6 +135,7 @@ func main() {
 	flag.Var(&b.variants, "variant", "netward column `NAME=FLAGS` (repeatable; default netward= with no extra flags)")
 	proxies := flag.Bool("proxies", false, "add columns for HAProxy and nginx as transparent SNI-filtering proxies in the appliance (the bench's SNI allowed, others refused, other ports passed through in TCP mode) to throughput, latency and churn; installs the Debian packages if missing")
 	proxyList := flag.String("proxy", "", "add proxy columns, comma-separated: haproxy, nginx (-proxies: both)")
+	relaySockmap := flag.Bool("relay-sockmap", false, "add a column for the same relay moving bytes with an eBPF sockmap (sk_skb verdict redirect) instead of splice")
 	relay := flag.Bool("relay", false, "add a column for the cheapest relay that terminates flows (kernel sockets on both legs, TPROXY, splice, no inspection) to throughput, latency and churn: what terminating a flow costs before netward's stack and inspection")
 	flag.Parse()
 	if b.rounds < 1 {
@@ -150,6 +159,9 @@ func main() {
 	}
 	if *relay {
 		b.variants = append(b.variants, variant{name: relayColumn, relay: true})
+	}
+	if *relaySockmap {
+		b.variants = append(b.variants, variant{name: sockmapRelayColumn, relay: true, sockmap: true})
 	}
 	kinds, err := parseProxies(*proxies, *proxyList)
 	if err != nil {
@@ -439,7 +451,11 @@ func (b *bench) start(l *benchLab, v *variant, what string) (*path, error) {
 	}
 	if v.relay {
 		var err error
-		p.relay, err = l.StartRelay(b.ctx, b.peer)
+		var extra []string
+		if v.sockmap {
+			extra = []string{"-sockmap"}
+		}
+		p.relay, err = l.StartRelay(b.ctx, b.peer, extra...)
 		return p, err
 	}
 	if v.proxy != "" {
@@ -689,6 +705,10 @@ func (b *bench) print(took time.Duration) {
 	}
 	fmt.Println(b.rules.describe())
 	for _, v := range b.variants {
+		if v.relay && v.sockmap {
+			fmt.Printf("column %s: nwpeer relay -sockmap: the same relay, its bytes moved by an eBPF sockmap (sk_skb verdict redirect to the peer's egress) instead of splice\n", v.name)
+			continue
+		}
 		if v.relay {
 			fmt.Printf("column %s: nwpeer relay in the appliance: kernel sockets on both legs, TPROXY, splice, no inspection (the cheapest relay that terminates flows)\n", v.name)
 			continue

@@ -58,8 +58,17 @@ func main() {
 		}
 	case "relay":
 		port := fs.Int("port", 0, "TPROXY `port` to listen on, every address (the caller installs the TPROXY rules)")
+		sockmap := fs.Bool("sockmap", false, "move the bytes with an eBPF sockmap (sk_skb verdict redirect) instead of splice")
 		run = func(ctx context.Context) (any, error) {
-			return nil, peer.ServeRelay(ctx, *port, func() {
+			var sm *peer.SockMap
+			if *sockmap {
+				var err error
+				if sm, err = peer.NewSockMap(1 << 16); err != nil {
+					return nil, err
+				}
+				defer sm.Close()
+			}
+			return nil, peer.ServeRelayWith(ctx, *port, sm, func() {
 				fmt.Fprintln(os.Stderr, "nwpeer: serving")
 			})
 		}
