@@ -51,7 +51,7 @@ type variant struct {
 	relay bool     // not netward: the reference relay (relayColumn, sockmapRelayColumn)
 	// sockmap: the relay moves bytes with an eBPF sockmap, not splice.
 	sockmap bool
-	proxy string   // not netward: lab.HAProxy or lab.Nginx (proxyColumns)
+	proxy   string // not netward: lab.HAProxy or lab.Nginx (proxyColumns)
 }
 
 // external reports whether the column is not netward: the reference relay
