@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -40,8 +41,16 @@ rules:
 // the server closed first works at once (its TIME_WAIT is destroyed); and
 // netward_handoff_total counts the handoffs. --handoff=false keeps every
 // flow in gVisor.
-func TestHandoff(t *testing.T) {
+func TestHandoff(t *testing.T) { testHandoff(t) }
+
+// TestHandoffSockmap is TestHandoff with --handoff-sockmap: the bytes of
+// handed-off flows are moved by the eBPF sockmap instead of splice (all
+// but the Off case); netward_handoff_sockmap_pairs_total shows it did.
+func TestHandoffSockmap(t *testing.T) { testHandoff(t, "--handoff-sockmap") }
+
+func testHandoff(t *testing.T, extra ...string) {
 	labtest.RequireTools(t, "curl", "iperf3", "openssl")
+	sockmap := slices.Contains(extra, "--handoff-sockmap")
 	l := labtest.New(t, lab.Options{RPFilter: 1})
 	dir := t.TempDir()
 	cert, key, err := peer.WriteCert(dir, handoffSNI)
@@ -54,9 +63,15 @@ func TestHandoff(t *testing.T) {
 	if err := os.WriteFile(rules, []byte(handoffRules), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{Args: []string{"--rules", rules}})
+	d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{Args: append([]string{"--rules", rules}, extra...)})
 	metrics := func(t testing.TB) string {
 		return labtest.Run(t, l.Appliance, "curl", "-s", "--unix-socket", d.nw.AdminSocket, "http://netward/metrics")
+	}
+	if sockmap && !strings.Contains(metrics(t), "netward_handoff_sockmap_pairs_total") {
+		if labtest.InCI() {
+			t.Fatalf("--handoff-sockmap: netward has no sockmap:\n%s", d.nw.Log())
+		}
+		t.Skipf("no eBPF sockmap on this kernel:\n%s", d.nw.Log())
 	}
 	handoffs := func(t testing.TB) float64 { return metricValue(metrics(t), `netward_handoff_total{result="ok"}`) }
 
@@ -181,6 +196,12 @@ func TestHandoff(t *testing.T) {
 			t.Errorf("netward_handoff_total{result=\"ok\"} = %v, want ≥ 8\n%s", v, grepLines(m, "netward_handoff_total"))
 		}
 		t.Logf("%s", grepLines(m, "netward_handoff_total"))
+		if sockmap {
+			if v := metricValue(m, "netward_handoff_sockmap_pairs_total"); v < 8 {
+				t.Errorf("netward_handoff_sockmap_pairs_total = %v, want ≥ 8: the flows were spliced\n%s", v, grepLines(m, "netward_handoff_sockmap"))
+			}
+			t.Logf("%s", grepLines(m, "netward_handoff_sockmap"))
+		}
 	})
 	// SIGTERM with a flow in the kernel: netward resets it and stops at
 	// once, as it does with flows in gVisor (its client leg waits for
@@ -224,7 +245,7 @@ func TestHandoff(t *testing.T) {
 	// knows nothing of the first one's sockets.
 	t.Run("ChurnAcrossRestart", func(t *testing.T) {
 		for run := 1; run <= 2; run++ {
-			d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{Args: []string{"--rules", rules}})
+			d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{Args: append([]string{"--rules", rules}, extra...)})
 			var r peer.ChurnResult
 			labtest.RunPeer(t, l.Client, &r, "churn", "-c", "64", "-d", "2s", "-timeout", "10s",
 				"-url", fmt.Sprintf("https://[%s]:%d/", l.Topo.AppV6.Addr(), handoffTLSPort), "-tls-ca", cert, "-sni", handoffSNI)
@@ -244,6 +265,9 @@ func TestHandoff(t *testing.T) {
 	})
 
 	t.Run("Off", func(t *testing.T) {
+		if sockmap {
+			t.Skip("TestHandoff covers --handoff=false")
+		}
 		d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{Args: []string{"--rules", rules, "--handoff=false"}})
 		out, err := curlTLS(t, "4", handoffSNI, "/")
 		if err != nil || !strings.Contains(out, "remote=") {

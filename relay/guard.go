@@ -55,6 +55,10 @@ type Guard struct {
 	// is allowed; the relay then reads and judges the later requests from
 	// the kernel socket.
 	HandoffHTTP bool
+	// SockMap, if set, moves a handed-off flow's bytes between its kernel
+	// sockets with eBPF (sockmap.go) instead of splice. HTTP flows handed
+	// off after their first request are read by the relay, not moved.
+	SockMap *SockMap
 
 	active  atomic.Int64
 	dropped recentDrops
@@ -251,6 +255,9 @@ func (g *Guard) Serve(f *netstack.Flow, client, server netstack.Conn) {
 	client.Close()
 	server.Close()
 	if l := gf.legs.Load(); l != nil {
+		if l.pair != nil {
+			l.pair.Close()
+		}
 		g.Handoff.CloseHandoff(f, l.client)
 	}
 

@@ -28,6 +28,8 @@ type kernelLeg interface{ KernelTCP() *net.TCPConn }
 // kernelLegs are a handed-off flow's sockets: both legs in the kernel.
 type kernelLegs struct {
 	client, server *net.TCPConn
+	// pair is set when Guard.SockMap moves the bytes (spliceUp).
+	pair *SockPair
 }
 
 // Handoff results other than netstack's failure reasons.
@@ -45,7 +47,9 @@ const (
 // client is the kernel socket, and the down direction is spliced in the
 // kernel.
 func (gf *guardFlow) handoff(in *clientInput) {
-	if l := gf.moveClientLeg(in); l != nil {
+	// With a SockMap both directions start in spliceUp, once the held
+	// bytes are upstream: the kernel's redirect must not overtake them.
+	if l := gf.moveClientLeg(in); l != nil && gf.g.SockMap == nil {
 		go gf.spliceDown(l)
 	}
 }
@@ -176,9 +180,42 @@ func (gf *guardFlow) spliceDown(l *kernelLegs) {
 	gf.setHalfClosed()
 }
 
-// spliceUp relays client → server between the kernel legs.
+// spliceUp relays client → server between the kernel legs; with a
+// SockMap it pairs the legs and starts the down direction too.
 func (gf *guardFlow) spliceUp(l *kernelLegs) *halfError {
+	if sm := gf.g.SockMap; sm != nil {
+		p, err := sm.Pair(l.client, l.server)
+		if err != nil {
+			if gf.g.Log != nil {
+				gf.g.Log.Debug("handoff: sockmap refused the flow: splice", "flow_id", gf.f.ID, "err", err)
+			}
+			go gf.spliceDown(l)
+			return spliceHalf(l.server, l.client, true, gf.countUp)
+		}
+		l.pair = p
+		go gf.sockmapDown(l)
+		return halfErrorOf(p.Half(l.server, l.client, gf.countUp), l.server, true)
+	}
 	return spliceHalf(l.server, l.client, true, gf.countUp)
+}
+
+// sockmapDown is spliceDown on the flow's SockPair.
+func (gf *guardFlow) sockmapDown(l *kernelLegs) {
+	defer close(gf.downDone)
+	if err := halfErrorOf(l.pair.Half(l.client, l.server, gf.countDown), l.client, false); err != nil {
+		gf.fail(err)
+		return
+	}
+	gf.setHalfClosed()
+}
+
+// halfErrorOf is a kernel-to-kernel half's error: the socket the kernel
+// has closed is the one that failed (as in spliceHalf).
+func halfErrorOf(err error, dst *net.TCPConn, up bool) *halfError {
+	if err == nil {
+		return nil
+	}
+	return &halfError{up: up, read: tcpState(dst) != tcpClosed, err: err}
 }
 
 func (gf *guardFlow) countDown(n int) {

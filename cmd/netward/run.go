@@ -15,7 +15,9 @@ import (
 
 	"github.com/netward/netward/config"
 	"github.com/netward/netward/netstack"
+	"github.com/netward/netward/relay"
 	"github.com/netward/netward/steer"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func init() {
@@ -37,6 +39,7 @@ func runMain(args []string) int {
 	// to 0.24 of kernel forwarding's connection rate (make bench); it pays
 	// for long keep-alive flows only.
 	handoffHTTP := fs.Bool("handoff-http", false, "with --handoff, hand HTTP/1 flows off too, after their first request is allowed; netward then reads and judges every later request from the kernel socket (pays for long keep-alive flows, costs short ones)")
+	handoffSockmap := fs.Bool("handoff-sockmap", false, "with --handoff, move a handed-off flow's bytes between its kernel sockets with an eBPF sockmap (sk_skb verdict redirect) instead of splice: lower latency for small requests, lower single-stream bulk throughput (make bench -relay-sockmap); needs CAP_BPF; without it, a warning and splice")
 	handoff := fs.Bool("handoff", true, "after the verdict, move the client's connection of a flow that needs no more inspection (TLS after its ClientHello, protocols judged by their first bytes) from gVisor to a kernel socket (TCP_REPAIR) and splice it with the upstream socket in the kernel; needs --upstream kernel")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: netward run [flags]\n\nSteers forwarded TCP into a TUN, terminates each flow and relays it\nwith the client's own address. Flags override the config file.\n\nflags:")
@@ -78,7 +81,7 @@ func runMain(args []string) int {
 		}
 		return 0
 	}
-	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, tunDirectMax: *tunDirectMax, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark), handoff: *handoff, handoffHTTP: *handoffHTTP}
+	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, tunDirectMax: *tunDirectMax, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark), handoff: *handoff, handoffHTTP: *handoffHTTP, handoffSockmap: *handoffSockmap}
 	fs.Visit(func(f *flag.Flag) { dp.upstreamAsked = dp.upstreamAsked || f.Name == "upstream" })
 	if err := run(cfg, dp, log); err != nil {
 		log.Error("netward run failed", "error", err)
@@ -157,6 +160,7 @@ type datapathOptions struct {
 	upstreamMark   uint32
 	handoff        bool // --handoff (with the kernel upstream leg only)
 	handoffHTTP    bool // --handoff-http
+	handoffSockmap bool // --handoff-sockmap
 }
 
 // run brings the datapath up in the order that never blackholes a flow:
@@ -222,6 +226,22 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	if dp.handoff && dp.upstreamKernel {
 		svc.guard.Handoff = st
 		svc.guard.HandoffHTTP = dp.handoffHTTP
+		if dp.handoffSockmap {
+			sm, err := relay.NewSockMap(cfg.Limits.MaxFlows)
+			if err != nil {
+				log.Warn("--handoff-sockmap: no eBPF sockmap here; handed-off flows are spliced", "error", err)
+			} else {
+				defer sm.Close()
+				svc.guard.SockMap = sm
+				svc.metrics.Registry().MustRegister(
+					prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netward_handoff_sockmap_pairs_total",
+						Help: "Handed-off flows whose bytes the eBPF sockmap moved (--handoff-sockmap)."},
+						func() float64 { return float64(sm.Pairs.Load()) }),
+					prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netward_handoff_sockmap_fallback_bytes_total",
+						Help: "Bytes of sockmap flows that the verdict program could not redirect, forwarded by netward."},
+						func() float64 { return float64(sm.Fallback.Load()) }))
+			}
+		}
 	}
 	// The UDP guard is complete before steering sends it a datagram.
 	svc.udp.Out, svc.udp.NewID = st, st.NewFlowID
@@ -244,7 +264,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	svc.attach(st)
 	svc.health.SetCheck(datapathCheck(st.Failed(), st.Err, steering))
 	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files), "tun_writers", dp.tunWriters, "tun_direct_max", dp.tunDirectMax,
-		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "handoff", svc.guard.Handoff != nil, "udp", cfg.UDP, "udp_bypass", cfg.UDP && cfg.UDPBypass, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
+		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "handoff", svc.guard.Handoff != nil, "handoff_sockmap", svc.guard.SockMap != nil, "udp", cfg.UDP, "udp_bypass", cfg.UDP && cfg.UDPBypass, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)

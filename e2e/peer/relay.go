@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/netward/netward/relay"
 )
 
 // ServeRelay is the cheapest terminating transparent relay there is, the
@@ -28,9 +30,9 @@ func ServeRelay(ctx context.Context, port int, ready func()) error {
 	return ServeRelayWith(ctx, port, nil, ready)
 }
 
-// ServeRelayWith is ServeRelay with the bytes moved by sm (eBPF sockmap)
-// instead of splice; nil is splice.
-func ServeRelayWith(ctx context.Context, port int, sm *SockMap, ready func()) error {
+// ServeRelayWith is ServeRelay with the bytes moved by sm (eBPF sockmap,
+// netward's --handoff-sockmap mover) instead of splice; nil is splice.
+func ServeRelayWith(ctx context.Context, port int, sm *relay.SockMap, ready func()) error {
 	lc := net.ListenConfig{Control: transparent}
 	var lns []net.Listener
 	defer func() {
@@ -106,7 +108,7 @@ func ServeRelayWith(ctx context.Context, port int, sm *SockMap, ready func()) er
 // relayTransparent connects to the address the client dialled (TPROXY
 // leaves it as c's local address), from the client's own address and port,
 // and relays.
-func relayTransparent(c *net.TCPConn, sm *SockMap) {
+func relayTransparent(c *net.TCPConn, sm *relay.SockMap) {
 	d := net.Dialer{LocalAddr: c.RemoteAddr(), Control: transparent, KeepAlive: -1, Timeout: 10 * time.Second}
 	u, err := d.Dial("tcp", c.LocalAddr().String())
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/netward/netward/e2e/peer"
+	"github.com/netward/netward/relay"
 )
 
 func main() {
@@ -60,10 +61,10 @@ func main() {
 		port := fs.Int("port", 0, "TPROXY `port` to listen on, every address (the caller installs the TPROXY rules)")
 		sockmap := fs.Bool("sockmap", false, "move the bytes with an eBPF sockmap (sk_skb verdict redirect) instead of splice")
 		run = func(ctx context.Context) (any, error) {
-			var sm *peer.SockMap
+			var sm *relay.SockMap
 			if *sockmap {
 				var err error
-				if sm, err = peer.NewSockMap(1 << 16); err != nil {
+				if sm, err = relay.NewSockMap(1 << 16); err != nil {
 					return nil, err
 				}
 				defer sm.Close()

@@ -1,4 +1,4 @@
-package peer
+package relay
 
 import (
 	"bytes"
@@ -7,12 +7,14 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// pipePair is client ↔ (a, relay, b) ↔ server over loopback.
-func sockMapPair(t *testing.T, sm *SockMap, serve func(net.Conn)) net.Conn {
+// sockMapPair is client ↔ (a, relay, b) ↔ server over loopback, the relay
+// counting what each Half reports into up and down.
+func sockMapPair(t *testing.T, sm *SockMap, up, down *atomic.Int64, serve func(net.Conn)) net.Conn {
 	t.Helper()
 	srvLn, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -40,9 +42,26 @@ func sockMapPair(t *testing.T, sm *SockMap, serve func(net.Conn)) net.Conn {
 			a.Close()
 			return
 		}
-		if err := sm.Relay(a.(*net.TCPConn), b.(*net.TCPConn)); err != nil {
-			t.Errorf("sockmap relay: %v", err)
+		ac, bc := a.(*net.TCPConn), b.(*net.TCPConn)
+		defer ac.Close()
+		defer bc.Close()
+		p, err := sm.Pair(ac, bc)
+		if err != nil {
+			t.Errorf("sockmap pair: %v", err)
+			return
 		}
+		defer p.Close()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := p.Half(ac, bc, func(n int) { down.Add(int64(n)) }); err != nil {
+				t.Errorf("down: %v", err)
+			}
+		}()
+		if err := p.Half(bc, ac, func(n int) { up.Add(int64(n)) }); err != nil {
+			t.Errorf("up: %v", err)
+		}
+		<-done
 	}()
 	c, err := net.Dial("tcp4", relayLn.Addr().String())
 	if err != nil {
@@ -75,7 +94,8 @@ func TestSockMapRelayIntact(t *testing.T) {
 	rand.Read(up)
 	rand.Read(down)
 	got := make(chan [32]byte, 1)
-	c := sockMapPair(t, sm, func(s net.Conn) {
+	var upN, downN atomic.Int64
+	c := sockMapPair(t, sm, &upN, &downN, func(s net.Conn) {
 		defer s.Close()
 		go func() { s.Write(down); s.(*net.TCPConn).CloseWrite() }()
 		h := sha256.New()
@@ -104,13 +124,18 @@ func TestSockMapRelayIntact(t *testing.T) {
 	if sm.Pairs.Load() != 1 {
 		t.Errorf("pairs %d", sm.Pairs.Load())
 	}
+	time.Sleep(100 * time.Millisecond) // the up Half reports after the server's EOF
+	if upN.Load() != n || downN.Load() != n {
+		t.Errorf("counted %d up and %d down, want %d each way", upN.Load(), downN.Load(), n)
+	}
 	t.Logf("bytes the relay forwarded itself: %d of %d", sm.Fallback.Load(), 2*n)
 }
 
 // A server that speaks first: its banner reaches the client.
 func TestSockMapRelayServerFirst(t *testing.T) {
 	sm := newTestSockMap(t)
-	c := sockMapPair(t, sm, func(s net.Conn) {
+	var upN, downN atomic.Int64
+	c := sockMapPair(t, sm, &upN, &downN, func(s net.Conn) {
 		defer s.Close()
 		s.Write([]byte("220 hello\r\n"))
 		io.Copy(io.Discard, s)
