@@ -68,16 +68,23 @@ func NewSockMap(maxPairs int) (*SockMap, error) {
 	}
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
-		// An skb with no payload (a FIN on its own) stays on its socket:
-		// redirected, the peer's psock would send zero bytes, which it
-		// takes for a broken pipe (it stops sending and fails the socket
-		// with EPIPE). Half sees the FIN as EOF and passes it on.
+		// An skb with no payload (a FIN on its own) is dropped: redirected,
+		// the peer's psock would send zero bytes, which it takes for a
+		// broken pipe (it stops sending and fails the socket with EPIPE).
+		// The FIN has been taken already (the socket reads EOF); Half
+		// passes it on.
 		asm.LoadMem(asm.R2, asm.R6, skbLen, asm.Word),
-		asm.JEq.Imm(asm.R2, 0, "pass"),
+		asm.JNE.Imm(asm.R2, 0, "redirect"),
+		asm.Mov.Imm(asm.R0, 0), // SK_DROP
+		asm.Return(),
 	}
 	for i := int16(0); i < 4; i++ {
+		remote := asm.LoadMem(asm.R3, asm.R6, skbRemoteIP6+4*i, asm.Word)
+		if i == 0 {
+			remote = remote.WithSymbol("redirect")
+		}
 		insns = append(insns,
-			asm.LoadMem(asm.R3, asm.R6, skbRemoteIP6+4*i, asm.Word), asm.StoreMem(asm.RFP, -40+4*i, asm.R3, asm.Word),
+			remote, asm.StoreMem(asm.RFP, -40+4*i, asm.R3, asm.Word),
 			asm.LoadMem(asm.R3, asm.R6, skbLocalIP6+4*i, asm.Word), asm.StoreMem(asm.RFP, -24+4*i, asm.R3, asm.Word))
 	}
 	insns = append(insns,
@@ -91,7 +98,7 @@ func NewSockMap(maxPairs int) (*SockMap, error) {
 		asm.FnSkRedirectHash.Call(),
 		// No peer in the map (SK_DROP): keep the bytes on this socket
 		// (SK_PASS) for Half to forward, rather than lose them.
-		asm.Mov.Imm(asm.R0, 1).WithSymbol("pass"),
+		asm.Mov.Imm(asm.R0, 1),
 		asm.Return(),
 	)
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "nw_relay_verdict", Type: ebpf.SkSKB, AttachType: ebpf.AttachSkSKBVerdict, Instructions: insns, License: "GPL"})
