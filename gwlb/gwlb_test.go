@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -308,5 +309,41 @@ func TestUDPToStackICMPErrorEchoesOptions(t *testing.T) {
 	}
 	if header.IPv4(p).Protocol() != uint8(header.ICMPv4ProtocolNumber) || header.ICMPv4(p[header.IPv4MinimumSize:]).Type() != header.ICMPv4DstUnreachable {
 		t.Errorf("got %x, want the stack's port unreachable", p)
+	}
+}
+
+// Stacks given one FlowIDs sequence (as the GENEVE datapath's endpoints
+// are) never hand out the same flow id.
+func TestSharedFlowIDs(t *testing.T) {
+	ids := netstack.NewFlowIDs()
+	var (
+		mu     sync.Mutex
+		stacks []*netstack.Stack
+	)
+	f := newFixture(t, Options{NewStack: func(files []*os.File, mtu int) (*netstack.Stack, error) {
+		st, err := netstack.New(netstack.Options{Files: files, MTU: mtu, Handler: acceptAll{}, FlowIDs: ids})
+		mu.Lock()
+		stacks = append(stacks, st)
+		mu.Unlock()
+		return st, err
+	}})
+	f.send(t, encap(t, geneve.AWSOptions(nil, 1, 1, 1), syn4(client, server)))
+	f.recv(t, client, server)
+	f.send(t, encap(t, geneve.AWSOptions(nil, 2, 2, 2), syn4(client, server)))
+	f.recv(t, client, server)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(stacks) != 2 {
+		t.Fatalf("%d stacks for two endpoints", len(stacks))
+	}
+	seen := map[uint64]bool{}
+	for range 100 {
+		for _, st := range stacks {
+			id := st.NewFlowID()
+			if seen[id] {
+				t.Fatalf("flow id %d handed out twice", id)
+			}
+			seen[id] = true
+		}
 	}
 }

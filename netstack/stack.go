@@ -74,6 +74,11 @@ type Options struct {
 	// Datagrams takes the UDP packets steering sends to the TUN; nil
 	// drops them (counted in Stats.RxUDPDropped).
 	Datagrams DatagramHandler
+	// FlowIDs, if set, is a flow-ID sequence shared with other stacks
+	// (the GENEVE datapath's, one per endpoint), so EVE flow_ids never
+	// repeat between them; the caller seeds it (NewFlowIDs). nil: the
+	// stack's own.
+	FlowIDs *atomic.Uint64
 	// Logger for errors outside any flow; nil discards.
 	Logger *slog.Logger
 	// MaxInFlight: see DefaultMaxInFlight.
@@ -151,7 +156,7 @@ type Stack struct {
 	destroyer sockDestroyer
 	pendingTW pendingTimeWait
 
-	nextID  atomic.Uint64
+	nextID  *atomic.Uint64
 	closing atomic.Bool
 	done    chan struct{} // closed by Shutdown: aborts dials
 
@@ -234,7 +239,10 @@ func New(o Options) (*Stack, error) {
 	// above an earlier one's IDs unless that one averaged over a million
 	// flows a second — and stay below 2^53, so JSON consumers that read
 	// numbers as doubles keep them exact.
-	s.nextID.Store(uint64(time.Now().UnixMilli()) << 10)
+	s.nextID = o.FlowIDs
+	if s.nextID == nil {
+		s.nextID = NewFlowIDs()
+	}
 	var link tunLink
 	if dev := takeWGDevice(o.Files); dev != nil {
 		// A TUN opened without offloads: wireguard's device, in batches.
@@ -370,6 +378,13 @@ func (s *Stack) Err() error {
 	default:
 		return nil
 	}
+}
+
+// NewFlowIDs is a flow-ID sequence seeded from the clock (see New).
+func NewFlowIDs() *atomic.Uint64 {
+	ids := new(atomic.Uint64)
+	ids.Store(uint64(time.Now().UnixMilli()) << 10)
+	return ids
 }
 
 // NewFlowID returns a fresh flow id from the sequence TCP flows take

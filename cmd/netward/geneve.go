@@ -43,6 +43,7 @@ func runGeneve(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 			g.Close()
 		}
 	}()
+	flowIDs := netstack.NewFlowIDs() // one sequence over the endpoints' stacks: EVE flow_ids stay unique
 	newStack := func(files []*os.File, mtu int) (*netstack.Stack, error) {
 		var udp *datagram.Guard
 		var datagrams netstack.DatagramHandler
@@ -55,6 +56,7 @@ func runGeneve(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 			MTU:          mtu,
 			Handler:      svc.guard,
 			Datagrams:    datagrams,
+			FlowIDs:      flowIDs,
 			Logger:       log,
 			MaxInFlight:  cfg.Limits.MaxHalfOpen,
 			DialTimeout:  cfg.Limits.ConnectTimeout,
