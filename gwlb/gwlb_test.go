@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -254,7 +255,7 @@ func FuzzReceive(f *testing.F) {
 
 // refuseUDP answers every datagram with an ICMP port unreachable from the
 // server, as the UDP guard's deny does.
-type refuseUDP struct{ st **netstack.Stack }
+type refuseUDP struct{ st *atomic.Pointer[netstack.Stack] }
 
 func (r refuseUDP) HandleDatagram(pkt []byte) {
 	ip := header.IPv4(pkt)
@@ -269,17 +270,17 @@ func (r refuseUDP) HandleDatagram(pkt []byte) {
 	icmp.SetCode(header.ICMPv4PortUnreachable)
 	copy(icmp[header.ICMPv4MinimumSize:], quote)
 	icmp.SetChecksum(^checksum.Checksum(icmp, 0))
-	(*r.st).WriteDatagram(b)
+	r.st.Load().WriteDatagram(b)
 }
 
 // With Options.UDP, inner UDP goes to the stack's DatagramHandler, and an
 // ICMP error it sends goes back with the options of the flow it quotes.
 func TestUDPToStackICMPErrorEchoesOptions(t *testing.T) {
-	var st *netstack.Stack
+	var st atomic.Pointer[netstack.Stack] // set before the stack gets its first packet (the race detector cannot see that)
 	f := newFixture(t, Options{UDP: true, NewStack: func(files []*os.File, mtu int) (*netstack.Stack, error) {
-		var err error
-		st, err = netstack.New(netstack.Options{Files: files, MTU: mtu, Handler: acceptAll{}, Datagrams: refuseUDP{&st}})
-		return st, err
+		s, err := netstack.New(netstack.Options{Files: files, MTU: mtu, Handler: acceptAll{}, Datagrams: refuseUDP{&st}})
+		st.Store(s)
+		return s, err
 	}})
 	opts := geneve.AWSOptions(nil, 7, 8, 9)
 	udp := make([]byte, header.IPv4MinimumSize+header.UDPMinimumSize+4)
