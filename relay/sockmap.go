@@ -203,6 +203,10 @@ func (s *SockMap) insert(key []byte, c *net.TCPConn) error {
 	return nil
 }
 
+// sockmapDrainStall bounds the wait for a FIN's bytes to reach the peer
+// when they stop moving.
+const sockmapDrainStall = 2 * time.Minute
+
 // sockmapTick is how often Half reports the bytes the kernel moved (the
 // flow's counters and idle timer).
 const sockmapTick = time.Second
@@ -255,13 +259,22 @@ func (p *SockPair) Half(dst, src *net.TCPConn, count func(int)) error {
 	src.SetReadDeadline(time.Time{})
 	report(1) // the FIN counts one in bytes_received
 	// dst must have taken every redirected byte and those Half wrote.
-	deadline := time.Now().Add(10 * time.Second)
+	// A slow reader on dst can hold redirected bytes in the psock for
+	// long: wait while they move, give up only after sockmapDrainStall
+	// without progress (the flow's idle timer may end it sooner).
+	last, lastMove, pause := uint64(0), time.Now(), 200*time.Microsecond
 	for {
 		sent, ok := sentBytes(dst)
-		if !ok || sent >= sentBase+counted+self || time.Now().After(deadline) {
+		if !ok || sent >= sentBase+counted+self {
 			break
 		}
-		time.Sleep(200 * time.Microsecond)
+		if sent != last {
+			last, lastMove = sent, time.Now()
+		} else if time.Since(lastMove) > sockmapDrainStall {
+			return fmt.Errorf("sockmap: %d bytes still queued for the peer after %v without progress", sentBase+counted+self-sent, sockmapDrainStall)
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 20*time.Millisecond)
 	}
 	if err := dst.CloseWrite(); err != nil && !isClosed(err) { // closed: the flow is ending anyway
 		return err

@@ -149,3 +149,36 @@ func TestSockMapRelayServerFirst(t *testing.T) {
 }
 
 func sha256Of(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
+
+// A client that reads slowly while the server has sent everything and
+// closed: the FIN waits for the bytes held in the kernel's psock queue,
+// and every byte arrives.
+func TestSockMapRelaySlowReader(t *testing.T) {
+	sm := newTestSockMap(t)
+	const n = 4 << 20
+	down := make([]byte, n)
+	rand.Read(down)
+	var upN, downN atomic.Int64
+	c := sockMapPair(t, sm, &upN, &downN, func(s net.Conn) {
+		defer s.Close()
+		s.Write(down)
+	})
+	c.(*net.TCPConn).SetReadBuffer(64 << 10)
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	h := sha256.New()
+	buf := make([]byte, 64<<10)
+	for {
+		k, err := c.Read(buf)
+		h.Write(buf[:k])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond) // ~3 MiB/s at most
+	}
+	if !bytes.Equal(h.Sum(nil), sha256Of(down)) {
+		t.Errorf("the slow client got other bytes than the server sent")
+	}
+}
