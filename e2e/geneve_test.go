@@ -53,7 +53,14 @@ type gwlbEnv struct {
 	args []string // netward's flags (to restart an appliance)
 }
 
-func newGWLBEnv(t *testing.T) *gwlbEnv {
+// gwlbEnvOptions shape a GWLB lab for a test.
+type gwlbEnvOptions struct {
+	sites   int
+	gwlb    []string // more nwpeer gwlb flags
+	netward []string // more netward flags
+}
+
+func newGWLBEnv(t *testing.T, o gwlbEnvOptions) *gwlbEnv {
 	t.Helper()
 	labtest.RequireRoot(t)
 	labtest.RequireTools(t, "ip", "sysctl", "curl", "openssl", "iperf3", "dig")
@@ -61,7 +68,7 @@ func newGWLBEnv(t *testing.T) *gwlbEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := lab.NewGWLB(lab.GWLBOptions{Sites: 2, Appliances: 2, InnerMTU: 8432, Dir: dir})
+	g, err := lab.NewGWLB(lab.GWLBOptions{Sites: o.sites, Appliances: 2, InnerMTU: 8432, Dir: dir})
 	if err != nil {
 		os.RemoveAll(dir)
 		t.Fatal(err)
@@ -99,7 +106,7 @@ func newGWLBEnv(t *testing.T) *gwlbEnv {
 	if err := os.WriteFile(rules, []byte(gwlbRules), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	e.args = []string{"--rules", rules, "--metrics", gwlbMetrics, "--drain-timeout", "0"}
+	e.args = append([]string{"--rules", rules, "--metrics", gwlbMetrics, "--drain-timeout", "0"}, o.netward...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for i := range g.Appliances {
@@ -113,7 +120,7 @@ func newGWLBEnv(t *testing.T) *gwlbEnv {
 		e.apps = append(e.apps, labtest.StartPeer(t, s.App,
 			"-tls-port", strconv.Itoa(gwlbTLSPort), "-tls-cert", cert, "-tls-key", key,
 			"-h3-port", strconv.Itoa(gwlbTLSPort), "-dns-port", "53"))
-		if _, err := g.StartGWLB(ctx, labtest.Peer(t), i); err != nil {
+		if _, err := g.StartGWLB(ctx, labtest.Peer(t), i, o.gwlb...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -194,7 +201,7 @@ func (e *gwlbEnv) curlTLS(site int, fam, sni, path string) (string, error) {
 // the other is killed (the open flow is reset there: a terminating
 // appliance has no state for it).
 func TestGWLB(t *testing.T) {
-	e := newGWLBEnv(t)
+	e := newGWLBEnv(t, gwlbEnvOptions{sites: 2})
 	tp := lab.Default()
 
 	t.Run("HTTP", func(t *testing.T) {
@@ -411,47 +418,9 @@ func TestGWLB(t *testing.T) {
 
 	t.Run("HealthAndFailover", func(t *testing.T) {
 		// An open connection from site 0 and the appliance its flow is on.
-		d := &opslab.Dialer{NS: opslab.NS{Name: e.g.Sites[0].Client.Name}}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(tp.AppV4.Addr(), peer.EchoPort).String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, echo, victim := e.openEcho(t)
 		defer c.Close()
-		echo := func(b byte) error {
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.Write([]byte{b}); err != nil {
-				return err
-			}
-			var r [1]byte
-			if _, err := c.Read(r[:]); err != nil {
-				return err
-			}
-			if r[0] != b {
-				return fmt.Errorf("echo %q, want %q", r[0], b)
-			}
-			return nil
-		}
-		if err := echo('a'); err != nil {
-			t.Fatal(err)
-		}
-		local := c.LocalAddr().String()
-		var on string
-		for _, f := range e.stats(t, 0, true).Flows {
-			if f.Has(local) {
-				on = f.Target
-			}
-		}
-		victim := -1
-		for i, a := range e.g.Appliances {
-			if a.Addr.String() == on {
-				victim = i
-			}
-		}
-		if victim < 0 {
-			t.Fatalf("flow of %s not in the GWLB's flow table (target %q)", local, on)
-		}
+		on := e.g.Appliances[victim].Addr.String()
 		survivor := 1 - victim
 
 		// SIGKILL: no drain, /healthz gone; the GWLB's checks fail.
@@ -525,4 +494,117 @@ func iperfBitsPerSecond(t testing.TB, out string) float64 {
 		t.Fatalf("iperf3 -J output: %v\n%s", err, out)
 	}
 	return r.End.SumReceived.BPS
+}
+
+// openEcho opens a connection from site 0's client to its application's
+// echo port, checks one echo, and returns it with an echo function and
+// the index of the appliance the GWLB sent its flow to.
+func (e *gwlbEnv) openEcho(t *testing.T) (net.Conn, func(byte) error, int) {
+	t.Helper()
+	d := &opslab.Dialer{NS: opslab.NS{Name: e.g.Sites[0].Client.Name}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(lab.Default().AppV4.Addr(), peer.EchoPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo := func(b byte) error {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte{b}); err != nil {
+			return err
+		}
+		var r [1]byte
+		if _, err := c.Read(r[:]); err != nil {
+			return err
+		}
+		if r[0] != b {
+			return fmt.Errorf("echo %q, want %q", r[0], b)
+		}
+		return nil
+	}
+	if err := echo('a'); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	local := c.LocalAddr().String()
+	var on string
+	for _, f := range e.stats(t, 0, true).Flows {
+		if f.Has(local) {
+			on = f.Target
+		}
+	}
+	for i, a := range e.g.Appliances {
+		if a.Addr.String() == on {
+			return c, echo, i
+		}
+	}
+	c.Close()
+	t.Fatalf("flow of %s not in the GWLB's flow table (target %q)", local, on)
+	return nil, nil, 0
+}
+
+// TestGWLBDrain: SIGTERM with a drain deadline behind a GWLB that leaves
+// open flows where they are (its default, no_rebalance): /healthz answers
+// 503 at once, the GWLB sends new flows to the other appliance, the open
+// flow goes on through the draining one, and netward stops at the
+// deadline.
+func TestGWLBDrain(t *testing.T) {
+	const drain = 4 * time.Second
+	e := newGWLBEnv(t, gwlbEnvOptions{sites: 1, gwlb: []string{"-rebalance=false"}})
+	// Restart both appliances with a drain deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := range e.nw {
+		if err := e.nw[i].Terminate(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		w, err := e.g.StartAppliance(ctx, labtest.Netward(t), i, append(e.args, "--drain-timeout", drain.String())...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.nw[i] = w
+	}
+	e.waitHealthy(t, 0, 2)
+	c, echo, victim := e.openEcho(t)
+	defer c.Close()
+	a := e.g.Appliances[victim]
+	start := time.Now()
+	if err := e.nw[victim].Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + netip.AddrPortFrom(a.Addr, lab.GWLBHealthPort).String() + "/healthz"
+	for {
+		code, _ := runIn(a.NS, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", url)
+		if code == "503" {
+			break
+		}
+		if time.Since(start) > time.Second {
+			t.Fatalf("/healthz of the draining appliance = %q 1 s after SIGTERM, want 503", code)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.waitHealthy(t, 0, 1)
+	if err := echo('b'); err != nil {
+		t.Fatalf("the open flow on the draining appliance: %v", err)
+	}
+	for k := range 5 {
+		path := fmt.Sprintf("/drain/%d", k)
+		if out, err := e.curl(0, "4", "http://APP:8080"+path); err != nil || !strings.Contains(out, "remote=") {
+			t.Fatalf("new flow %s while draining: %v\n%s", path, err, out)
+		}
+	}
+	for _, f := range e.stats(t, 0, true).Flows {
+		if f.Target == a.Addr.String() && !f.Has(c.LocalAddr().String()) && f.Proto == 6 {
+			t.Errorf("a new flow %s ↔ %s went to the draining appliance", f.A, f.B)
+		}
+	}
+	if err := echo('c'); err != nil {
+		t.Fatalf("the open flow on the draining appliance, later: %v", err)
+	}
+	wctx, wcancel := context.WithTimeout(context.Background(), drain+10*time.Second)
+	defer wcancel()
+	e.nw[victim].Wait(wctx)
+	if took := time.Since(start); took < drain-500*time.Millisecond || took > drain+6*time.Second {
+		t.Errorf("the draining appliance stopped after %v, want about the %v deadline", took.Round(time.Millisecond), drain)
+	}
 }

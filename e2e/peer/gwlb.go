@@ -56,6 +56,12 @@ type GWLBOptions struct {
 	HealthInterval time.Duration
 	// EndpointID and AttachmentID go into every packet's options.
 	EndpointID, AttachmentID uint64
+	// Rebalance moves the open flows of a target that turns unhealthy to
+	// the healthy ones (GWLB's target_failover.on_unhealthy=rebalance);
+	// false leaves them where they are and sends only new flows
+	// elsewhere (GWLB's default, no_rebalance: what a draining target
+	// relies on).
+	Rebalance bool
 	// Stats is the TCP address of the stats endpoint (GET /stats: a
 	// GWLBStats as JSON; /stats?flows=1 lists the flows too).
 	Stats string
@@ -374,7 +380,7 @@ func (g *gwlb) fromTUN() error {
 			if f.target >= 0 {
 				g.flows[k] = f
 			}
-		} else if f.target < 0 || !g.targets[f.target].healthy.Load() {
+		} else if f.target < 0 || g.o.Rebalance && !g.targets[f.target].healthy.Load() {
 			f.target = g.pick(k)
 			g.rehashed.Add(1)
 		}
@@ -494,8 +500,10 @@ func (g *gwlb) check(ctx context.Context, t *gwlbTarget) {
 		case healthy && bad >= gwlbUnhealthyAfter:
 			t.healthy.Store(false)
 			t.changes++
-			// Rebalance: the flows of t go to the healthy targets now.
 			for k, f := range g.flows {
+				if !g.o.Rebalance {
+					break // open flows stay; new ones avoid t (pick)
+				}
 				if f.target >= 0 && g.targets[f.target] == t {
 					f.target = g.pick(k)
 					g.rehashed.Add(1)

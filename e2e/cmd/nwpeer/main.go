@@ -83,6 +83,7 @@ func main() {
 		fs.Uint64Var(&o.EndpointID, "endpoint-id", 1, "GWLB endpoint `ID` (option type 1)")
 		fs.Uint64Var(&o.AttachmentID, "attachment-id", 1, "attachment `ID` (option type 2)")
 		fs.StringVar(&o.Stats, "stats", "127.0.0.1:9080", "`address` of the stats endpoint (GET /stats)")
+		fs.BoolVar(&o.Rebalance, "rebalance", true, "move an unhealthy target's open flows to healthy ones (false: only new flows avoid it, GWLB's default)")
 		run = func(ctx context.Context) (any, error) {
 			a, err := netip.ParseAddr(*local)
 			if err != nil {
