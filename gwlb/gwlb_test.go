@@ -255,7 +255,9 @@ func FuzzReceive(f *testing.F) {
 
 // refuseUDP answers every datagram with an ICMP port unreachable from the
 // server, as the UDP guard's deny does.
-type refuseUDP struct{ st *atomic.Pointer[netstack.Stack] }
+type refuseUDP struct {
+	st *atomic.Pointer[netstack.Stack]
+}
 
 func (r refuseUDP) HandleDatagram(pkt []byte) {
 	ip := header.IPv4(pkt)
