@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"net/netip"
 	"os"
 	"strconv"
@@ -233,19 +232,7 @@ func checkIperf(t testing.TB, d *datapath) {
 	d.crossing(t, 1000, func() {
 		out = labtest.Run(t, d.lab.Client, "iperf3", "-c", d.lab.Topo.AppV4.Addr().String(), "-p", "5201", "-t", strconv.Itoa(secs), "-J")
 	})
-	var r struct {
-		Error string `json:"error"`
-		End   struct {
-			SumReceived struct {
-				Bytes   int64   `json:"bytes"`
-				Seconds float64 `json:"seconds"`
-				BPS     float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		t.Fatalf("iperf3 -J output: %v\n%s", err, out)
-	}
+	r := iperfJSON(t, out)
 	if r.Error != "" || r.End.SumReceived.Bytes == 0 || r.End.SumReceived.Seconds < float64(secs)-0.5 {
 		t.Fatalf("iperf3 %d s via %s did not complete: error %q, received %d bytes in %.1f s", secs, d.via(), r.Error, r.End.SumReceived.Bytes, r.End.SumReceived.Seconds)
 	}

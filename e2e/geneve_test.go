@@ -63,38 +63,8 @@ type gwlbEnvOptions struct {
 func newGWLBEnv(t *testing.T, o gwlbEnvOptions) *gwlbEnv {
 	t.Helper()
 	labtest.RequireRoot(t)
-	labtest.RequireTools(t, "ip", "sysctl", "curl", "openssl", "iperf3", "dig")
-	dir, err := os.MkdirTemp("", "netward-gwlb-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := lab.NewGWLB(lab.GWLBOptions{Sites: o.sites, Appliances: 2, InnerMTU: 8432, Dir: dir})
-	if err != nil {
-		os.RemoveAll(dir)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		failed := t.Failed()
-		if failed {
-			logs, _ := filepath.Glob(filepath.Join(g.Dir, "*.log"))
-			for _, f := range logs {
-				b, _ := os.ReadFile(f)
-				s := string(b)
-				if len(s) > 6000 {
-					s = "…" + s[len(s)-6000:]
-				}
-				t.Logf("--- %s ---\n%s", filepath.Base(f), s)
-			}
-		}
-		if err := g.Close(); err != nil {
-			t.Errorf("lab teardown: %v", err)
-		}
-		if failed {
-			t.Logf("lab logs kept in %s", g.Dir)
-		} else {
-			os.RemoveAll(g.Dir)
-		}
-	})
+	labtest.RequireTools(t, "curl", "openssl", "iperf3", "dig")
+	g := labtest.NewGWLB(t, lab.GWLBOptions{Sites: o.sites, Appliances: 2, InnerMTU: 8432})
 	e := &gwlbEnv{g: g}
 	tdir := t.TempDir()
 	cert, key, err := peer.WriteCert(tdir, gwlbSNI)
@@ -352,7 +322,7 @@ func TestGWLB(t *testing.T) {
 		if err != nil {
 			t.Fatalf("iperf3 through the tunnel: %v\n%s", err, out)
 		}
-		if bps := iperfBitsPerSecond(t, out); bps < 10e6 {
+		if bps := iperfJSON(t, out).End.SumReceived.BPS; bps < 10e6 {
 			t.Errorf("iperf3 through the tunnel: %.0f bit/s, want > 10 Mbit/s", bps)
 		} else {
 			t.Logf("iperf3 through GWLB + netward: %.2f Gbit/s", bps/1e9)
@@ -480,20 +450,14 @@ func TestGWLB(t *testing.T) {
 	})
 }
 
-// iperfBitsPerSecond reads the receiver's rate from `iperf3 -J`.
-func iperfBitsPerSecond(t testing.TB, out string) float64 {
+// iperfJSON parses `iperf3 -J` output.
+func iperfJSON(t testing.TB, out string) peer.IperfResult {
 	t.Helper()
-	var r struct {
-		End struct {
-			SumReceived struct {
-				BPS float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
+	var r peer.IperfResult
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
 		t.Fatalf("iperf3 -J output: %v\n%s", err, out)
 	}
-	return r.End.SumReceived.BPS
+	return r
 }
 
 // openEcho opens a connection from site 0's client to its application's

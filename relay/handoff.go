@@ -235,9 +235,7 @@ func spliceHalf(dst, src *net.TCPConn, up bool, count func(int)) *halfError {
 			count(int(n))
 		}
 		if err != nil {
-			// ReadFrom does not say which socket failed: the one the
-			// kernel has closed did.
-			return &halfError{up: up, read: tcpState(dst) != tcpClosed, err: err}
+			return halfErrorOf(err, dst, up) // ReadFrom does not say which socket failed
 		}
 		if n < spliceChunk {
 			break // src's FIN

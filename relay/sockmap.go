@@ -231,7 +231,10 @@ func (p *SockPair) Half(dst, src *net.TCPConn, count func(int)) error {
 			counted = moved
 		}
 	}
-	buf := make([]byte, 16<<10) // only bytes the program could not redirect arrive here
+	// Only bytes the program could not redirect arrive here (before the
+	// peer is in the map): rare, so a small buffer, not a pooled 128 KiB
+	// one held for the flow's life.
+	buf := make([]byte, 2<<10)
 	for {
 		src.SetReadDeadline(time.Now().Add(sockmapTick))
 		n, err := src.Read(buf)

@@ -136,13 +136,7 @@ func (b *bench) geneveOne(v *variant) error {
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", what, c.row, err)
 		}
-		var r struct {
-			End struct {
-				SumReceived struct {
-					BPS float64 `json:"bits_per_second"`
-				} `json:"sum_received"`
-			} `json:"end"`
-		}
+		var r iperfResult
 		if err := json.Unmarshal([]byte(out), &r); err != nil {
 			return fmt.Errorf("%s: iperf3 -J: %w", what, err)
 		}

@@ -11,15 +11,7 @@ import (
 	"github.com/netward/netward/e2e/peer"
 )
 
-type iperfResult struct {
-	Error string `json:"error"`
-	End   struct {
-		SumReceived struct {
-			Bytes int64   `json:"bytes"`
-			BPS   float64 `json:"bits_per_second"`
-		} `json:"sum_received"`
-	} `json:"end"`
-}
+type iperfResult = peer.IperfResult
 
 type iperfCase struct {
 	fam     string

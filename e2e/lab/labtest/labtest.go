@@ -134,10 +134,38 @@ func New(t testing.TB, opts lab.Options) *lab.Lab {
 		os.RemoveAll(opts.Dir)
 		t.Fatal(err)
 	}
+	teardown(t, l.Dir, l.Close)
+	return l
+}
+
+// NewGWLB builds a GWLB lab for t (lab.NewGWLB), torn down like New's.
+func NewGWLB(t testing.TB, opts lab.GWLBOptions) *lab.GWLBLab {
+	t.Helper()
+	RequireRoot(t)
+	RequireTools(t, "ip", "sysctl")
+	if opts.Dir == "" {
+		d, err := os.MkdirTemp("", "netward-gwlb-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Dir = d
+	}
+	g, err := lab.NewGWLB(opts)
+	if err != nil {
+		os.RemoveAll(opts.Dir)
+		t.Fatal(err)
+	}
+	teardown(t, g.Dir, g.Close)
+	return g
+}
+
+// teardown closes a lab in t.Cleanup; if the test failed, it first logs
+// the tails of the logs in dir and keeps dir.
+func teardown(t testing.TB, dir string, close func() error) {
 	t.Cleanup(func() {
 		failed := t.Failed()
 		if failed {
-			logs, _ := filepath.Glob(filepath.Join(l.Dir, "*.log"))
+			logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
 			for _, f := range logs {
 				b, _ := os.ReadFile(f)
 				s := string(b)
@@ -147,16 +175,15 @@ func New(t testing.TB, opts lab.Options) *lab.Lab {
 				t.Logf("--- %s ---\n%s", filepath.Base(f), s)
 			}
 		}
-		if err := l.Close(); err != nil {
+		if err := close(); err != nil {
 			t.Errorf("lab teardown: %v", err)
 		}
 		if failed {
-			t.Logf("lab logs kept in %s", l.Dir)
+			t.Logf("lab logs kept in %s", dir)
 		} else {
-			os.RemoveAll(l.Dir)
+			os.RemoveAll(dir)
 		}
 	})
-	return l
 }
 
 // StartPeer starts `nwpeer serve` in ns and waits until it listens.
