@@ -156,11 +156,12 @@ func testHandoff(t *testing.T, extra ...string) {
 		// A download that takes a while: netward status lists its flow
 		// with leg=kernel.
 		done := make(chan error, 1)
+		port := clientPort()
 		go func() {
-			_, err := curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(256<<20), "-o", "/dev/null", "--limit-rate", "20M")
+			_, err := curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(256<<20), "-o", "/dev/null", "--limit-rate", "20M", "--local-port", strconv.Itoa(port))
 			done <- err
 		}()
-		if out, ok := waitKernelLeg(t, d); !ok {
+		if out, ok := waitKernelLeg(t, d, port); !ok {
 			t.Errorf("netward status never showed leg=kernel:\n%s", out)
 		}
 		runIn(l.Client, "pkill", "-f", "limit-rate")
@@ -171,7 +172,7 @@ func testHandoff(t *testing.T, extra ...string) {
 	// client's leg ends in TIME_WAIT; the next connection from the same
 	// port must go through at once (no SYN answered by that socket).
 	t.Run("PortReuseAfterHandoff", func(t *testing.T) {
-		port := 40000 + int(time.Now().UnixNano()%20000)
+		port := clientPort()
 		for i := 0; i < 5; i++ {
 			start := time.Now()
 			out, err := curlTLS(t, "4", handoffSNI, "/", "--local-port", strconv.Itoa(port), "--max-time", "3")
@@ -211,11 +212,12 @@ func testHandoff(t *testing.T, extra ...string) {
 			err error
 		}
 		done := make(chan result, 1)
+		port := clientPort()
 		go func() {
-			out, err := curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(256<<20), "-o", "/dev/null", "--limit-rate", "2M", "-w", "%{size_download}")
+			out, err := curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(256<<20), "-o", "/dev/null", "--limit-rate", "2M", "-w", "%{size_download}", "--local-port", strconv.Itoa(port))
 			done <- result{out, err}
 		}()
-		if out, ok := waitKernelLeg(t, d); !ok {
+		if out, ok := waitKernelLeg(t, d, port); !ok {
 			t.Fatalf("the download never showed leg=kernel:\n%s", out)
 		}
 		start := time.Now()
@@ -280,14 +282,24 @@ func testHandoff(t *testing.T, extra ...string) {
 	})
 }
 
-// waitKernelLeg polls `netward status` for up to 10 s until a flow shows
-// leg=kernel; it returns the last output.
-func waitKernelLeg(t testing.TB, d *datapath) (string, bool) {
+// clientPort is a client port for one connection of a subtest, so that
+// netward status can be read for that flow alone.
+func clientPort() int { return 40000 + int(time.Now().UnixNano()%20000) }
+
+// waitKernelLeg polls `netward status` for up to 10 s until the flow from
+// client port sport shows leg=kernel; it returns the last output. Only
+// that flow: one an earlier subtest left ending in the kernel would let a
+// stop run before this flow is even steered (it would then bypass
+// netward and never be reset).
+func waitKernelLeg(t testing.TB, d *datapath, sport int) (string, bool) {
 	deadline := time.Now().Add(10 * time.Second)
+	want := " sport=" + strconv.Itoa(sport) + " "
 	for {
 		out, _ := runIn(d.lab.Appliance, labtest.Netward(t), "status", "--socket", d.nw.AdminSocket)
-		if strings.Contains(out, "leg=kernel") {
-			return out, true
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, want) && strings.Contains(line, " leg=kernel ") {
+				return out, true
+			}
 		}
 		if time.Now().After(deadline) {
 			return out, false

@@ -251,6 +251,12 @@ func (p *SockPair) Half(dst, src *net.TCPConn, count func(int)) error {
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			report(0)
+			if tcpState(dst) == tcpClosed {
+				// dst was reset: nothing else reads it (its own Half may
+				// have ended at its FIN), and the program now drops what
+				// src receives for it, so the flow must end here.
+				return errDstReset
+			}
 			continue
 		}
 		if !errors.Is(err, io.EOF) {
@@ -267,6 +273,9 @@ func (p *SockPair) Half(dst, src *net.TCPConn, count func(int)) error {
 	// without progress (the flow's idle timer may end it sooner).
 	last, lastMove, pause := uint64(0), time.Now(), 200*time.Microsecond
 	for {
+		if tcpState(dst) == tcpClosed {
+			return errDstReset // its queue will never drain
+		}
 		sent, ok := sentBytes(dst)
 		if !ok || sent >= sentBase+counted+self {
 			break
@@ -280,10 +289,17 @@ func (p *SockPair) Half(dst, src *net.TCPConn, count func(int)) error {
 		pause = min(2*pause, 20*time.Millisecond)
 	}
 	if err := dst.CloseWrite(); err != nil && !isClosed(err) { // closed: the flow is ending anyway
+		if errors.Is(err, unix.ENOTCONN) {
+			return errDstReset // reset after the last check
+		}
 		return err
 	}
 	return nil
 }
+
+// errDstReset is Half's error when its destination was reset: the kernel
+// moved src's bytes, so no write of Half's own failed to say so.
+var errDstReset = fmt.Errorf("sockmap: peer socket reset: %w", unix.ECONNRESET)
 
 // Relay is the lab's reference relay on a sockmap: Pair, Half both ways,
 // then close both (as peer.Relay does with splice).

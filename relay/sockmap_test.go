@@ -13,8 +13,19 @@ import (
 )
 
 // sockMapPair is client ↔ (a, relay, b) ↔ server over loopback, the relay
-// counting what each Half reports into up and down.
+// counting what each Half reports into up and down. A Half's error fails
+// the test.
 func sockMapPair(t *testing.T, sm *SockMap, up, down *atomic.Int64, serve func(net.Conn)) net.Conn {
+	return sockMapPairEnds(t, sm, up, down, serve, func(dir string, err error) {
+		if err != nil {
+			t.Errorf("%s: %v", dir, err)
+		}
+	})
+}
+
+// sockMapPairEnds is sockMapPair that gives each Half's end to halfEnd
+// ("up" or "down", and its error).
+func sockMapPairEnds(t *testing.T, sm *SockMap, up, down *atomic.Int64, serve func(net.Conn), halfEnd func(dir string, err error)) net.Conn {
 	t.Helper()
 	srvLn, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -54,13 +65,9 @@ func sockMapPair(t *testing.T, sm *SockMap, up, down *atomic.Int64, serve func(n
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			if err := p.Half(ac, bc, func(n int) { down.Add(int64(n)) }); err != nil {
-				t.Errorf("down: %v", err)
-			}
+			halfEnd("down", p.Half(ac, bc, func(n int) { down.Add(int64(n)) }))
 		}()
-		if err := p.Half(bc, ac, func(n int) { up.Add(int64(n)) }); err != nil {
-			t.Errorf("up: %v", err)
-		}
+		halfEnd("up", p.Half(bc, ac, func(n int) { up.Add(int64(n)) }))
 		<-done
 	}()
 	c, err := net.Dial("tcp4", relayLn.Addr().String())
@@ -180,5 +187,57 @@ func TestSockMapRelaySlowReader(t *testing.T) {
 	}
 	if !bytes.Equal(h.Sum(nil), sha256Of(down)) {
 		t.Errorf("the slow client got other bytes than the server sent")
+	}
+}
+
+// A client that half-closes and then resets while the server still
+// streams: the down Half reads nothing itself (the kernel redirects, then
+// drops), so it must notice the reset client socket and end with a reset
+// within a tick or two, not wait for the server or the idle timeout.
+func TestSockMapRelayClientResetAfterFIN(t *testing.T) {
+	sm := newTestSockMap(t)
+	var upN, downN atomic.Int64
+	ends := make(chan string, 2)
+	downErr := make(chan error, 1)
+	chunk := make([]byte, 64<<10)
+	c := sockMapPairEnds(t, sm, &upN, &downN, func(s net.Conn) {
+		defer s.Close()
+		go io.Copy(io.Discard, s)
+		for {
+			if _, err := s.Write(chunk); err != nil {
+				return
+			}
+		}
+	}, func(dir string, err error) {
+		ends <- dir
+		if dir == "down" {
+			downErr <- err
+		}
+	})
+	buf := make([]byte, 64<<10)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	select {
+	case dir := <-ends:
+		if dir != "up" {
+			t.Fatalf("the %s Half ended first", dir)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the up Half did not end at the client's FIN")
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	start := time.Now()
+	select {
+	case err := <-downErr:
+		if !isReset(err) {
+			t.Errorf("down Half ended with %v, want a reset", err)
+		}
+		t.Logf("down Half ended %v after the client's reset: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the down Half still runs 5 s after its client socket was reset")
 	}
 }
