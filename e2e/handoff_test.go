@@ -48,44 +48,66 @@ func TestHandoff(t *testing.T) { testHandoff(t) }
 // but the Off case); netward_handoff_sockmap_pairs_total shows it did.
 func TestHandoffSockmap(t *testing.T) { testHandoff(t, "--handoff-sockmap") }
 
-func testHandoff(t *testing.T, extra ...string) {
+// handoffEnv is a lab with the application's servers (TLS on
+// handoffTLSPort) and netward running with handoffRules.
+type handoffEnv struct {
+	d           *datapath
+	cert, rules string
+}
+
+func newHandoffEnv(t *testing.T, extra ...string) *handoffEnv {
 	labtest.RequireTools(t, "curl", "iperf3", "openssl")
-	sockmap := slices.Contains(extra, "--handoff-sockmap")
 	l := labtest.New(t, lab.Options{RPFilter: 1})
 	dir := t.TempDir()
 	cert, key, err := peer.WriteCert(dir, handoffSNI)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &datapath{lab: l, app: labtest.StartPeer(t, l.App,
+	e := &handoffEnv{cert: cert, rules: filepath.Join(dir, "rules.yaml")}
+	e.d = &datapath{lab: l, app: labtest.StartPeer(t, l.App,
 		"-tls-port", strconv.Itoa(handoffTLSPort), "-tls-cert", cert, "-tls-key", key)}
-	rules := filepath.Join(dir, "rules.yaml")
-	if err := os.WriteFile(rules, []byte(handoffRules), 0o644); err != nil {
+	if err := os.WriteFile(e.rules, []byte(handoffRules), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{Args: append([]string{"--rules", rules}, extra...)})
-	metrics := func(t testing.TB) string {
-		return labtest.Run(t, l.Appliance, "curl", "-s", "--unix-socket", d.nw.AdminSocket, "http://netward/metrics")
+	e.d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{Args: append([]string{"--rules", e.rules}, extra...)})
+	return e
+}
+
+func (e *handoffEnv) metrics(t testing.TB) string {
+	return labtest.Run(t, e.d.lab.Appliance, "curl", "-s", "--unix-socket", e.d.nw.AdminSocket, "http://netward/metrics")
+}
+
+// handoffs is netward_handoff_total{result="ok"}.
+func (e *handoffEnv) handoffs(t testing.TB) float64 {
+	return metricValue(e.metrics(t), `netward_handoff_total{result="ok"}`)
+}
+
+// curlTLS fetches path from the application's TLS server with SNI sni,
+// over IPv4 or IPv6 (fam "4" or "6").
+func (e *handoffEnv) curlTLS(t testing.TB, fam, sni, path string, extra ...string) (string, error) {
+	l := e.d.lab
+	addr := l.Topo.AppV4.Addr()
+	if fam == "6" {
+		addr = l.Topo.AppV6.Addr()
 	}
+	host := addr.String()
+	if fam == "6" {
+		host = "[" + host + "]"
+	}
+	args := append([]string{"curl", "-sS", "--max-time", "20", "--cacert", e.cert,
+		"--resolve", fmt.Sprintf("%s:%d:%s", sni, handoffTLSPort, host),
+		fmt.Sprintf("https://%s:%d%s", sni, handoffTLSPort, path)}, extra...)
+	return runIn(l.Client, args...)
+}
+
+func testHandoff(t *testing.T, extra ...string) {
+	sockmap := slices.Contains(extra, "--handoff-sockmap")
+	e := newHandoffEnv(t, extra...)
+	d, l, rules, cert := e.d, e.d.lab, e.rules, e.cert
+	metrics, handoffs, curlTLS := e.metrics, e.handoffs, e.curlTLS
 	if sockmap && !strings.Contains(metrics(t), "netward_handoff_sockmap_pairs_total") {
 		// A kernel feature, not a missing tool: skip even in CI, saying why.
 		t.Skipf("no eBPF sockmap on this kernel (netward fell back to splice):\n%s", grepLines(d.nw.Log(), "sockmap"))
-	}
-	handoffs := func(t testing.TB) float64 { return metricValue(metrics(t), `netward_handoff_total{result="ok"}`) }
-
-	curlTLS := func(t testing.TB, fam, sni, path string, extra ...string) (string, error) {
-		addr := l.Topo.AppV4.Addr()
-		if fam == "6" {
-			addr = l.Topo.AppV6.Addr()
-		}
-		host := addr.String()
-		if fam == "6" {
-			host = "[" + host + "]"
-		}
-		args := append([]string{"curl", "-sS", "--max-time", "20", "--cacert", cert,
-			"--resolve", fmt.Sprintf("%s:%d:%s", sni, handoffTLSPort, host),
-			fmt.Sprintf("https://%s:%d%s", sni, handoffTLSPort, path)}, extra...)
-		return runIn(l.Client, args...)
 	}
 
 	t.Run("TLS", func(t *testing.T) {

@@ -36,8 +36,15 @@ func newConn(wq *waiter.Queue, ep tcpip.Endpoint, tx *txQueue) *tcpConn {
 // idle flow holds no buffer (memory per idle flow). It does not honour read
 // deadlines; Close wakes it.
 func (c *tcpConn) WaitReadable() error {
+	c.WaitReadableOr(nil) // a nil stop never closes
+	return nil
+}
+
+// WaitReadableOr is WaitReadable that also returns, with false, once
+// stop is closed (a relay that must stop reading to hand the flow off).
+func (c *tcpConn) WaitReadableOr(stop <-chan struct{}) bool {
 	if c.ep.Readiness(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) != 0 {
-		return nil
+		return true
 	}
 	if c.readCh == nil {
 		c.readEntry, c.readCh = waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
@@ -45,9 +52,13 @@ func (c *tcpConn) WaitReadable() error {
 	c.wq.EventRegister(&c.readEntry)
 	defer c.wq.EventUnregister(&c.readEntry)
 	for c.ep.Readiness(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) == 0 {
-		<-c.readCh
+		select {
+		case <-c.readCh:
+		case <-stop:
+			return false
+		}
 	}
-	return nil
+	return true
 }
 
 // SetLinger is (*net.TCPConn).SetLinger: with sec == 0, Close sends an RST

@@ -3,6 +3,7 @@ package netstack
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -25,9 +26,12 @@ import (
 // the client's packets to it instead of the TUN from the moment it exists.
 //
 // The caller must have stopped reading and writing c (both directions of
-// the relay) and must have read everything c received. Handoff refuses,
-// leaving c as it was, while data gVisor sent is unacknowledged (the
-// kernel socket could not retransmit it) or received data is unread.
+// the relay). Handoff refuses, leaving c as it was, while data gVisor sent
+// is unacknowledged (the kernel socket could not retransmit it), or while
+// gVisor holds more than maxUnread bytes it received and acknowledged but
+// the relay has not read. Up to maxUnread such bytes come back as unread:
+// the client will not send them again, so the caller forwards them before
+// anything the kernel socket receives.
 //
 // From the switch on, gVisor's endpoint stays silent: the link drops
 // whatever it would still send for the connection (quietSet), and Handoff
@@ -37,45 +41,66 @@ import (
 //
 // On success the returned socket is the flow's client leg and c must only
 // be closed. Errors are *HandoffError.
-func (s *Stack) Handoff(f *Flow, c Conn) (*net.TCPConn, error) {
+func (s *Stack) Handoff(f *Flow, c Conn, maxUnread int) (kc *net.TCPConn, unread []byte, err error) {
 	gc, ok := c.(*tcpConn)
 	if !ok {
-		return nil, &HandoffError{Reason: HandoffUnsupported, Err: errors.New("not a gVisor leg")}
+		return nil, nil, &HandoffError{Reason: HandoffUnsupported, Err: errors.New("not a gVisor leg")}
 	}
 	ep, ok := gc.ep.(*tcp.Endpoint)
 	if !ok || !handoffFieldsOK() {
-		return nil, &HandoffError{Reason: HandoffUnsupported, Err: errHandoffLayout}
+		return nil, nil, &HandoffError{Reason: HandoffUnsupported, Err: errHandoffLayout}
 	}
 	quiet := s.link.quietConns()
 	key := quietKey(f.Client, f.Server)
 	// readTCPState silences the connection as it reads the state: no ACK
 	// gVisor makes after that may reach the client, or the client would
 	// take bytes for delivered that the kernel socket never sees.
-	st, err := s.readTCPState(ep, func(rcvNxt uint32) { quiet.add(key, rcvNxt) })
+	st, err := s.readTCPState(ep, maxUnread, func(rcvNxt uint32) { quiet.add(key, rcvNxt) })
 	if err == nil {
-		var kc *net.TCPConn
 		kc, err = repairSocket(&st, f.Server, f.Client, s.upstreamMark)
-		if err == nil {
-			ep.Abort() // its RST is dropped at the link
-			// Until the flow ends cleanly, a new SYN on the tuple means
-			// the client is done with this connection (newSYN).
-			s.pendingTW.add(key)
-			s.stats.Handoffs.Add(1)
-			s.setClient(f, kc) // Shutdown resets the kernel socket now
-			return kc, nil
+	}
+	if err == nil && st.rcvBufUsed > 0 {
+		// Exactly the bytes before rcvNxt: gVisor may have queued more
+		// since (never acknowledged: the client sends them again, to
+		// the kernel socket).
+		if unread, err = readUnread(gc, st.rcvBufUsed); err != nil {
+			ep.Abort()
+			abort(kc)
+			return nil, nil, &HandoffError{Reason: HandoffRepair, Err: err, Lost: true}
 		}
+	}
+	if err == nil {
+		ep.Abort() // its RST is dropped at the link
+		// Until the flow ends cleanly, a new SYN on the tuple means
+		// the client is done with this connection (newSYN).
+		s.pendingTW.add(key)
+		s.stats.Handoffs.Add(1)
+		s.setClient(f, kc) // Shutdown resets the kernel socket now
+		return kc, unread, nil
 	}
 	if st.silenced {
 		quiet.remove(key)
 	}
-	return nil, err
+	return nil, nil, err
+}
+
+// readUnread reads the n bytes gVisor holds for the relay. They are
+// queued already, so a short deadline only guards against a gVisor that
+// counts differently.
+func readUnread(c *tcpConn, n int) ([]byte, error) {
+	b := make([]byte, n)
+	c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := io.ReadFull(c, b); err != nil {
+		return nil, fmt.Errorf("reading the %d bytes gVisor held: %w", n, err)
+	}
+	return b, nil
 }
 
 // Handoff failure reasons (HandoffError.Reason, the metric's label).
 const (
 	HandoffUnsupported = "unsupported" // not a gVisor leg, or gVisor's layout is not the one netward reads
 	HandoffUnacked     = "unacked"     // data sent to the client is not acknowledged yet
-	HandoffUnread      = "unread"      // data the client sent is not read yet
+	HandoffUnread      = "unread"      // gVisor holds more client data than the caller can take
 	HandoffState       = "state"       // the connection is not established, or options the kernel cannot take
 	HandoffRepair      = "repair"      // the kernel refused the socket (no TCP_REPAIR, no IP_TRANSPARENT, tuple in use)
 )
@@ -84,6 +109,9 @@ const (
 type HandoffError struct {
 	Reason string
 	Err    error
+	// Lost is set when c can no longer carry the flow either (bytes it
+	// held were taken): the caller must end the flow.
+	Lost bool
 }
 
 func (e *HandoffError) Error() string { return "netstack: handoff: " + e.Reason + ": " + e.Err.Error() }
@@ -173,7 +201,7 @@ func resolveHandoffFields() {
 // state can be handed off, calls silence with the receive sequence number
 // before it unlocks, so that no segment gVisor processes after the read
 // is acknowledged to the client.
-func (s *Stack) readTCPState(ep *tcp.Endpoint, silence func(rcvNxt uint32)) (tcpState, error) {
+func (s *Stack) readTCPState(ep *tcp.Endpoint, maxUnread int, silence func(rcvNxt uint32)) (tcpState, error) {
 	var st tcpState
 	ep.LockUser()
 	defer ep.UnlockUser()
@@ -207,8 +235,8 @@ func (s *Stack) readTCPState(ep *tcp.Endpoint, silence func(rcvNxt uint32)) (tcp
 		return st, &HandoffError{Reason: HandoffUnacked, Err: fmt.Errorf("%d bytes queued or not acknowledged", sndBufUsed)}
 	case st.sndUna != st.sndNxt:
 		return st, &HandoffError{Reason: HandoffUnacked, Err: fmt.Errorf("%d bytes in flight", st.sndNxt-st.sndUna)}
-	case st.rcvBufUsed != 0:
-		return st, &HandoffError{Reason: HandoffUnread, Err: fmt.Errorf("%d bytes not read", st.rcvBufUsed)}
+	case st.rcvBufUsed > maxUnread:
+		return st, &HandoffError{Reason: HandoffUnread, Err: fmt.Errorf("%d bytes not read (at most %d taken)", st.rcvBufUsed, maxUnread)}
 	case st.maxPayload <= 0 || st.rcvWndScale > 14 || st.sndWndScale > 14:
 		return st, &HandoffError{Reason: HandoffState, Err: fmt.Errorf("mss %d, window scales %d/%d", st.maxPayload, st.sndWndScale, st.rcvWndScale)}
 	}

@@ -55,6 +55,14 @@ type Guard struct {
 	// is allowed; the relay then reads and judges the later requests from
 	// the kernel socket.
 	HandoffHTTP bool
+	// HandoffAfterBytes and HandoffAfterAge defer the handoff of a flow
+	// judged at its first bytes (TLS, L4-only) until it has moved that
+	// many bytes either way or lived that long, whichever comes first:
+	// the switch costs more than gVisor spends relaying a short flow (a
+	// TLS handshake and one request), so only flows that last get it.
+	// Zero bytes hands off at the verdict.
+	HandoffAfterBytes int64
+	HandoffAfterAge   time.Duration
 	// SockMap, if set, moves a handed-off flow's bytes between its kernel
 	// sockets with eBPF (sockmap.go) instead of splice. HTTP flows handed
 	// off after their first request are read by the relay, not moved.
@@ -285,6 +293,15 @@ type guardFlow struct {
 	// legs are the flow's two kernel sockets once its client leg was
 	// handed off (handoff.go); nil before.
 	legs atomic.Pointer[kernelLegs]
+	// A deferred handoff (Guard.HandoffAfterBytes): handoffTried is the
+	// up side's (one attempt per flow); while handoffArmed, the byte
+	// counts or handoffTimer close handoffDue (once: handoffFired), which
+	// stops the up copy so it can hand the flow off.
+	handoffTried bool
+	handoffArmed atomic.Bool
+	handoffFired atomic.Bool
+	handoffDue   chan struct{}
+	handoffTimer *time.Timer
 	// lastActive is when a byte last moved either way, as time since
 	// f.Start; idleTimer checks it (one timer per flow, re-armed at most
 	// once per timeout, instead of a deadline per read).
@@ -447,6 +464,9 @@ func (gf *guardFlow) copyDown() {
 			w, werr, cerr := writeChunk(gf.client, buf[:r], last)
 			gf.downBytes.Add(int64(w))
 			gf.af.AddToClient(w)
+			if gf.handoffArmed.Load() {
+				gf.checkHandoffBytes()
+			}
 			if werr != nil {
 				if !gf.refusing.Load() {
 					gf.fail(&halfError{up: false, read: false, err: werr})
@@ -714,8 +734,12 @@ func (gf *guardFlow) forward(b []byte) *halfError {
 // forwardRest sends the held bytes and then splices client → server
 // without further inspection.
 func (gf *guardFlow) forwardRest(in *clientInput) *halfError {
-	if !in.eof && gf.g.Handoff != nil && gf.legs.Load() == nil {
-		gf.handoff(in) // on success, gf.legs are set: splice below
+	deferred := false
+	if !in.eof && gf.g.Handoff != nil && gf.legs.Load() == nil && !gf.handoffTried {
+		gf.handoffTried = true
+		if deferred = gf.g.HandoffAfterBytes > 0; !deferred {
+			gf.handoff(in) // on success, gf.legs are set: splice below
+		}
 	}
 	if err := gf.forward(in.buf); err != nil {
 		return err
@@ -730,8 +754,54 @@ func (gf *guardFlow) forwardRest(in *clientInput) *halfError {
 	if l := gf.legs.Load(); l != nil {
 		return gf.spliceUp(l)
 	}
+	if deferred {
+		stopped, err := gf.copyUpUntilHandoff()
+		if !stopped {
+			return err
+		}
+		in.acquire()
+		gf.handoff(in)
+		return gf.forwardRest(in) // spliced if handed off, copied on if not
+	}
 	_, err := copyHalf(gf.server, gf.client, nil, true, gf.countUp)
 	return err
+}
+
+// copyUpUntilHandoff copies client → server in gVisor until the flow is
+// due a handoff (stopped, every byte read forwarded) or the up side ended.
+func (gf *guardFlow) copyUpUntilHandoff() (stopped bool, err *halfError) {
+	gf.handoffDue = make(chan struct{})
+	if age := gf.g.HandoffAfterAge; age > 0 {
+		gf.handoffTimer = time.AfterFunc(age-time.Since(gf.f.Start), gf.fireHandoff)
+	}
+	gf.handoffArmed.Store(true)
+	gf.checkHandoffBytes() // bytes the server sent already count
+	_, stopped, err = copyHalfUntil(gf.server, gf.client, nil, true, gf.countUpArmed, gf.handoffDue)
+	gf.handoffArmed.Store(false)
+	if gf.handoffTimer != nil {
+		gf.handoffTimer.Stop()
+	}
+	return stopped, err
+}
+
+// countUpArmed is countUp while a deferred handoff waits for its bytes.
+func (gf *guardFlow) countUpArmed(n int) {
+	gf.countUp(n)
+	gf.checkHandoffBytes()
+}
+
+// checkHandoffBytes fires the deferred handoff once the flow has moved
+// HandoffAfterBytes.
+func (gf *guardFlow) checkHandoffBytes() {
+	if gf.upBytes.Load()+gf.downBytes.Load() >= gf.g.HandoffAfterBytes {
+		gf.fireHandoff()
+	}
+}
+
+func (gf *guardFlow) fireHandoff() {
+	if gf.handoffFired.CompareAndSwap(false, true) {
+		close(gf.handoffDue)
+	}
 }
 
 func (gf *guardFlow) countUp(n int) {

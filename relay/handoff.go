@@ -15,9 +15,11 @@ import (
 // Handoffer moves a flow's client leg from gVisor to a kernel socket
 // (netstack.Stack).
 type Handoffer interface {
-	// Handoff returns the kernel socket that now carries c's connection,
-	// or an error (*netstack.HandoffError) with c untouched.
-	Handoff(f *netstack.Flow, c netstack.Conn) (*net.TCPConn, error)
+	// Handoff returns the kernel socket that now carries c's connection
+	// and the bytes c had received that the relay had not read (at most
+	// maxUnread), or an error (*netstack.HandoffError) with c untouched
+	// unless the error says it is Lost.
+	Handoff(f *netstack.Flow, c netstack.Conn, maxUnread int) (*net.TCPConn, []byte, error)
 	// CloseHandoff closes a socket Handoff returned, when the flow ends.
 	CloseHandoff(f *netstack.Flow, kc *net.TCPConn)
 }
@@ -49,7 +51,7 @@ const (
 func (gf *guardFlow) handoff(in *clientInput) {
 	// With a SockMap both directions start in spliceUp, once the held
 	// bytes are upstream: the kernel's redirect must not overtake them.
-	if l := gf.moveClientLeg(in); l != nil && gf.g.SockMap == nil {
+	if l := gf.moveClientLeg(in, false); l != nil && gf.g.SockMap == nil {
 		go gf.spliceDown(l)
 	}
 }
@@ -59,14 +61,15 @@ func (gf *guardFlow) handoff(in *clientInput) {
 // before (the relay reads them, as HAProxy does), so the down direction
 // stays copyDown's, which watches for protocol switches.
 func (gf *guardFlow) handoffHTTP(in *clientInput) {
-	if gf.moveClientLeg(in) != nil {
+	if gf.moveClientLeg(in, true) != nil {
 		gf.resumeCopyDown()
 	}
 }
 
 // moveClientLeg is the switch itself; it returns the flow's kernel legs,
-// or nil with the flow as it was (copyDown running).
-func (gf *guardFlow) moveClientLeg(in *clientInput) *kernelLegs {
+// or nil with the flow as it was (copyDown running). inspectsOn: the
+// relay goes on judging what the client sends (HTTP), from in.buf.
+func (gf *guardFlow) moveClientLeg(in *clientInput, inspectsOn bool) *kernelLegs {
 	g := gf.g
 	up, ok := gf.server.(kernelLeg)
 	if !ok {
@@ -77,17 +80,39 @@ func (gf *guardFlow) moveClientLeg(in *clientInput) *kernelLegs {
 		g.Metrics.Handoff(handoffServerDone)
 		return nil
 	}
-	kc, err := g.Handoff.Handoff(gf.f, gf.client)
-	// A client that sends at once (an upload) may have more in gVisor
-	// than the relay read: take it into the held bytes and try again.
-	for try := 0; try < handoffTries && isUnread(err) && gf.readMore(in); try++ {
-		kc, err = g.Handoff.Handoff(gf.f, gf.client)
+	// What gVisor received and the relay did not read comes along: held
+	// bytes of an HTTP flow must fit the inspect buffer (the next request
+	// is judged from it); other flows forward them as they are.
+	maxUnread := handoffMaxUnread
+	if inspectsOn {
+		maxUnread = cap(in.buf) - len(in.buf)
 	}
+	kc, unread, err := g.Handoff.Handoff(gf.f, gf.client, maxUnread)
+	// An HTTP client that sends at once may have more in gVisor than the
+	// buffer takes: read what fits and try again. A flow handed off after
+	// a while (HandoffAfterBytes) has sent the client data that its ACKs,
+	// delayed or on their way, will clear in a round trip or a
+	// delayed-ACK timeout: wait for them, a while.
+	ackDeadline, pause := time.Now().Add(handoffAckWait), 500*time.Microsecond
+	for try := 0; err != nil && try < handoffTries; try++ {
+		switch {
+		case isReason(err, netstack.HandoffUnread) && inspectsOn && gf.readMore(in):
+			maxUnread = cap(in.buf) - len(in.buf)
+		case isReason(err, netstack.HandoffUnacked) && time.Now().Before(ackDeadline):
+			time.Sleep(pause)
+			pause = min(2*pause, 8*time.Millisecond)
+		default:
+			try = handoffTries // nothing a retry would change
+			continue
+		}
+		kc, unread, err = g.Handoff.Handoff(gf.f, gf.client, maxUnread)
+	}
+	in.buf = append(in.buf, unread...) // forwarded (or judged) before the kernel socket's bytes
 	var client netstack.Conn
 	if err == nil {
 		if client, err = netstack.NewKernelConn(kc); err != nil {
 			g.Handoff.CloseHandoff(gf.f, kc)
-			err = &netstack.HandoffError{Reason: netstack.HandoffRepair, Err: err}
+			err = &netstack.HandoffError{Reason: netstack.HandoffRepair, Err: err, Lost: true}
 		}
 	}
 	if err != nil {
@@ -100,7 +125,7 @@ func (gf *guardFlow) moveClientLeg(in *clientInput) *kernelLegs {
 		if g.Log != nil {
 			g.Log.Debug("handoff: flow stays in gVisor", "flow_id", gf.f.ID, "err", err)
 		}
-		if reason == netstack.HandoffRepair && kc != nil {
+		if he != nil && he.Lost {
 			// The gVisor endpoint is gone already: nothing can carry
 			// the flow on.
 			gf.fail(&halfError{up: true, read: true, err: err})
@@ -122,12 +147,21 @@ func (gf *guardFlow) moveClientLeg(in *clientInput) *kernelLegs {
 	return l
 }
 
-// handoffTries bounds the retries after unread data.
-const handoffTries = 4
+// handoffMaxUnread bounds the bytes a handoff takes from gVisor's receive
+// queue (a client uploading through the switch): its receive buffer.
+const handoffMaxUnread = 8 << 20
 
-func isUnread(err error) bool {
+// handoffTries bounds the retries after unread or unacknowledged data;
+// handoffAckWait bounds the wait for ACKs (Linux delays one by up to
+// 40 ms, more under load).
+const (
+	handoffTries   = 24
+	handoffAckWait = 100 * time.Millisecond
+)
+
+func isReason(err error, reason string) bool {
 	var he *netstack.HandoffError
-	return errors.As(err, &he) && he.Reason == netstack.HandoffUnread
+	return errors.As(err, &he) && he.Reason == reason
 }
 
 // readMore appends what the client's gVisor leg holds to in.buf without

@@ -123,7 +123,20 @@ func isReset(err error) bool {
 // (FIN) and CloseRead on src. It returns the bytes written to dst. count,
 // if not nil, is told of every write as it happens (live byte counters).
 func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (int64, *halfError) {
-	var n int64
+	n, _, err := copyHalfUntil(dst, src, held, up, count, nil)
+	return n, err
+}
+
+// stopWaiter is implemented by netstack's gVisor conns (tcpConn).
+type stopWaiter interface {
+	WaitReadableOr(stop <-chan struct{}) bool
+}
+
+// copyHalfUntil is copyHalf that also returns, with stopped true and
+// nothing half-closed, once stop is closed: between two writes to dst, so
+// every byte read from src has been written (a deferred handoff). A nil
+// stop, or a src that cannot wait for it, never stops.
+func copyHalfUntil(dst, src netstack.Conn, held []byte, up bool, count func(int), stop <-chan struct{}) (n int64, stopped bool, herr *halfError) {
 	if len(held) > 0 {
 		w, err := dst.Write(held)
 		n += int64(w)
@@ -131,13 +144,17 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 			count(w)
 		}
 		if err != nil {
-			return n, &halfError{up: up, read: false, err: err}
+			return n, false, &halfError{up: up, read: false, err: err}
 		}
 	}
 	// A buffer is taken only once src is readable and given back as soon
 	// as it is drained, so an idle flow holds none (memory per idle flow).
 	// After a read that filled the buffer, more is likely waiting: keep it.
 	waiter, canWait := src.(readWaiter)
+	sw, canStop := src.(stopWaiter)
+	if !canStop {
+		stop = nil
+	}
 	var bp *[]byte
 	defer func() {
 		if bp != nil {
@@ -145,8 +162,20 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 		}
 	}()
 	for {
+		if stop != nil {
+			// Before every read, not only an idle one: a read must
+			// never block past stop.
+			select {
+			case <-stop:
+				return n, true, nil
+			default:
+			}
+			if !sw.WaitReadableOr(stop) {
+				return n, true, nil
+			}
+		}
 		if bp == nil {
-			if canWait {
+			if canWait && stop == nil {
 				waiter.WaitReadable() // errors surface from Read below
 			}
 			bp = spliceBufPool.Get().(*[]byte)
@@ -161,14 +190,14 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 				count(w)
 			}
 			if werr != nil {
-				return n, &halfError{up: up, read: false, err: werr}
+				return n, false, &halfError{up: up, read: false, err: werr}
 			}
 			if last {
 				if cerr != nil && !isClosed(cerr) {
-					return n, &halfError{up: up, read: false, err: cerr}
+					return n, false, &halfError{up: up, read: false, err: cerr}
 				}
 				src.CloseRead() // nothing more will come; error irrelevant
-				return n, nil
+				return n, false, nil
 			}
 		}
 		if r < len(buf) {
@@ -179,14 +208,14 @@ func copyHalf(dst, src netstack.Conn, held []byte, up bool, count func(int)) (in
 			break
 		}
 		if rerr != nil {
-			return n, &halfError{up: up, read: true, err: rerr}
+			return n, false, &halfError{up: up, read: true, err: rerr}
 		}
 	}
 	if err := dst.CloseWrite(); err != nil && !isClosed(err) {
-		return n, &halfError{up: up, read: false, err: err}
+		return n, false, &halfError{up: up, read: false, err: err}
 	}
 	src.CloseRead() // nothing more will come; error irrelevant
-	return n, nil
+	return n, false, nil
 }
 
 // finishedBehind reports whether src's FIN came right behind the r bytes

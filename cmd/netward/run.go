@@ -40,6 +40,8 @@ func runMain(args []string) int {
 	// for long keep-alive flows only.
 	handoffHTTP := fs.Bool("handoff-http", false, "with --handoff, hand HTTP/1 flows off too, after their first request is allowed; netward then reads and judges every later request from the kernel socket (pays for long keep-alive flows, costs short ones)")
 	handoffSockmap := fs.Bool("handoff-sockmap", false, "with --handoff, move a handed-off flow's bytes between its kernel sockets with an eBPF sockmap (sk_skb verdict redirect) instead of splice: lower latency for small requests, lower single-stream bulk throughput (make bench -relay-sockmap); needs CAP_BPF; without it, a warning and splice")
+	handoffAfterBytes := fs.Int64("handoff-after-bytes", 0, "with --handoff, relay a flow in gVisor until it has moved this many bytes (either way) or lived --handoff-after-age, and hand it off then: short flows (a TLS handshake and one request) finish before the switch would pay; 0 hands off at the verdict")
+	handoffAfterAge := fs.Duration("handoff-after-age", 200*time.Millisecond, "with --handoff-after-bytes, hand a flow off once it is this old even if it moved fewer bytes (a long interactive flow gets the kernel's latency); 0: bytes only")
 	handoff := fs.Bool("handoff", true, "after the verdict, move the client's connection of a flow that needs no more inspection (TLS after its ClientHello, protocols judged by their first bytes) from gVisor to a kernel socket (TCP_REPAIR) and splice it with the upstream socket in the kernel; needs --upstream kernel")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: netward run [flags]\n\nSteers forwarded TCP into a TUN, terminates each flow and relays it\nwith the client's own address. Flags override the config file.\n\nflags:")
@@ -72,6 +74,10 @@ func runMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "netward run: --queues must be at least 1 (got %d), --tun-writers and --tun-direct-max at least 0 (got %d, %d)\n", *queues, *tunWriters, *tunDirectMax)
 		return 2
 	}
+	if *handoffAfterBytes < 0 || *handoffAfterAge < 0 {
+		fmt.Fprintf(os.Stderr, "netward run: --handoff-after-bytes and --handoff-after-age must be at least 0 (got %d, %v)\n", *handoffAfterBytes, *handoffAfterAge)
+		return 2
+	}
 	log := newLogger(cfg.Log)
 	if cfg.Geneve.Enabled {
 		dp := datapathOptions{tunWriters: *tunWriters, tunDirectMax: *tunDirectMax}
@@ -81,7 +87,7 @@ func runMain(args []string) int {
 		}
 		return 0
 	}
-	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, tunDirectMax: *tunDirectMax, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark), handoff: *handoff, handoffHTTP: *handoffHTTP, handoffSockmap: *handoffSockmap}
+	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, tunDirectMax: *tunDirectMax, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark), handoff: *handoff, handoffHTTP: *handoffHTTP, handoffSockmap: *handoffSockmap, handoffAfterBytes: *handoffAfterBytes, handoffAfterAge: *handoffAfterAge}
 	fs.Visit(func(f *flag.Flag) { dp.upstreamAsked = dp.upstreamAsked || f.Name == "upstream" })
 	if err := run(cfg, dp, log); err != nil {
 		log.Error("netward run failed", "error", err)
@@ -161,6 +167,9 @@ type datapathOptions struct {
 	handoff        bool // --handoff (with the kernel upstream leg only)
 	handoffHTTP    bool // --handoff-http
 	handoffSockmap bool // --handoff-sockmap
+	// --handoff-after-bytes, --handoff-after-age
+	handoffAfterBytes int64
+	handoffAfterAge   time.Duration
 }
 
 // run brings the datapath up in the order that never blackholes a flow:
@@ -226,6 +235,8 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	if dp.handoff && dp.upstreamKernel {
 		svc.guard.Handoff = st
 		svc.guard.HandoffHTTP = dp.handoffHTTP
+		svc.guard.HandoffAfterBytes = dp.handoffAfterBytes
+		svc.guard.HandoffAfterAge = dp.handoffAfterAge
 		if dp.handoffSockmap {
 			sm, err := relay.NewSockMap(cfg.Limits.MaxFlows)
 			if err != nil {
