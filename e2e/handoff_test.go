@@ -331,11 +331,11 @@ func waitKernelLeg(t testing.TB, d *datapath, sport int) (string, bool) {
 }
 
 // checkXferHandedOff is checkXfer for a flow whose data does not cross
-// the TUN: both digests right, and the flow handed off. A client that
-// uploads from its first byte can keep gVisor's receive queue ahead of
-// the relay through every retry of the switch: then the flow stays in
-// gVisor (counted, netward_handoff_total{result="unread"}), and the
-// transfer is made again, up to three times.
+// the TUN: both digests right, and the flow handed off. The switch takes
+// the bytes gVisor holds along (up to 8 MiB), so an upload moves on its
+// first try; should one stay in gVisor (counted,
+// netward_handoff_total{result}), the transfer is made again, up to
+// three times.
 func checkXferHandedOff(t *testing.T, d *datapath, handoffs func(testing.TB) float64, fam string, send, recv int) {
 	ctx := context.Background()
 	for try := 1; ; try++ {
