@@ -2,7 +2,6 @@ package relay
 
 import (
 	"errors"
-	"io"
 	"net"
 	"time"
 	"unsafe"
@@ -199,8 +198,8 @@ func (gf *guardFlow) resumeCopyDown() {
 	go gf.copyDown()
 }
 
-// spliceChunk is how much one splice call moves before the byte counters
-// (netward status, EVE) are told.
+// spliceChunk is how many bytes a spliced half moves between two reports
+// to the byte counters (netward status, EVE).
 const spliceChunk = 1 << 20
 
 // spliceDown relays server → client between the kernel legs and ends
@@ -244,7 +243,7 @@ func (gf *guardFlow) sockmapDown(l *kernelLegs) {
 }
 
 // halfErrorOf is a kernel-to-kernel half's error: the socket the kernel
-// has closed is the one that failed (as in spliceHalf).
+// has closed is the one that failed (the sockmap Half cannot tell).
 func halfErrorOf(err error, dst *net.TCPConn, up bool) *halfError {
 	if err == nil {
 		return nil
@@ -258,22 +257,11 @@ func (gf *guardFlow) countDown(n int) {
 	gf.af.AddToClient(n)
 }
 
-// spliceHalf moves src to dst in the kernel (splice(2) through a pipe:
-// net.TCPConn.ReadFrom) until src's FIN, which it passes on (CloseWrite).
+// spliceHalf moves src to dst in the kernel (splice(2) through a pipe,
+// rawsplice.go) until src's FIN, which it passes on (CloseWrite).
 func spliceHalf(dst, src *net.TCPConn, up bool, count func(int)) *halfError {
-	lr := io.LimitedReader{R: src}
-	for {
-		lr.N = spliceChunk
-		n, err := dst.ReadFrom(&lr)
-		if n > 0 {
-			count(int(n))
-		}
-		if err != nil {
-			return halfErrorOf(err, dst, up) // ReadFrom does not say which socket failed
-		}
-		if n < spliceChunk {
-			break // src's FIN
-		}
+	if err := rawSpliceHalf(dst, src, up, count); err != nil {
+		return err
 	}
 	if err := dst.CloseWrite(); err != nil && !isClosed(err) {
 		return &halfError{up: up, read: false, err: err}
