@@ -22,7 +22,7 @@ const deferredHandoffBytes = 4 << 20
 // that moves few bytes but outlives the age (a ping-pong) is handed off
 // by age.
 func TestHandoffDeferred(t *testing.T) {
-	e := newHandoffEnv(t, "--handoff-after-bytes", strconv.Itoa(deferredHandoffBytes), "--handoff-after-age", "500ms")
+	e := newHandoffEnv(t, "--handoff-after-bytes", strconv.Itoa(deferredHandoffBytes), "--handoff-after-age", "1s")
 	d := e.d
 
 	t.Run("ShortStaysInGVisor", func(t *testing.T) {
@@ -89,12 +89,12 @@ func TestHandoffDeferred(t *testing.T) {
 	t.Run("ByAge", func(t *testing.T) {
 		before := e.handoffs(t)
 		var r peer.LatencyResult
-		labtest.RunPeer(t, d.lab.Client, &r, "pingpong", "-addr", d.appAddr("4", peer.EchoPort), "-size", "16", "-d", "1500ms")
+		labtest.RunPeer(t, d.lab.Client, &r, "pingpong", "-addr", d.appAddr("4", peer.EchoPort), "-size", "16", "-d", "2500ms")
 		if r.N == 0 {
 			t.Fatalf("no ping-pong round: %+v", r)
 		}
 		if got := e.handoffs(t); got != before+1 {
-			t.Errorf("a 2 s ping-pong of %d rounds of 16 bytes: %v handoffs, want 1 (by age)\n%s", r.N, got-before, grepLines(e.metrics(t), "netward_handoff_total"))
+			t.Errorf("a 2.5 s ping-pong of %d rounds of 16 bytes: %v handoffs, want 1 (by age)\n%s", r.N, got-before, grepLines(e.metrics(t), "netward_handoff_total"))
 		}
 		t.Logf("ping-pong: %d rounds, p50 %.0f µs, p99 %.0f µs", r.N, r.P50, r.P99)
 	})

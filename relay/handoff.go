@@ -155,7 +155,7 @@ const handoffMaxUnread = 8 << 20
 // 40 ms, more under load).
 const (
 	handoffTries   = 24
-	handoffAckWait = 100 * time.Millisecond
+	handoffAckWait = 250 * time.Millisecond
 )
 
 func isReason(err error, reason string) bool {

@@ -338,32 +338,42 @@ func setRcvLowat(c *net.TCPConn) {
 // bases are c's bytes received less those still queued for reading, and
 // its bytes sent so far (sent).
 func bases(c *net.TCPConn) (recv, sent uint64, ok bool) {
+	// A segment that arrives between reading bytes_received and the
+	// queue would be counted as the peer's or never (a 32 KiB shortfall,
+	// measured): steadyQueue reads them as of one instant.
+	got, inq, ok := steadyQueue(c, unix.SIOCINQ, func(i *unix.TCPInfo) uint64 { return i.Bytes_received })
+	if !ok || inq > got {
+		return 0, 0, false
+	}
+	if sent, ok = sentBytes(c); !ok {
+		return 0, 0, false
+	}
+	return got - inq, sent, true
+}
+
+// steadyQueue reads a TCP_INFO counter of c and one of its queues
+// (SIOCINQ, SIOCOUTQ) as of one instant: TCP_INFO, the queue, TCP_INFO
+// again, until the counter did not move in between.
+func steadyQueue(c *net.TCPConn, ioctl uint, counter func(*unix.TCPInfo) uint64) (value, queue uint64, ok bool) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return 0, 0, false
 	}
-	// bytes_received and the queue must be of one instant, as in
-	// sentBytes: a segment that arrives between the two reads would be
-	// counted as the peer's or never (a 32 KiB shortfall, measured).
 	for range 100 {
 		var i1, i2 *unix.TCPInfo
-		var inq int
+		var q int
 		var e1, e2, e3 error
 		rc.Control(func(fd uintptr) {
 			i1, e1 = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-			inq, e2 = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+			q, e2 = unix.IoctlGetInt(int(fd), ioctl)
 			i2, e3 = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
 		})
-		if e1 != nil || e2 != nil || e3 != nil || i1 == nil || i2 == nil || uint64(inq) > i2.Bytes_received {
+		if e1 != nil || e2 != nil || e3 != nil || i1 == nil || i2 == nil || q < 0 {
 			return 0, 0, false
 		}
-		if i1.Bytes_received != i2.Bytes_received {
-			continue
+		if v := counter(i1); v == counter(i2) {
+			return v, uint64(q), true
 		}
-		if sent, ok = sentBytes(c); !ok {
-			return 0, 0, false
-		}
-		return i1.Bytes_received - uint64(inq), sent, true
 	}
 	return 0, 0, false
 }
@@ -374,29 +384,9 @@ func bytesReceived(c *net.TCPConn) (uint64, bool) {
 }
 
 // sentBytes is what has been written to c: bytes acked plus bytes still
-// in its send queue (SIOCOUTQ), read until an ACK did not move between the
-// two (their sum must be of one instant: a sum too large would pass a FIN
-// on early).
+// in its send queue (SIOCOUTQ), of one instant (a sum too large would pass
+// a FIN on early).
 func sentBytes(c *net.TCPConn) (uint64, bool) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return 0, false
-	}
-	for range 100 {
-		var i1, i2 *unix.TCPInfo
-		var q int
-		var e1, e2, e3 error
-		rc.Control(func(fd uintptr) {
-			i1, e1 = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-			q, e2 = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
-			i2, e3 = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-		})
-		if e1 != nil || e2 != nil || e3 != nil || i1 == nil || i2 == nil {
-			return 0, false
-		}
-		if i1.Bytes_acked == i2.Bytes_acked {
-			return i1.Bytes_acked + uint64(q), true
-		}
-	}
-	return 0, false
+	acked, q, ok := steadyQueue(c, unix.SIOCOUTQ, func(i *unix.TCPInfo) uint64 { return i.Bytes_acked })
+	return acked + q, ok
 }
