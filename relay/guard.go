@@ -294,13 +294,12 @@ type guardFlow struct {
 	legs atomic.Pointer[kernelLegs]
 	// A deferred handoff (Guard.HandoffAfterBytes): handoffTried is the
 	// up side's (one attempt per flow); while handoffArmed, the byte
-	// counts or handoffTimer close handoffDue (once: handoffFired), which
-	// stops the up copy so it can hand the flow off.
+	// counts or the age timer close handoffDue (once: handoffFired),
+	// which stops the up copy so it can hand the flow off.
 	handoffTried bool
 	handoffArmed atomic.Bool
 	handoffFired atomic.Bool
 	handoffDue   chan struct{}
-	handoffTimer *time.Timer
 	// lastActive is when a byte last moved either way, as time since
 	// f.Start; idleTimer checks it (one timer per flow, re-armed at most
 	// once per timeout, instead of a deadline per read).
@@ -771,15 +770,13 @@ func (gf *guardFlow) forwardRest(in *clientInput) *halfError {
 func (gf *guardFlow) copyUpUntilHandoff() (stopped bool, err *halfError) {
 	gf.handoffDue = make(chan struct{})
 	if age := gf.g.HandoffAfterAge; age > 0 {
-		gf.handoffTimer = time.AfterFunc(age-time.Since(gf.f.Start), gf.fireHandoff)
+		timer := time.AfterFunc(age-time.Since(gf.f.Start), gf.fireHandoff)
+		defer timer.Stop()
 	}
 	gf.handoffArmed.Store(true)
+	defer gf.handoffArmed.Store(false)
 	gf.checkHandoffBytes() // bytes the server sent already count
 	_, stopped, err = copyHalfUntil(gf.server, gf.client, nil, true, gf.countUpArmed, gf.handoffDue)
-	gf.handoffArmed.Store(false)
-	if gf.handoffTimer != nil {
-		gf.handoffTimer.Stop()
-	}
 	return stopped, err
 }
 

@@ -122,13 +122,7 @@ func New(t testing.TB, opts lab.Options) *lab.Lab {
 	t.Helper()
 	RequireRoot(t)
 	RequireTools(t, "ip", "iptables", "ip6tables", "iptables-save", "ip6tables-save", "sysctl")
-	if opts.Dir == "" {
-		d, err := os.MkdirTemp("", "netward-lab-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts.Dir = d
-	}
+	opts.Dir = labDir(t, opts.Dir, "netward-lab-")
 	l, err := lab.New(opts)
 	if err != nil {
 		os.RemoveAll(opts.Dir)
@@ -143,13 +137,7 @@ func NewGWLB(t testing.TB, opts lab.GWLBOptions) *lab.GWLBLab {
 	t.Helper()
 	RequireRoot(t)
 	RequireTools(t, "ip", "sysctl")
-	if opts.Dir == "" {
-		d, err := os.MkdirTemp("", "netward-gwlb-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts.Dir = d
-	}
+	opts.Dir = labDir(t, opts.Dir, "netward-gwlb-")
 	g, err := lab.NewGWLB(opts)
 	if err != nil {
 		os.RemoveAll(opts.Dir)
@@ -157,6 +145,18 @@ func NewGWLB(t testing.TB, opts lab.GWLBOptions) *lab.GWLBLab {
 	}
 	teardown(t, g.Dir, g.Close)
 	return g
+}
+
+// labDir is dir, or a new temporary directory named after prefix.
+func labDir(t testing.TB, dir, prefix string) string {
+	if dir != "" {
+		return dir
+	}
+	d, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 // teardown closes a lab in t.Cleanup; if the test failed, it first logs
