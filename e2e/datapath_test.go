@@ -70,10 +70,10 @@ func (d *datapath) crossing(t testing.TB, minPkts uint64, f func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var handoffsBefore, relayedBefore float64
+	var handoffsBefore, relayedBefore, acceptedBefore float64
 	counted := d.nw != nil && d.nw.AdminSocket != ""
 	if counted {
-		handoffsBefore, relayedBefore = d.handoffCounters(t)
+		handoffsBefore, relayedBefore, acceptedBefore = d.handoffCounters(t)
 	}
 	f()
 	after, err := ns.LinkStats(ctx, dev)
@@ -85,9 +85,15 @@ func (d *datapath) crossing(t testing.TB, minPkts uint64, f func()) {
 		// A flow handed off to the kernel after its verdict leaves the
 		// TUN after its handshake: netward's own counters, which only
 		// flows it relays move, must show it.
-		handoffs, relayed := d.handoffCounters(t)
+		handoffs, relayed, accepted := d.handoffCounters(t)
 		if handoffs > handoffsBefore && relayed > relayedBefore && delta.RxPackets > 0 && delta.TxPackets > 0 {
 			t.Logf("netward %s: %v, then %v handoffs, %.0f bytes relayed in the kernel", dev, delta, handoffs-handoffsBefore, relayed-relayedBefore)
+			return
+		}
+		// A flow the kernel accepted for netward (--tcp-accept kernel)
+		// never crosses the TUN at all.
+		if accepted > acceptedBefore && relayed > relayedBefore {
+			t.Logf("netward %s: %v; %v connections accepted in the kernel, %.0f bytes relayed", dev, delta, accepted-acceptedBefore, relayed-relayedBefore)
 			return
 		}
 	}
@@ -98,13 +104,14 @@ func (d *datapath) crossing(t testing.TB, minPkts uint64, f func()) {
 	}
 }
 
-// handoffCounters are netward's netward_handoff_total{result="ok"} and
-// netward_bytes_total (both directions).
-func (d *datapath) handoffCounters(t testing.TB) (handoffs, relayed float64) {
+// handoffCounters are netward's netward_handoff_total{result="ok"},
+// netward_bytes_total (both directions) and netward_tcp_accepted_total.
+func (d *datapath) handoffCounters(t testing.TB) (handoffs, relayed, accepted float64) {
 	t.Helper()
 	m := labtest.Run(t, d.lab.Appliance, "curl", "-s", "--unix-socket", d.nw.AdminSocket, "http://netward/metrics")
 	return metricValue(m, `netward_handoff_total{result="ok"}`),
-		metricValue(m, `netward_bytes_total{direction="toserver"}`) + metricValue(m, `netward_bytes_total{direction="toclient"}`)
+		metricValue(m, `netward_bytes_total{direction="toserver"}`) + metricValue(m, `netward_bytes_total{direction="toclient"}`),
+		metricValue(m, "netward_tcp_accepted_total")
 }
 
 // check is one end-to-end property, run on every datapath.

@@ -99,6 +99,11 @@ func TestNetwardVariants(t *testing.T) {
 		{"UpstreamGVisorOffloadOff", func(l *lab.Lab) lab.NetwardOptions {
 			return lab.NetwardOptions{Args: []string{"--upstream", "gvisor", "--offload=false"}}
 		}, `"upstream_kernel":false`, basic},
+		// The kernel client leg: TPROXY to a transparent listener, no
+		// TCP through the TUN (TestTCPAcceptKernel has the rest).
+		{"TCPAcceptKernel", func(l *lab.Lab) lab.NetwardOptions {
+			return lab.NetwardOptions{Args: []string{"--tcp-accept", "kernel"}}
+		}, `"tcp_accept_port":20057`, append(basic, "Iperf3", "ServerFirst", "PortReuse", "Concurrent1000", "Ping")},
 	} {
 		t.Run(v.name, func(t *testing.T) {
 			d := newLab(t)

@@ -2,9 +2,11 @@ package netstack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -61,11 +63,25 @@ func (s *Stack) dialKernel(ctx context.Context, f *Flow) (Conn, error) {
 		},
 	}
 	c, err := d.DialTCP(ctx, "tcp", f.Client, f.Server)
+	// EADDRNOTAVAIL: the flow's previous upstream socket on this 4-tuple
+	// is not gone yet (the relay is closing it, or it waits in LAST_ACK
+	// for the server's last ACK, one round trip). A client that connects
+	// again at once from the same port gets there first when the kernel
+	// answers its handshake (--tcp-accept kernel). Wait for it, briefly.
+	for pause := 500 * time.Microsecond; err != nil && errors.Is(err, unix.EADDRNOTAVAIL) && pause <= addrBusyMaxPause; pause *= 2 {
+		s.stats.DialAddrBusy.Add(1)
+		time.Sleep(pause)
+		c, err = d.DialTCP(ctx, "tcp", f.Client, f.Server)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("netstack: connect %s from %s: %w", f.Server, f.Client, err)
 	}
 	return newKernelConn(c)
 }
+
+// addrBusyMaxPause is the longest pause between dials of a 4-tuple still
+// held by its previous socket: 0.5+1+…+64 ms, 127 ms in all.
+const addrBusyMaxPause = 64 * time.Millisecond
 
 // kernelConn is a kernel upstream leg: a *net.TCPConn plus WaitReadable.
 type kernelConn struct {

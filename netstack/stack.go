@@ -485,8 +485,13 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		return
 	}
 	r.Complete(false)
-	client := newConn(&wq, ep, s.tx)
+	served = s.serveFlow(f, newConn(&wq, ep, s.tx), server)
+}
 
+// serveFlow enters a flow whose legs are both up into the flow table and
+// runs the Handler's Serve; it reports false (both legs closed) when
+// Shutdown had begun.
+func (s *Stack) serveFlow(f *Flow, client, server Conn) bool {
 	lf := &liveFlow{client: client, server: server}
 	// Shutdown sets closing before it walks the shards: a flow either is
 	// in its shard when Shutdown gets there, or sees closing here.
@@ -496,18 +501,18 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		shard.mu.Unlock()
 		client.Close()
 		server.Close()
-		return
+		return false
 	}
 	shard.flows[f.ID] = lf
 	shard.mu.Unlock()
 	s.stats.FlowsServed.Add(1)
 	s.stats.FlowsActive.Add(1)
-	served = true
 	s.handler.Serve(f, client, server)
 	s.stats.FlowsActive.Add(-1)
 	shard.mu.Lock()
 	delete(shard.flows, f.ID)
 	shard.mu.Unlock()
+	return true
 }
 
 // FileReserve is how many file descriptors the kernel upstream leg leaves

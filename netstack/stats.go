@@ -26,6 +26,12 @@ type Stats struct {
 	TxFINsMerged  atomic.Uint64 // bare FINs not written: the data segment before them carried them (mergeFIN)
 	TxDirect      atomic.Uint64 // packets their sender wrote, past an empty TUN queue (txQueue)
 
+	// FlowsAccepted are connections the kernel accepted for netward
+	// (ServeAccepted: --tcp-accept kernel), before Admit; AcceptErrors
+	// failed accepts and connections to the listener that no TPROXY rule
+	// sent (closed).
+	FlowsAccepted    atomic.Uint64
+	AcceptErrors     atomic.Uint64
 	FlowsAdmitted    atomic.Uint64 // SYNs the Handler accepted
 	FlowsReset       atomic.Uint64 // SYNs the Handler answered with RST
 	FlowsDropped     atomic.Uint64 // SYNs the Handler dropped
@@ -40,6 +46,9 @@ type Stats struct {
 	FlowsActive             atomic.Int64  // currently in Serve
 	SynDropsInFlight        atomic.Uint64 // SYNs dropped because MaxInFlight handshakes were pending
 	DialErrors              atomic.Uint64 // upstream dial failed locally (bind, endpoint)
+	// DialAddrBusy are kernel upstream dials tried again because the
+	// flow's previous socket on the same 4-tuple was still closing.
+	DialAddrBusy atomic.Uint64
 	// UpstreamFallbacks are flows that took the gVisor upstream leg
 	// although the kernel leg was on: Options.MaxKernelSockets were open,
 	// or the process was out of file descriptors.

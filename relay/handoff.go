@@ -79,6 +79,11 @@ func (gf *guardFlow) moveClientLeg(in *clientInput, inspectsOn bool) *kernelLegs
 		g.Metrics.Handoff(handoffServerDone)
 		return nil
 	}
+	if kl, ok := gf.client.(kernelLeg); ok {
+		// The kernel accepted the flow (netstack.ServeAccepted): its
+		// client leg is a kernel socket already, nothing to move.
+		return gf.setKernelLegs(gf.client, kl.KernelTCP(), up)
+	}
 	// What gVisor received and the relay did not read comes along: held
 	// bytes of an HTTP flow must fit the inspect buffer (the next request
 	// is judged from it); other flows forward them as they are.
@@ -136,6 +141,12 @@ func (gf *guardFlow) moveClientLeg(in *clientInput, inspectsOn bool) *kernelLegs
 	if g.Log != nil {
 		g.Log.Debug("handoff: flow in the kernel", "flow_id", gf.f.ID)
 	}
+	return gf.setKernelLegs(client, kc, up)
+}
+
+// setKernelLegs makes client (on socket kc) the flow's client leg and
+// stores the flow's two kernel sockets, for the splice.
+func (gf *guardFlow) setKernelLegs(client netstack.Conn, kc *net.TCPConn, up kernelLeg) *kernelLegs {
 	l := &kernelLegs{client: kc, server: up.KernelTCP()}
 	l.server.SetReadDeadline(time.Time{})
 	gf.mu.Lock()

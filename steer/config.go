@@ -12,8 +12,11 @@ import (
 // Defaults. They match config.Default so a config file that says nothing
 // and `netward cleanup` with no flags agree on what is netward's.
 const (
-	DefaultTUN          = "netward0"
-	DefaultMark         = 0x4e57 // "NW"
+	DefaultTUN  = "netward0"
+	DefaultMark = 0x4e57 // "NW"
+	// DefaultAcceptPort is the transparent listener's port (netward run
+	// --tcp-accept kernel), on 127.0.0.1 and ::1.
+	DefaultAcceptPort   = 20057
 	DefaultMask         = 0xffff // netward owns the low 16 mark bits only
 	DefaultTable        = 20055
 	DefaultRulePriority = 20055
@@ -177,6 +180,14 @@ type Config struct {
 	// keep SYN_SENT entries. Required (inside Mask, different from Mark and
 	// TransparentMark) when TransparentMark is set, 0 otherwise.
 	UpstreamMark uint32
+	// AcceptPort, when not 0 (it needs TransparentMark), hands forwarded
+	// TCP SYNs to netward's transparent listener on the loopback address
+	// (127.0.0.1 and ::1) and this port with a TPROXY rule, instead of
+	// steering them into the TUN (netstack.ServeAccepted: the kernel
+	// client leg). The connections' later packets reach the accepted
+	// sockets by the kernel upstream leg's socket-match rule; TCP of no
+	// socket is steered into the TUN as before (gVisor resets it).
+	AcceptPort uint16
 
 	// UDP steers forwarded UDP too (QUIC, DNS, everything else), with the
 	// kernel bypass below for flows netward has allowed.
@@ -222,6 +233,9 @@ func DefaultConfig() Config {
 // kernelUpstream reports whether the kernel upstream leg's rules are
 // installed.
 func (c *Config) kernelUpstream() bool { return c.TransparentMark != 0 }
+
+// kernelAccept reports whether SYNs go to the transparent listener.
+func (c *Config) kernelAccept() bool { return c.kernelUpstream() && c.AcceptPort != 0 }
 
 func (c *Config) logger() *slog.Logger {
 	if c.Logger == nil {
@@ -308,6 +322,10 @@ func (c *Config) validate() error {
 			bad("transparent rule priority must be set with the transparent mark")
 		}
 	}
+	if c.AcceptPort != 0 && c.TransparentMark == 0 {
+		bad("accept port %d without a transparent mark: the kernel client leg needs the kernel upstream leg's rules", c.AcceptPort)
+	}
+
 	return errors.Join(errs...)
 }
 

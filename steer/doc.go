@@ -155,6 +155,37 @@
 // run that left them used the kernel upstream leg: DefaultConfig names
 // both tables.
 //
+// # Kernel client leg
+//
+// With AcceptPort set too (netward run --tcp-accept kernel, port 20057 by
+// default), each family's steering chain gets, just before its TCP MARK
+// rule:
+//
+//	iptables -t mangle -A NETWARD -p tcp --syn -j TPROXY --on-port 20057 --on-ip 127.0.0.1 --tproxy-mark 0x4e58/0xffff
+//	ip6tables -t mangle -A NETWARD -p tcp --syn -j TPROXY --on-port 20057 --on-ip ::1 --tproxy-mark 0x4e58/0xffff
+//
+// and the socket match of each family's NETWARD_TPROXY is, instead of the
+// one above:
+//
+//	iptables -t mangle -A NETWARD_TPROXY ! -i netward0 -p tcp -m socket --transparent --nowildcard -j MARK --set-xmark 0x4e58/0xffff
+//	ip6tables -t mangle -A NETWARD_TPROXY ! -i netward0 -p tcp -m socket --transparent --nowildcard -j MARK --set-xmark 0x4e58/0xffff
+//
+// A forwarded SYN becomes a connection to netward's transparent listener
+// on the loopback address (no other packet reaches it there), and the
+// transparent mark's ip rule delivers it locally. The accepted socket has
+// the server's address, so the client's later packets meet the socket
+// match of NETWARD_TPROXY. It takes any transparent socket here, not only
+// full ones with netward's mark: the handshake's last ACK finds a request
+// socket, which has no mark, and no connection has a handshake in gVisor
+// that a TIME_WAIT could steal. A SYN on the 4-tuple of a TIME_WAIT is
+// TPROXY's to resolve: it ends the TIME_WAIT and hands the SYN to the
+// listener. TCP that no socket takes
+// (a late segment after netward closed the socket) is steered into the
+// TUN as before, where gVisor resets it. While no listener is open (netward
+// stopped without removing its rules: a crash, until `netward cleanup`
+// runs, which the systemd unit does), TPROXY drops SYNs: new TCP flows
+// fail closed whatever the fail mode.
+//
 // # Why each piece
 //
 //   - Selection: TCP, not from lo or the TUN, not a fragment, not addressed

@@ -45,8 +45,20 @@ func chainsPlan(c *Config, v6 bool) []chainPlan {
 //     connection from a port whose handed-off predecessor is still in the
 //     kernel's TIME_WAIT must reach gVisor, not that socket (netward then
 //     destroys it).
+//
+// With the kernel client leg (AcceptPort) every TCP connection of a client
+// is a kernel socket from its SYN on, none has a handshake in gVisor, so
+// the socket match takes every transparent socket of the tuple: the
+// request socket that the handshake's last ACK completes (which has no
+// mark to restore), and a TIME_WAIT, whose answer to a late segment is
+// the kernel's as for any connection. --nowildcard keeps listeners out.
 func upstreamPlan(c *Config) []chainPlan {
 	tmark := fmt.Sprintf("%#x/%#x", c.TransparentMark, c.Mask)
+	match := []string{"!", "-i", c.TUN, "-p", "tcp", "-m", "socket", "--transparent", "--restore-skmark",
+		"-m", "mark", "--mark", fmt.Sprintf("%#x/%#x", c.UpstreamMark, c.Mask), "-j", "MARK", "--set-xmark", tmark}
+	if c.kernelAccept() {
+		match = []string{"!", "-i", c.TUN, "-p", "tcp", "-m", "socket", "--transparent", "--nowildcard", "-j", "MARK", "--set-xmark", tmark}
+	}
 	return []chainPlan{
 		{
 			table: "raw",
@@ -69,8 +81,7 @@ func upstreamPlan(c *Config) []chainPlan {
 				// off to the kernel would take the packets of a new
 				// connection on its tuple, whose handshake is in gVisor.
 				// Those go on to the TUN.
-				{"!", "-i", c.TUN, "-p", "tcp", "-m", "socket", "--transparent", "--restore-skmark",
-					"-m", "mark", "--mark", fmt.Sprintf("%#x/%#x", c.UpstreamMark, c.Mask), "-j", "MARK", "--set-xmark", tmark},
+				match,
 				{"-m", "mark", "--mark", tmark, "-j", "ACCEPT"},
 			},
 		},
@@ -180,6 +191,17 @@ func iptablesPlan(c *Config, v6 bool) []chainPlan {
 	mangle.rules = append(mangle.rules, selection...)
 	if c.UDP {
 		mangle.rules = append(mangle.rules, udpBypassRules(c, v6)...)
+	}
+	if c.kernelAccept() {
+		// The kernel client leg: a SYN becomes a connection to netward's
+		// listener (on-ip loopback: nothing else reaches it). The mark
+		// is the socket-match rule's, whose ip rule delivers locally.
+		lo := "127.0.0.1"
+		if v6 {
+			lo = "::1"
+		}
+		mangle.rules = append(mangle.rules, per("--syn", "-j", "TPROXY", "--on-port", strconv.Itoa(int(c.AcceptPort)),
+			"--on-ip", lo, "--tproxy-mark", fmt.Sprintf("%#x/%#x", c.TransparentMark, c.Mask))...)
 	}
 	mangle.rules = append(mangle.rules, per("-j", "MARK", "--set-xmark", c.markMask())...)
 	if c.UDP {

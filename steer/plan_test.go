@@ -21,7 +21,9 @@ func TestDocListsDescribe(t *testing.T) {
 	explicit.Interfaces = []string{"eth1", "eth2"}
 	upstream := DefaultConfig()
 	upstream.TransparentMark, upstream.UpstreamMark = 0x4e58, 0x4e59
-	for _, c := range []Config{DefaultConfig(), closed, upstream} {
+	accept := upstream
+	accept.AcceptPort = DefaultAcceptPort
+	for _, c := range []Config{DefaultConfig(), closed, upstream, accept} {
 		for _, line := range Describe(c) {
 			if !strings.Contains(string(doc), "//\t"+line+"\n") {
 				t.Errorf("doc.go does not list %q", line)
@@ -170,6 +172,58 @@ func TestPlanKernelUpstreamOff(t *testing.T) {
 			if strings.Contains(line, w) {
 				t.Errorf("kernel upstream off, yet %q", line)
 			}
+		}
+	}
+}
+
+// TestPlanKernelAccept: with AcceptPort, each family's SYNs meet the
+// TPROXY rule (loopback listener, the transparent mark) just before the
+// MARK rule that would steer them into the TUN; without the kernel
+// upstream leg the port is a config error.
+func TestPlanKernelAccept(t *testing.T) {
+	c := DefaultConfig()
+	c.TransparentMark, c.UpstreamMark = 0x4e58, 0x4e59
+	c.AcceptPort = 20100
+	for _, v6 := range []bool{false, true} {
+		lo := "127.0.0.1"
+		if v6 {
+			lo = "::1"
+		}
+		var mangle *chainPlan
+		for _, cp := range chainsPlan(&c, v6) {
+			if cp.table == "mangle" && cp.chain == MangleChain {
+				mangle = &cp
+			}
+		}
+		if mangle == nil {
+			t.Fatalf("v6=%v: no %s chain", v6, MangleChain)
+		}
+		tproxy, mark := -1, -1
+		for i, r := range mangle.rules {
+			line := strings.Join(r, " ")
+			if strings.Contains(line, "TPROXY") {
+				tproxy = i
+				want := "-p tcp --syn -j TPROXY --on-port 20100 --on-ip " + lo + " --tproxy-mark 0x4e58/0xffff"
+				if line != want {
+					t.Errorf("v6=%v: TPROXY rule %q; want %q", v6, line, want)
+				}
+			}
+			if mark < 0 && strings.HasPrefix(line, "-p tcp -j MARK") {
+				mark = i
+			}
+		}
+		if tproxy < 0 || mark != tproxy+1 {
+			t.Errorf("v6=%v: TPROXY rule at %d, TCP MARK at %d; want it just before", v6, tproxy, mark)
+		}
+	}
+	off := DefaultConfig()
+	off.AcceptPort = 20100
+	if err := off.validate(); err == nil || !strings.Contains(err.Error(), "accept port") {
+		t.Errorf("accept port without the kernel upstream leg: validate() = %v", err)
+	}
+	for _, line := range Describe(DefaultConfig()) {
+		if strings.Contains(line, "TPROXY") {
+			t.Errorf("kernel accept off, yet %q", line)
 		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -43,6 +45,8 @@ func runMain(args []string) int {
 	handoffAfterBytes := fs.Int64("handoff-after-bytes", 0, "with --handoff, relay a flow in gVisor until it has moved this many bytes (either way) or lived --handoff-after-age, and hand it off then, so short flows (a TLS handshake and one request) never switch; 0 hands off at the verdict (measured: short flows gain nothing by waiting, README)")
 	handoffAfterAge := fs.Duration("handoff-after-age", 200*time.Millisecond, "with --handoff-after-bytes, hand a flow off once it is this old even if it moved fewer bytes (a long interactive flow gets the kernel's latency); 0: bytes only")
 	handoff := fs.Bool("handoff", true, "after the verdict, move the client's connection of a flow that needs no more inspection (TLS after its ClientHello, protocols judged by their first bytes) from gVisor to a kernel socket (TCP_REPAIR) and splice it with the upstream socket in the kernel; needs --upstream kernel")
+	tcpAccept := fs.String("tcp-accept", "gvisor", "who answers a client's TCP handshake: gvisor (the SYN is steered into the TUN; netward answers only once the server has, and an early verdict refuses before any answer) or kernel (a TPROXY rule hands the SYN to a transparent kernel listener, so no packet of the flow crosses the TUN: a higher connection rate, at the price of a handshake completed before the verdict and the server's answer, as a proxy does; needs --upstream kernel; steer/doc.go)")
+	tcpAcceptPort := fs.Uint("tcp-accept-port", steer.DefaultAcceptPort, "the port of the transparent listener (--tcp-accept kernel), on 127.0.0.1 and ::1")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: netward run [flags]\n\nSteers forwarded TCP into a TUN, terminates each flow and relays it\nwith the client's own address. Flags override the config file.\n\nflags:")
 		fs.PrintDefaults()
@@ -70,6 +74,18 @@ func runMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "netward run: --upstream %q is not gvisor or kernel\n", *upstream)
 		return 2
 	}
+	if *tcpAccept != "gvisor" && *tcpAccept != "kernel" {
+		fmt.Fprintf(os.Stderr, "netward run: --tcp-accept %q is not gvisor or kernel\n", *tcpAccept)
+		return 2
+	}
+	if *tcpAccept == "kernel" && (*upstream != "kernel" || cfg.Geneve.Enabled) {
+		fmt.Fprintln(os.Stderr, "netward run: --tcp-accept kernel needs --upstream kernel (and no --geneve): the accepted sockets' packets reach them by the kernel upstream leg's rules")
+		return 2
+	}
+	if *tcpAcceptPort == 0 || *tcpAcceptPort > 65535 {
+		fmt.Fprintf(os.Stderr, "netward run: --tcp-accept-port %d is not a port (1..65535)\n", *tcpAcceptPort)
+		return 2
+	}
 	if *queues < 1 || *tunWriters < 0 || *tunDirectMax < 0 {
 		fmt.Fprintf(os.Stderr, "netward run: --queues must be at least 1 (got %d), --tun-writers and --tun-direct-max at least 0 (got %d, %d)\n", *queues, *tunWriters, *tunDirectMax)
 		return 2
@@ -88,7 +104,11 @@ func runMain(args []string) int {
 		return 0
 	}
 	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, tunDirectMax: *tunDirectMax, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark), handoff: *handoff, handoffHTTP: *handoffHTTP, handoffSockmap: *handoffSockmap, handoffAfterBytes: *handoffAfterBytes, handoffAfterAge: *handoffAfterAge}
-	fs.Visit(func(f *flag.Flag) { dp.upstreamAsked = dp.upstreamAsked || f.Name == "upstream" })
+	if *tcpAccept == "kernel" {
+		dp.acceptPort = uint16(*tcpAcceptPort)
+	}
+	// The kernel client leg has no gVisor fallback: its rules are needed.
+	fs.Visit(func(f *flag.Flag) { dp.upstreamAsked = dp.upstreamAsked || f.Name == "upstream" || dp.acceptPort != 0 })
 	if err := run(cfg, dp, log); err != nil {
 		log.Error("netward run failed", "error", err)
 		return 1
@@ -170,6 +190,8 @@ type datapathOptions struct {
 	// --handoff-after-bytes, --handoff-after-age
 	handoffAfterBytes int64
 	handoffAfterAge   time.Duration
+	// acceptPort is --tcp-accept-port with --tcp-accept kernel, else 0.
+	acceptPort uint16
 }
 
 // run brings the datapath up in the order that never blackholes a flow:
@@ -183,6 +205,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	}
 	if dp.upstreamKernel {
 		kernelUpstreamSteer(&sc, dp.upstreamMark)
+		sc.AcceptPort = dp.acceptPort
 	}
 	if err := steer.Preflight(sc); err != nil {
 		return fmt.Errorf("preflight: %w", err)
@@ -267,6 +290,13 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	}
 	svc.udp.Start()
 	defer svc.udp.Close()
+	if dp.acceptPort != 0 {
+		// Listening before the TPROXY rule sends the first SYN.
+		if err := serveAccepted(st, sc, svc, log); err != nil {
+			st.Close()
+			return err
+		}
+	}
 	steering, err := installSteering(sc, dp, st.UseGVisorUpstream, steer.Install, log)
 	if err != nil {
 		st.Close()
@@ -275,7 +305,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	svc.attach(st)
 	svc.health.SetCheck(datapathCheck(st.Failed(), st.Err, steering))
 	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files), "tun_writers", dp.tunWriters, "tun_direct_max", dp.tunDirectMax,
-		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "handoff", svc.guard.Handoff != nil, "handoff_sockmap", svc.guard.SockMap != nil, "udp", cfg.UDP, "udp_bypass", cfg.UDP && cfg.UDPBypass, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
+		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "tcp_accept_port", dp.acceptPort, "handoff", svc.guard.Handoff != nil, "handoff_sockmap", svc.guard.SockMap != nil, "udp", cfg.UDP, "udp_bypass", cfg.UDP && cfg.UDPBypass, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
@@ -317,6 +347,45 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		"upstream_fallbacks", s.UpstreamFallbacks.Load(), "syns_held_time_wait", s.SynsHeld.Load(),
 		"udp_datagrams", s.RxUDPPackets.Load(), "udp_flows", svc.udp.Stats().FlowsStarted.Load(), "udp_bypassed", svc.udp.Stats().Bypassed.Load())
 	return errors.Join(errs...)
+}
+
+// serveAccepted opens the kernel client leg's transparent listeners (IPv4,
+// and IPv6 when steered) and serves them on their own goroutines until
+// the stack shuts down; a listener that fails otherwise fails the
+// datapath's health check. Their counters are metrics.
+func serveAccepted(st *netstack.Stack, sc steer.Config, svc *services, log *slog.Logger) error {
+	addrs := []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1})}
+	if sc.IPv6 {
+		addrs = append(addrs, netip.IPv6Loopback())
+	}
+	var lns []*net.TCPListener
+	for _, a := range addrs {
+		ln, err := netstack.ListenTransparent(netip.AddrPortFrom(a, sc.AcceptPort), sc.UpstreamMark)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return err
+		}
+		lns = append(lns, ln)
+	}
+	for _, ln := range lns {
+		go func() {
+			if err := st.ServeAccepted(ln); err != nil {
+				log.Error("kernel client leg: listener failed; new TCP flows are dropped", "error", err)
+				svc.health.SetCheck(func() error { return err })
+			}
+		}()
+	}
+	stats := st.Stats()
+	svc.metrics.Registry().MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netward_tcp_accepted_total",
+			Help: "TCP connections the kernel accepted for netward (--tcp-accept kernel), before the Admit verdict."},
+			func() float64 { return float64(stats.FlowsAccepted.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netward_tcp_accept_errors_total",
+			Help: "Failed accepts of the kernel client leg's listener, and connections to it that no TPROXY rule sent (closed)."},
+			func() float64 { return float64(stats.AcceptErrors.Load()) }))
+	return nil
 }
 
 // installSteering installs sc. When the kernel upstream leg's rules fail
