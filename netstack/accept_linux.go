@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -35,29 +34,7 @@ import (
 func ListenTransparent(addr netip.AddrPort, mark uint32) (*net.TCPListener, error) {
 	lc := net.ListenConfig{
 		KeepAlive: -1, // as the upstream dial: idle flows end by limits.idle_timeout
-		Control: func(network, address string, rc syscall.RawConn) error {
-			var serr error
-			err := rc.Control(func(fd uintptr) {
-				if addr.Addr().Is4() {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-				} else {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
-				}
-				if serr != nil {
-					serr = fmt.Errorf("IP_TRANSPARENT: %w", serr)
-					return
-				}
-				if mark != 0 {
-					if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark)); serr != nil {
-						serr = fmt.Errorf("SO_MARK: %w", serr)
-					}
-				}
-			})
-			if err != nil {
-				return err
-			}
-			return serr
-		},
+		Control:   transparentControl(addr.Addr().Is4(), false, mark),
 	}
 	network := "tcp4"
 	if addr.Addr().Is6() {

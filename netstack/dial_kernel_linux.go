@@ -32,35 +32,9 @@ func (s *Stack) dialKernel(ctx context.Context, f *Flow) (Conn, error) {
 		// (limits.idle_timeout), and turning them on costs four
 		// setsockopt calls per connection.
 		KeepAlive: -1,
-		Control: func(network, address string, rc syscall.RawConn) error {
-			var serr error
-			err := rc.Control(func(fd uintptr) {
-				if f.Client.Addr().Is4() {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-				} else {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
-				}
-				if serr != nil {
-					serr = fmt.Errorf("IP_TRANSPARENT: %w", serr)
-					return
-				}
-				// The client may reuse its port while this appliance
-				// still holds the previous upstream connection in
-				// TIME_WAIT.
-				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
-					return
-				}
-				if s.upstreamMark != 0 {
-					if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(s.upstreamMark)); serr != nil {
-						serr = fmt.Errorf("SO_MARK: %w", serr)
-					}
-				}
-			})
-			if err != nil {
-				return err
-			}
-			return serr
-		},
+		// The client may reuse its port while this appliance still holds
+		// the previous upstream connection in TIME_WAIT: SO_REUSEADDR.
+		Control: transparentControl(f.Client.Addr().Is4(), true, s.upstreamMark),
 	}
 	c, err := d.DialTCP(ctx, "tcp", f.Client, f.Server)
 	// EADDRNOTAVAIL: the flow's previous upstream socket on this 4-tuple
@@ -77,6 +51,42 @@ func (s *Stack) dialKernel(ctx context.Context, f *Flow) (Conn, error) {
 		return nil, fmt.Errorf("netstack: connect %s from %s: %w", f.Server, f.Client, err)
 	}
 	return newKernelConn(c)
+}
+
+// transparentControl is a Dialer's or ListenConfig's Control: the socket
+// gets IP_TRANSPARENT (IPV6_TRANSPARENT unless v4), so it can bind an
+// address that is not the appliance's; SO_REUSEADDR if reuse; SO_MARK
+// mark unless 0.
+func transparentControl(v4, reuse bool, mark uint32) func(network, address string, rc syscall.RawConn) error {
+	return func(network, address string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			if v4 {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+			} else {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+			}
+			if serr != nil {
+				serr = fmt.Errorf("IP_TRANSPARENT: %w", serr)
+				return
+			}
+			if reuse {
+				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
+					serr = fmt.Errorf("SO_REUSEADDR: %w", serr)
+					return
+				}
+			}
+			if mark != 0 {
+				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark)); serr != nil {
+					serr = fmt.Errorf("SO_MARK: %w", serr)
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}
 }
 
 // addrBusyMaxPause is the longest pause between dials of a 4-tuple still
