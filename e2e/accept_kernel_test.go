@@ -162,13 +162,8 @@ func TestTCPAcceptKernel(t *testing.T) {
 	})
 
 	t.Run("StatusShowsKernelLeg", func(t *testing.T) {
-		done := make(chan error, 1)
-		port := clientPort()
-		go func() {
-			_, err := e.curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(256<<20), "-o", "/dev/null", "--limit-rate", "20M", "--local-port", strconv.Itoa(port))
-			done <- err
-		}()
-		if out, ok := waitKernelLeg(t, d, port); !ok {
+		done, out, ok := e.downloadInKernel(t, "20M")
+		if !ok {
 			t.Errorf("netward status never showed leg=kernel:\n%s", out)
 		}
 		runIn(l.Client, "pkill", "-f", "limit-rate")
@@ -176,13 +171,8 @@ func TestTCPAcceptKernel(t *testing.T) {
 	})
 
 	t.Run("StopResetsAndFailsOpen", func(t *testing.T) {
-		done := make(chan error, 1)
-		port := clientPort()
-		go func() {
-			_, err := e.curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(256<<20), "-o", "/dev/null", "--limit-rate", "2M", "--local-port", strconv.Itoa(port))
-			done <- err
-		}()
-		if out, ok := waitKernelLeg(t, d, port); !ok {
+		done, out, ok := e.downloadInKernel(t, "2M")
+		if !ok {
 			t.Fatalf("the download never showed leg=kernel:\n%s", out)
 		}
 		if err := d.nw.Terminate(15 * time.Second); err != nil {

@@ -177,13 +177,8 @@ func testHandoff(t *testing.T, extra ...string) {
 	t.Run("StatusShowsKernelLeg", func(t *testing.T) {
 		// A download that takes a while: netward status lists its flow
 		// with leg=kernel.
-		done := make(chan error, 1)
-		port := clientPort()
-		go func() {
-			_, err := curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(256<<20), "-o", "/dev/null", "--limit-rate", "20M", "--local-port", strconv.Itoa(port))
-			done <- err
-		}()
-		if out, ok := waitKernelLeg(t, d, port); !ok {
+		done, out, ok := e.downloadInKernel(t, "20M")
+		if !ok {
 			t.Errorf("netward status never showed leg=kernel:\n%s", out)
 		}
 		runIn(l.Client, "pkill", "-f", "limit-rate")
@@ -229,17 +224,8 @@ func testHandoff(t *testing.T, extra ...string) {
 	// the client, who sends nothing during a download: a stop that only
 	// reset gVisor's legs waited for it forever).
 	t.Run("StopWithFlowInKernel", func(t *testing.T) {
-		type result struct {
-			out string
-			err error
-		}
-		done := make(chan result, 1)
-		port := clientPort()
-		go func() {
-			out, err := curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(256<<20), "-o", "/dev/null", "--limit-rate", "2M", "-w", "%{size_download}", "--local-port", strconv.Itoa(port))
-			done <- result{out, err}
-		}()
-		if out, ok := waitKernelLeg(t, d, port); !ok {
+		done, out, ok := e.downloadInKernel(t, "2M")
+		if !ok {
 			t.Fatalf("the download never showed leg=kernel:\n%s", out)
 		}
 		start := time.Now()
@@ -250,9 +236,9 @@ func testHandoff(t *testing.T, extra ...string) {
 			t.Errorf("netward took %v to stop with one flow in the kernel, want < 4 s", took.Round(time.Millisecond))
 		}
 		select {
-		case r := <-done:
-			if r.err == nil {
-				t.Errorf("the download cut by the stop ended as if complete (%s bytes)", r.out)
+		case err := <-done:
+			if err == nil {
+				t.Errorf("the download cut by the stop ended as if complete")
 			}
 		case <-time.After(10 * time.Second):
 			t.Errorf("the client of a flow in the kernel was not reset when netward stopped")
@@ -328,6 +314,21 @@ func waitKernelLeg(t testing.TB, d *datapath, sport int) (string, bool) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// downloadInKernel starts a 256 MiB TLS download at rate (curl
+// --limit-rate) from a pinned client port and waits until netward status
+// shows its flow with leg=kernel (ok; out is the last status read). The
+// download's end comes on done.
+func (e *handoffEnv) downloadInKernel(t *testing.T, rate string) (done <-chan error, out string, ok bool) {
+	ch := make(chan error, 1)
+	port := clientPort()
+	go func() {
+		_, err := e.curlTLS(t, "4", handoffSNI, "/bytes?n="+strconv.Itoa(256<<20), "-o", "/dev/null", "--limit-rate", rate, "--local-port", strconv.Itoa(port))
+		ch <- err
+	}()
+	out, ok = waitKernelLeg(t, e.d, port)
+	return ch, out, ok
 }
 
 // checkXferHandedOff is checkXfer for a flow whose data does not cross

@@ -67,15 +67,14 @@ func (s *Stack) ServeAccepted(ln *net.TCPListener) error {
 			if s.closing.Load() {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && !errors.Is(err, net.ErrClosed) {
-				// Out of files or memory, or an aborted handshake: the
-				// kernel keeps the backlog, try again shortly.
-				s.stats.AcceptErrors.Add(1)
-				time.Sleep(5 * time.Millisecond)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("netstack: accept on %s: %w", ln.Addr(), err)
 			}
-			return fmt.Errorf("netstack: accept on %s: %w", ln.Addr(), err)
+			// Out of files or memory, or an aborted handshake: the
+			// kernel keeps the backlog, try again shortly.
+			s.stats.AcceptErrors.Add(1)
+			time.Sleep(5 * time.Millisecond)
+			continue
 		}
 		if !s.enter() {
 			abort(c)
@@ -97,37 +96,16 @@ func (s *Stack) handleAccepted(c *net.TCPConn) {
 	}
 	f := &Flow{ID: s.nextID.Add(1), Client: client, Server: server, Start: time.Now()}
 	s.stats.FlowsAccepted.Add(1)
-	switch s.handler.Admit(f) {
-	case AdmitAccept:
-	case AdmitReset:
-		s.stats.FlowsReset.Add(1)
-		abort(c)
-		return
-	default:
-		s.stats.FlowsDropped.Add(1)
-		closeSilently(c)
+	if !s.answered(c, s.admit(f)) {
 		return
 	}
-	s.stats.FlowsAdmitted.Add(1)
 	served := false
-	defer func() {
-		if a, ok := s.handler.(Abandoner); ok && !served {
-			a.Abandon(f)
-		}
-	}()
-	up, kernel, err := s.dialUpstream(f)
+	defer s.abandonUnless(f, &served)
+	up, kernel, answer := s.dialAdmitted(f)
 	if kernel {
 		defer s.kernelSockets.Add(-1)
 	}
-	if err != nil {
-		s.log.Debug("accepted flow: upstream connect failed", "flow_id", f.ID, "err", err)
-		if isRefused(err) {
-			s.stats.FlowsRefused.Add(1)
-			abort(c)
-		} else {
-			s.stats.FlowsUnreachable.Add(1)
-			closeSilently(c)
-		}
+	if !s.answered(c, answer) {
 		return
 	}
 	kc, err := newKernelConn(c)
@@ -137,6 +115,21 @@ func (s *Stack) handleAccepted(c *net.TCPConn) {
 		return
 	}
 	served = s.serveFlow(f, kc, up)
+}
+
+// answered gives the client of an accepted connection what a refusal
+// means after its handshake: a reset for AdmitReset, a silent close for
+// AdmitDrop. It reports whether the flow goes on (AdmitAccept).
+func (s *Stack) answered(c *net.TCPConn, a Admission) bool {
+	switch a {
+	case AdmitAccept:
+		return true
+	case AdmitReset:
+		abort(c)
+	default:
+		closeSilently(c)
+	}
+	return false
 }
 
 // closeSilently closes c without a FIN or RST reaching the client: in

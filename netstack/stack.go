@@ -441,37 +441,19 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		Start:  time.Now(),
 	}
 	s.newSYN(f)
-	switch s.handler.Admit(f) {
-	case AdmitAccept:
-	case AdmitReset:
-		s.stats.FlowsReset.Add(1)
-		r.Complete(true)
-		return
-	default:
-		s.stats.FlowsDropped.Add(1)
-		r.Complete(false)
+	if a := s.admit(f); a != AdmitAccept {
+		r.Complete(a == AdmitReset)
 		return
 	}
-	s.stats.FlowsAdmitted.Add(1)
 	served := false
-	defer func() {
-		if a, ok := s.handler.(Abandoner); ok && !served {
-			a.Abandon(f)
-		}
-	}()
+	defer s.abandonUnless(f, &served)
 
-	server, kernel, err := s.dialUpstream(f)
+	server, kernel, answer := s.dialAdmitted(f)
 	if kernel {
 		defer s.kernelSockets.Add(-1) // closed by now, by Serve or below
 	}
-	if err != nil {
-		if isRefused(err) {
-			s.stats.FlowsRefused.Add(1)
-			r.Complete(true)
-			return
-		}
-		s.stats.FlowsUnreachable.Add(1)
-		r.Complete(false)
+	if answer != AdmitAccept {
+		r.Complete(answer == AdmitReset)
 		return
 	}
 
@@ -486,6 +468,49 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	}
 	r.Complete(false)
 	served = s.serveFlow(f, newConn(&wq, ep, s.tx), server)
+}
+
+// admit asks the Handler about a new flow and counts its answer (anything
+// but accept and reset is a drop).
+func (s *Stack) admit(f *Flow) Admission {
+	switch a := s.handler.Admit(f); a {
+	case AdmitAccept:
+		s.stats.FlowsAdmitted.Add(1)
+		return a
+	case AdmitReset:
+		s.stats.FlowsReset.Add(1)
+		return a
+	}
+	s.stats.FlowsDropped.Add(1)
+	return AdmitDrop
+}
+
+// dialAdmitted connects an admitted flow's upstream leg. On failure it
+// counts why and says what the client gets instead of Serve: AdmitReset
+// when the server refused, AdmitDrop when it never answered. kernel as
+// dialUpstream's.
+func (s *Stack) dialAdmitted(f *Flow) (server Conn, kernel bool, answer Admission) {
+	server, kernel, err := s.dialUpstream(f)
+	switch {
+	case err == nil:
+		return server, kernel, AdmitAccept
+	case isRefused(err):
+		s.stats.FlowsRefused.Add(1)
+		answer = AdmitReset
+	default:
+		s.stats.FlowsUnreachable.Add(1)
+		answer = AdmitDrop
+	}
+	s.log.Debug("upstream connect failed", "flow_id", f.ID, "err", err)
+	return nil, kernel, answer
+}
+
+// abandonUnless tells an Abandoner about an admitted flow that was not
+// served (deferred, with served set once Serve has run).
+func (s *Stack) abandonUnless(f *Flow, served *bool) {
+	if a, ok := s.handler.(Abandoner); ok && !*served {
+		a.Abandon(f)
+	}
 }
 
 // serveFlow enters a flow whose legs are both up into the flow table and

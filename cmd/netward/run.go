@@ -108,7 +108,7 @@ func runMain(args []string) int {
 		dp.acceptPort = uint16(*tcpAcceptPort)
 	}
 	// The kernel client leg has no gVisor fallback: its rules are needed.
-	fs.Visit(func(f *flag.Flag) { dp.upstreamAsked = dp.upstreamAsked || f.Name == "upstream" || dp.acceptPort != 0 })
+	dp.upstreamAsked = flagGiven(fs, "upstream") || dp.acceptPort != 0
 	if err := run(cfg, dp, log); err != nil {
 		log.Error("netward run failed", "error", err)
 		return 1
@@ -344,7 +344,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		"syn_drops_in_flight", st.SynDropsInFlight(),
 		"rx_packets", s.RxPackets.Load(), "tx_packets", s.TxPackets.Load(),
 		"tx_acks_delayed", s.TxAcksDelayed.Load(), "tx_acks_merged", s.TxAcksMerged.Load(),
-		"upstream_fallbacks", s.UpstreamFallbacks.Load(), "syns_held_time_wait", s.SynsHeld.Load(),
+		"upstream_fallbacks", s.UpstreamFallbacks.Load(), "upstream_addr_busy_retries", s.DialAddrBusy.Load(), "tcp_accepted", s.FlowsAccepted.Load(), "syns_held_time_wait", s.SynsHeld.Load(),
 		"udp_datagrams", s.RxUDPPackets.Load(), "udp_flows", svc.udp.Stats().FlowsStarted.Load(), "udp_bypassed", svc.udp.Stats().Bypassed.Load())
 	return errors.Join(errs...)
 }
