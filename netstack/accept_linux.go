@@ -87,6 +87,7 @@ func (s *Stack) ServeAccepted(ln *net.TCPListener) error {
 // handleAccepted is handleSYN for a connection the kernel accepted.
 func (s *Stack) handleAccepted(c *net.TCPConn) {
 	defer s.wg.Done()
+	GrowStack() // as handleSYN: the dial and the relay would grow it twice
 	client, server := addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())
 	if !client.IsValid() || !server.IsValid() || server.Addr().IsLoopback() {
 		// A local connection to the listener itself, not a steered flow.

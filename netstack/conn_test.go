@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -124,6 +125,107 @@ func TestKernelConnWaitReadableAndPeerFinished(t *testing.T) {
 	k.Close()
 	if k.PeerFinished() {
 		t.Errorf("PeerFinished true on a closed conn")
+	}
+}
+
+// countingPool is a BufferPool of 8-byte buffers that counts what is lent.
+type countingPool struct{ out atomic.Int64 }
+
+func (p *countingPool) Get() *[]byte {
+	p.out.Add(1)
+	b := make([]byte, 8)
+	return &b
+}
+
+func (p *countingPool) Put(*[]byte) { p.out.Add(-1) }
+
+// TestKernelConnReadPooled: a read that waits holds no buffer, returns the
+// bytes in one, ends in io.EOF after the peer's FIN, and honours read
+// deadlines and resets, every time with the pool's buffers given back.
+func TestKernelConnReadPooled(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pair := func() (*kernelConn, *net.TCPConn) {
+		t.Helper()
+		peerc := make(chan net.Conn, 1)
+		go func() {
+			c, _ := ln.Accept()
+			peerc <- c
+		}()
+		raw, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer := <-peerc
+		t.Cleanup(func() { peer.Close(); raw.Close() })
+		k, err := newKernelConn(raw.(*net.TCPConn))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k, peer.(*net.TCPConn)
+	}
+	var pool countingPool
+	k, peer := pair()
+	type result struct {
+		bp  *[]byte
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		bp, n, err := k.ReadPooled(&pool)
+		done <- result{bp, n, err}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case r := <-done:
+		t.Fatalf("ReadPooled on an idle socket returned %d, %v", r.n, r.err)
+	default:
+	}
+	if n := pool.out.Load(); n != 0 {
+		t.Errorf("a waiting ReadPooled holds %d buffers, want 0", n)
+	}
+	peer.Write([]byte("0123456789"))
+	var r result
+	returnsWithin(t, 2*time.Second, "ReadPooled after data", func() { r = <-done })
+	if r.err != nil || r.bp == nil || string((*r.bp)[:r.n]) != "01234567" {
+		t.Fatalf("ReadPooled = %v, %d, %v; want 8 bytes 01234567", r.bp != nil, r.n, r.err)
+	}
+	pool.Put(r.bp)
+	bp, n, err := k.ReadPooled(&pool) // the rest, already there
+	if err != nil || string((*bp)[:n]) != "89" {
+		t.Fatalf("second ReadPooled = %d, %v; want 89", n, err)
+	}
+	pool.Put(bp)
+	peer.CloseWrite()
+	if bp, n, err = k.ReadPooled(&pool); bp != nil || n != 0 || err != io.EOF {
+		t.Errorf("ReadPooled after FIN = %v, %d, %v; want nil, 0, io.EOF", bp != nil, n, err)
+	}
+
+	k2, peer2 := pair()
+	k2.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if bp, _, err = k2.ReadPooled(&pool); bp != nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("ReadPooled past the deadline = %v, %v; want os.ErrDeadlineExceeded", bp != nil, err)
+	}
+	k2.SetReadDeadline(time.Time{})
+	peer2.SetLinger(0)
+	peer2.Close() // RST
+	if bp, _, err = k2.ReadPooled(&pool); bp != nil || !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("ReadPooled after a reset = %v, %v; want ECONNRESET", bp != nil, err)
+	}
+	var ne net.Error
+	if !errors.As(err, &ne) {
+		t.Errorf("ReadPooled's error %v is not a net.Error", err)
+	}
+	k2.Close()
+	if bp, _, err = k2.ReadPooled(&pool); bp != nil || !errors.Is(err, net.ErrClosed) {
+		t.Errorf("ReadPooled on a closed conn = %v, %v; want net.ErrClosed", bp != nil, err)
+	}
+	if n := pool.out.Load(); n != 0 {
+		t.Errorf("%d buffers not given back to the pool", n)
 	}
 }
 

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"syscall"
 	"time"
 
@@ -105,6 +107,15 @@ type kernelConn struct {
 	peekN   int
 	peekErr error
 	peek    [1]byte
+
+	// readFn is ReadPooled's, made once; it takes a buffer from readPool
+	// only when the socket has something and leaves its result in readBuf,
+	// readN and readErr. Each leg has one reader.
+	readFn   func(fd uintptr) bool
+	readPool BufferPool
+	readBuf  *[]byte
+	readN    int
+	readErr  error
 }
 
 func newKernelConn(c *net.TCPConn) (*kernelConn, error) {
@@ -119,7 +130,56 @@ func newKernelConn(c *net.TCPConn) (*kernelConn, error) {
 		k.peekAt(fd)
 		return k.peekErr != unix.EAGAIN
 	}
+	k.readFn = k.readPooled
 	return k, nil
+}
+
+// ReadPooled reads what the socket has into a buffer from pool and returns the buffer with the count, or a nil buffer with the
+// error (io.EOF for the peer's FIN). The buffer is taken only when a read
+// returns something, so a flow waiting for its peer holds none (memory per
+// idle flow), and waiting costs no syscall of its own: WaitReadable's peek
+// followed by a Read is one syscall more per read. Read deadlines apply.
+func (k *kernelConn) ReadPooled(pool BufferPool) (*[]byte, int, error) {
+	k.readPool = pool
+	err := k.rc.Read(k.readFn)
+	bp, n, rerr := k.readBuf, k.readN, k.readErr
+	k.readBuf, k.readPool, k.readErr = nil, nil, nil
+	if err == nil && rerr == nil {
+		if n > 0 {
+			return bp, n, nil
+		}
+		err = io.EOF
+	} else if err == nil {
+		err = os.NewSyscallError("read", rerr)
+	}
+	if bp != nil {
+		pool.Put(bp)
+	}
+	if err == io.EOF {
+		return nil, 0, err
+	}
+	return nil, 0, &net.OpError{Op: "read", Net: "tcp", Source: k.LocalAddr(), Addr: k.RemoteAddr(), Err: err}
+}
+
+// readPooled is ReadPooled's RawConn.Read callback: false (wait for the
+// poller) while the socket has nothing, with the buffer back in the pool.
+func (k *kernelConn) readPooled(fd uintptr) bool {
+	if k.readBuf == nil {
+		k.readBuf = k.readPool.Get()
+	}
+	for {
+		n, err := unix.Read(int(fd), *k.readBuf)
+		switch err {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			k.readPool.Put(k.readBuf)
+			k.readBuf = nil
+			return false
+		}
+		k.readN, k.readErr = max(n, 0), err
+		return true
+	}
 }
 
 // peekAt peeks at one byte without taking it or blocking: n 0 and no error

@@ -50,6 +50,13 @@ type Conn interface {
 	CloseRead() error
 }
 
+// BufferPool lends the buffers a kernel leg's ReadPooled reads into: a read
+// fills at most len(*b).
+type BufferPool interface {
+	Get() *[]byte
+	Put(b *[]byte)
+}
+
 // Handler decides about and serves forwarded flows.
 type Handler interface {
 	// Admit runs for each new SYN before anything is sent upstream

@@ -43,10 +43,7 @@ func (gf *guardFlow) serveDNS(in *clientInput) *halfError {
 			}
 		}
 		if in.eof {
-			if err := gf.server.CloseWrite(); err != nil && !isClosed(err) {
-				return &halfError{up: true, read: false, err: err}
-			}
-			return nil
+			return gf.passClientFIN()
 		}
 		if in.timedOut {
 			gf.g.Metrics.InspectTimeout()
@@ -64,11 +61,14 @@ func (gf *guardFlow) serveDNS(in *clientInput) *halfError {
 			gf.g.Metrics.InspectError("dns")
 			return gf.invalid("dns", "DNS message not complete within limits.inspect_timeout", refuseReset)
 		}
+		var rerr *halfError
 		if gf.requests > 0 {
-			in.waitEmpty()
+			rerr = in.readIdle()
+		} else {
+			rerr = in.read()
 		}
-		if err := in.read(); err != nil {
-			return err
+		if rerr != nil {
+			return rerr
 		}
 	}
 }

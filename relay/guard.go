@@ -431,7 +431,6 @@ func (gf *guardFlow) copyDown() {
 	}()
 	// As in copyHalf: a buffer only while the server has something to
 	// read, so an idle flow holds none.
-	waiter, canWait := gf.server.(readWaiter)
 	var bp *[]byte
 	defer func() {
 		if bp != nil {
@@ -439,15 +438,11 @@ func (gf *guardFlow) copyDown() {
 		}
 	}()
 	for {
-		if bp == nil {
-			if canWait {
-				waiter.WaitReadable() // errors surface from Read below
-			}
-			bp = spliceBufPool.Get().(*[]byte)
-		}
-		buf := *bp
-		r, rerr := gf.server.Read(buf)
+		var r int
+		var rerr error
+		bp, r, rerr = readHeld(gf.server, bp, copyBufs)
 		if r > 0 {
+			buf := *bp
 			gf.touch()
 			if gf.switchWant.Load() != 0 && gf.switchStatus.Load() == 0 {
 				if gen := gf.switchGen.Load(); gen != gf.statusGen {
@@ -458,7 +453,7 @@ func (gf *guardFlow) copyDown() {
 			// The server's FIN came right behind this data: the client
 			// gets its FIN with it (see copyHalf), unless the up side
 			// has taken over the client's write side to refuse.
-			last := !gf.refusing.Load() && finishedBehind(gf.server, r, len(buf), rerr)
+			last := !gf.refusing.Load() && finishedBehind(gf.server, gf.client, r, len(buf), rerr)
 			w, werr, cerr := writeChunk(gf.client, buf[:r], last)
 			gf.downBytes.Add(int64(w))
 			gf.af.AddToClient(w)
@@ -480,7 +475,7 @@ func (gf *guardFlow) copyDown() {
 				return
 			}
 		}
-		if r < len(buf) {
+		if bp != nil && r < len(*bp) {
 			spliceBufPool.Put(bp)
 			bp = nil
 		}
@@ -625,8 +620,9 @@ type clientInput struct {
 	gf       *guardFlow
 	bp       *[]byte // buf's pooled backing array; nil once released
 	buf      []byte
-	eof      bool // the client half-closed
-	timedOut bool // the inspect deadline passed
+	eof      bool        // the client half-closed
+	timedOut bool        // the inspect deadline passed
+	pool     inspectBufs // readIdle's, in the flow's own memory: no allocation per read
 }
 
 // read appends what the client sends next. A timeout sets timedOut, EOF
@@ -637,6 +633,11 @@ func (in *clientInput) read() *halfError {
 	}
 	n, err := in.gf.client.Read(in.buf[len(in.buf):cap(in.buf)])
 	in.buf = in.buf[:len(in.buf)+n]
+	return in.note(err)
+}
+
+// note records a read's error: a timeout sets timedOut, EOF sets eof.
+func (in *clientInput) note(err error) *halfError {
 	switch {
 	case err == nil:
 	case err == io.EOF:
@@ -689,6 +690,38 @@ func (in *clientInput) release() {
 	}
 }
 
+// readIdle is read after a judged request, when the client may stay
+// silent for long (keep-alive): it waits holding no buffer if nothing is
+// held (waitEmpty), and from a kernel leg in one syscall per read
+// (ReadPooled), with no peek first.
+func (in *clientInput) readIdle() *halfError {
+	pr, ok := in.gf.client.(pooledReader)
+	if !ok || in.bp == nil || len(in.buf) != 0 {
+		in.waitEmpty()
+		return in.read()
+	}
+	in.release()
+	in.pool.size = in.gf.lim.InspectBytes
+	bp, n, err := pr.ReadPooled(&in.pool)
+	if bp == nil {
+		in.acquire() // the caller's checks want a buffer: only EOF or an error came
+		return in.note(err)
+	}
+	in.bp, in.buf = bp, (*bp)[:n:in.gf.lim.InspectBytes]
+	return nil
+}
+
+// inspectBufs lends inspect buffers of size bytes to ReadPooled.
+type inspectBufs struct{ size int }
+
+func (p *inspectBufs) Get() *[]byte {
+	bp := getInspectBuf(p.size)
+	*bp = (*bp)[:p.size]
+	return bp
+}
+
+func (p *inspectBufs) Put(bp *[]byte) { putInspectBuf(bp) }
+
 // waitEmpty waits, holding no buffer, until the client sends more; only
 // when nothing is held and no read deadline runs (after the first
 // request), so an idle keep-alive connection costs no inspect buffer.
@@ -712,6 +745,22 @@ func (in *clientInput) acquire() {
 // front of the buffer.
 func (in *clientInput) consume(n int) {
 	in.buf = in.buf[:copy(in.buf, in.buf[n:])]
+}
+
+// passClientFIN passes the client's FIN on to the server. If the server
+// has finished too (copyDown is done), Serve closes the socket next, and
+// the close sends the FIN: a shutdown first would only cost a syscall per
+// connection (a Connection: close exchange, where the server closes first).
+func (gf *guardFlow) passClientFIN() *halfError {
+	select {
+	case <-gf.downDone:
+		return nil
+	default:
+	}
+	if err := gf.server.CloseWrite(); err != nil && !isClosed(err) {
+		return &halfError{up: true, read: false, err: err}
+	}
+	return nil
 }
 
 // forward writes b to the server.
@@ -744,10 +793,7 @@ func (gf *guardFlow) forwardRest(in *clientInput) *halfError {
 	}
 	in.release()
 	if in.eof {
-		if err := gf.server.CloseWrite(); err != nil && !isClosed(err) {
-			return &halfError{up: true, read: false, err: err}
-		}
-		return nil
+		return gf.passClientFIN()
 	}
 	if l := gf.legs.Load(); l != nil {
 		return gf.spliceUp(l)
@@ -939,10 +985,7 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 		if in.eof {
 			// A partial head at EOF is never forwarded: the server would
 			// only answer it with an error.
-			if err := gf.server.CloseWrite(); err != nil && !isClosed(err) {
-				return &halfError{up: true, read: false, err: err}
-			}
-			return nil
+			return gf.passClientFIN()
 		}
 		if in.timedOut || len(in.buf) == cap(in.buf) {
 			reason := "request head larger than limits.inspect_bytes"
@@ -953,11 +996,14 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 			gf.g.Metrics.InspectError("http")
 			return gf.invalid("http", reason, refuseHTTP403)
 		}
+		var rerr *halfError
 		if gf.requests > 0 {
-			in.waitEmpty()
+			rerr = in.readIdle()
+		} else {
+			rerr = in.read()
 		}
-		if err := in.read(); err != nil {
-			return err
+		if rerr != nil {
+			return rerr
 		}
 	}
 }

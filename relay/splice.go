@@ -35,6 +35,38 @@ const spliceBufferSize = 128 << 10
 
 var spliceBufPool = sync.Pool{New: func() any { b := make([]byte, spliceBufferSize); return &b }}
 
+// copyBufs lends spliceBufPool's buffers to a kernel leg's ReadPooled.
+var copyBufs netstack.BufferPool = copyBufPool{}
+
+type copyBufPool struct{}
+
+func (copyBufPool) Get() *[]byte  { return spliceBufPool.Get().(*[]byte) }
+func (copyBufPool) Put(b *[]byte) { spliceBufPool.Put(b) }
+
+// pooledReader is implemented by netstack's kernel legs: a read that takes
+// a buffer only once there is something to read, in one syscall.
+type pooledReader interface {
+	ReadPooled(pool netstack.BufferPool) (*[]byte, int, error)
+}
+
+// readHeld reads from src into *bp, or, when the relay holds no buffer
+// (bp nil: src was drained), into one from pool taken only once src is
+// readable, so an idle flow holds none. It returns the buffer held now:
+// nil after a kernel leg's error or EOF.
+func readHeld(src netstack.Conn, bp *[]byte, pool netstack.BufferPool) (*[]byte, int, error) {
+	if bp == nil {
+		if pr, ok := src.(pooledReader); ok {
+			return pr.ReadPooled(pool)
+		}
+		if w, ok := src.(readWaiter); ok {
+			w.WaitReadable() // errors surface from Read below
+		}
+		bp = pool.Get()
+	}
+	n, err := src.Read(*bp)
+	return bp, n, err
+}
+
 // End is how a flow ended.
 type End uint8
 
@@ -150,7 +182,6 @@ func copyHalfUntil(dst, src netstack.Conn, held []byte, up bool, count func(int)
 	// A buffer is taken only once src is readable and given back as soon
 	// as it is drained, so an idle flow holds none (memory per idle flow).
 	// After a read that filled the buffer, more is likely waiting: keep it.
-	waiter, canWait := src.(readWaiter)
 	sw, canStop := src.(stopWaiter)
 	if !canStop {
 		stop = nil
@@ -174,16 +205,15 @@ func copyHalfUntil(dst, src netstack.Conn, held []byte, up bool, count func(int)
 				return n, true, nil
 			}
 		}
-		if bp == nil {
-			if canWait && stop == nil {
-				waiter.WaitReadable() // errors surface from Read below
-			}
-			bp = spliceBufPool.Get().(*[]byte)
+		var r int
+		var rerr error
+		if stop != nil && bp == nil {
+			bp = spliceBufPool.Get().(*[]byte) // WaitReadableOr waited
 		}
-		buf := *bp
-		r, rerr := src.Read(buf)
+		bp, r, rerr = readHeld(src, bp, copyBufs)
 		if r > 0 {
-			last := finishedBehind(src, r, len(buf), rerr)
+			buf := *bp
+			last := finishedBehind(src, dst, r, len(buf), rerr)
 			w, werr, cerr := writeChunk(dst, buf[:r], last)
 			n += int64(w)
 			if count != nil {
@@ -200,7 +230,7 @@ func copyHalfUntil(dst, src netstack.Conn, held []byte, up bool, count func(int)
 				return n, false, nil
 			}
 		}
-		if r < len(buf) {
+		if bp != nil && r < len(*bp) {
 			spliceBufPool.Put(bp)
 			bp = nil
 		}
@@ -221,9 +251,19 @@ func copyHalfUntil(dst, src netstack.Conn, held []byte, up bool, count func(int)
 // finishedBehind reports whether src's FIN came right behind the r bytes
 // a read into a buffer of size just returned (with rerr): then the relay
 // sends its own FIN with them (writeLast), not one more read later. Only
-// after a read that drained src: for a kernel leg the check is a syscall.
-func finishedBehind(src netstack.Conn, r, size int, rerr error) bool {
-	return rerr == nil && r < size && peerFinished(src)
+// after a read that drained src, and not from a kernel leg to a kernel
+// leg: there the check is a syscall, as is the read that finds the FIN
+// instead, and a kernel dst sends the FIN as a segment of its own anyway.
+func finishedBehind(src, dst netstack.Conn, r, size int, rerr error) bool {
+	if rerr != nil || r >= size {
+		return false
+	}
+	if _, final := dst.(finalWriter); !final {
+		if _, kernel := src.(kernelLeg); kernel {
+			return false
+		}
+	}
+	return peerFinished(src)
 }
 
 // finalWriter is implemented by netstack's gVisor conns (tcpConn).

@@ -49,6 +49,12 @@ func (b *bench) churnEdge() int {
 	return max(1, min(10, windows/3))
 }
 
+// churnCPURow labels the column's own CPU time per connection the server
+// accepted: netward's, the relay's or the proxy's processes (kernel
+// forwarding has none). Steadier than the rate, which the client and the
+// server, on the same 2 cores, move as much as the appliance does.
+const churnCPURow = "own CPU per connection (netward's, the relay's, the proxy's)"
+
 func (b *bench) churnLabels() (minW, first, last, errs string) {
 	e := b.churnEdge()
 	return "server accepts/s, min 1-s window",
@@ -69,6 +75,8 @@ func (b *bench) churnAll() error {
 			b.declareSub(name, l, "conn/s").prec = 0
 		}
 		r := b.declareSub(name, errs, "")
+		r.prec, r.noRatio = 0, true
+		r = b.declareSub(name, churnCPURow, "µs")
 		r.prec, r.noRatio = 0, true
 	}
 	for range b.rounds {
@@ -99,10 +107,19 @@ func (b *bench) churnOne(c churnCase, v *variant) error {
 		if err != nil {
 			return 0, err
 		}
-		rate, failed, note, err := b.runChurn(l, c)
-		windows := s.stop()
+		pids := p.ownPIDs()
+		cpu, err := startCPU(pids)
 		if err != nil {
 			return 0, err
+		}
+		rate, failed, note, err := b.runChurn(l, c)
+		_, own, cerr := cpu.stop()
+		windows, accepted := s.stop()
+		if err != nil {
+			return 0, err
+		}
+		if cerr != nil {
+			return 0, cerr
 		}
 		name := b.churnRow(c)
 		minW, first, last, errs := b.churnLabels()
@@ -117,6 +134,9 @@ func (b *bench) churnOne(c churnCase, v *variant) error {
 			b.set(subKey(name, last), "conn/s", p.col(), mean(windows[len(windows)-e:]))
 		}
 		b.add(subKey(name, errs), "", p.col(), float64(failed))
+		if len(pids) > 0 && accepted > 0 {
+			b.set(subKey(name, churnCPURow), "µs", p.col(), own/float64(accepted)*1e6)
+		}
 		return 0, nil
 	})
 	return errors.Join(err, p.stop())
@@ -183,6 +203,8 @@ func (b *bench) runChurn(l *benchLab, c churnCase) (rate float64, failed int64, 
 // handshake a listener completed) once a second: the connection rate the
 // server saw, window by window, whichever client made it.
 type acceptSampler struct {
+	pid   int
+	first int64 // PassiveOpens at the start
 	stopc chan struct{}
 	done  chan []int64
 }
@@ -192,7 +214,7 @@ func startAcceptSampler(pid int) (*acceptSampler, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &acceptSampler{stopc: make(chan struct{}), done: make(chan []int64, 1)}
+	s := &acceptSampler{pid: pid, first: first, stopc: make(chan struct{}), done: make(chan []int64, 1)}
 	go func() {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
@@ -217,14 +239,19 @@ func startAcceptSampler(pid int) (*acceptSampler, error) {
 	return s, nil
 }
 
-// stop returns the complete 1-s windows but the first (the client starting).
-func (s *acceptSampler) stop() []int64 {
+// stop returns the complete 1-s windows but the first (the client
+// starting), and every handshake the server completed since the start (0
+// if the counter cannot be read).
+func (s *acceptSampler) stop() (windows []int64, total int64) {
 	close(s.stopc)
 	w := <-s.done
 	if len(w) > 0 {
 		w = w[1:]
 	}
-	return w
+	if n, err := tcpCounter(s.pid, "PassiveOpens"); err == nil {
+		total = n - s.first
+	}
+	return w, total
 }
 
 func minOf(w []int64) int64 {
