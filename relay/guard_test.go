@@ -522,6 +522,72 @@ func TestGuardKeepAliveIdleHoldsNoBuffer(t *testing.T) {
 	}
 }
 
+// With kernel sockets on both legs (--tcp-accept kernel, a handoff), as
+// above: an idle keep-alive connection holds no inspect buffer (ReadPooled
+// takes one only once the next request is there) and each request is
+// relayed. Then the server answers and
+// closes, and each side gets the other's FIN: the client's reaches the
+// server with the close of its leg (passClientFIN).
+func TestGuardKernelLegs(t *testing.T) {
+	g := newGuard(t)
+	clientApp, clientRaw := tcpPair(t)
+	serverRaw, serverApp := tcpPair(t)
+	clientLeg, err := netstack.NewKernelConn(clientRaw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverLeg, err := netstack.NewKernelConn(serverRaw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := clientLeg.(pooledReader); !ok {
+		t.Fatal("a kernel leg has no ReadPooled")
+	}
+	f := &netstack.Flow{ID: 3, Client: netip.MustParseAddrPort("192.0.2.10:40002"),
+		Server: netip.MustParseAddrPort("192.0.2.20:80"), Start: time.Now()}
+	held := inspectBufsHeld.Load()
+	done := make(chan struct{})
+	go func() { g.Serve(f, clientLeg, serverLeg); close(done) }()
+	defer func() {
+		clientApp.Close()
+		serverApp.Close()
+		<-done
+	}()
+	const req = "GET /ok HTTP/1.1\r\nHost: app.example\r\n\r\n"
+	for i := range 2 {
+		io.WriteString(clientApp, req)
+		got := make([]byte, len(req))
+		serverApp.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.ReadFull(serverApp, got); err != nil || string(got) != req {
+			t.Fatalf("request %d: server read %q, %v", i, got, err)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for inspectBufsHeld.Load() != held && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := inspectBufsHeld.Load() - held; n != 0 {
+			t.Fatalf("after request %d, idle, the flow holds %d inspect buffers", i, n)
+		}
+	}
+	const answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+	io.WriteString(serverApp, answer)
+	serverApp.CloseWrite()
+	b, err := readAllTimeout(clientApp, 5*time.Second)
+	if err != nil || string(b) != answer {
+		t.Fatalf("client read %q, %v; want the answer, then EOF", b, err)
+	}
+	clientApp.CloseWrite()
+	b, err = readAllTimeout(serverApp, 5*time.Second)
+	if err != nil || len(b) != 0 {
+		t.Fatalf("server read %q, %v after the client's FIN; want EOF", b, err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+}
+
 // finLeg is a server leg that reports the server's FIN as kernelConn does,
 // by a peek.
 type finLeg struct{ *net.TCPConn }
