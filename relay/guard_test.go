@@ -504,22 +504,7 @@ func TestGuardKeepAliveIdleHoldsNoBuffer(t *testing.T) {
 		serverApp.Close()
 		<-done
 	}()
-	const req = "GET /ok HTTP/1.1\r\nHost: app.example\r\n\r\n"
-	for i := range 2 {
-		io.WriteString(clientApp, req)
-		got := make([]byte, len(req))
-		serverApp.SetReadDeadline(time.Now().Add(3 * time.Second))
-		if _, err := io.ReadFull(serverApp, got); err != nil || string(got) != req {
-			t.Fatalf("request %d: server read %q, %v", i, got, err)
-		}
-		deadline := time.Now().Add(3 * time.Second)
-		for inspectBufsHeld.Load() != held && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		if n := inspectBufsHeld.Load() - held; n != 0 {
-			t.Fatalf("after request %d, idle, the flow holds %d inspect buffers", i, n)
-		}
-	}
+	idleRequests(t, clientApp, serverApp, held)
 }
 
 // With kernel sockets on both legs (--tcp-accept kernel, a handoff), as
@@ -553,22 +538,7 @@ func TestGuardKernelLegs(t *testing.T) {
 		serverApp.Close()
 		<-done
 	}()
-	const req = "GET /ok HTTP/1.1\r\nHost: app.example\r\n\r\n"
-	for i := range 2 {
-		io.WriteString(clientApp, req)
-		got := make([]byte, len(req))
-		serverApp.SetReadDeadline(time.Now().Add(3 * time.Second))
-		if _, err := io.ReadFull(serverApp, got); err != nil || string(got) != req {
-			t.Fatalf("request %d: server read %q, %v", i, got, err)
-		}
-		deadline := time.Now().Add(3 * time.Second)
-		for inspectBufsHeld.Load() != held && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		if n := inspectBufsHeld.Load() - held; n != 0 {
-			t.Fatalf("after request %d, idle, the flow holds %d inspect buffers", i, n)
-		}
-	}
+	idleRequests(t, clientApp, serverApp, held)
 	const answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 	io.WriteString(serverApp, answer)
 	serverApp.CloseWrite()
@@ -585,6 +555,29 @@ func TestGuardKernelLegs(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Serve did not return")
+	}
+}
+
+// idleRequests sends two keep-alive requests the guard allows, checks that
+// each reaches the server and that the flow holds no more inspect buffers
+// than held while it waits for the next.
+func idleRequests(t *testing.T, clientApp, serverApp net.Conn, held int64) {
+	t.Helper()
+	const req = "GET /ok HTTP/1.1\r\nHost: app.example\r\n\r\n"
+	for i := range 2 {
+		io.WriteString(clientApp, req)
+		got := make([]byte, len(req))
+		serverApp.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.ReadFull(serverApp, got); err != nil || string(got) != req {
+			t.Fatalf("request %d: server read %q, %v", i, got, err)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for inspectBufsHeld.Load() != held && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := inspectBufsHeld.Load() - held; n != 0 {
+			t.Fatalf("after request %d, idle, the flow holds %d inspect buffers", i, n)
+		}
 	}
 }
 
