@@ -161,14 +161,7 @@ func TestTCPAcceptKernel(t *testing.T) {
 		}
 	})
 
-	t.Run("StatusShowsKernelLeg", func(t *testing.T) {
-		done, out, ok := e.downloadInKernel(t, "20M")
-		if !ok {
-			t.Errorf("netward status never showed leg=kernel:\n%s", out)
-		}
-		runIn(l.Client, "pkill", "-f", "limit-rate")
-		<-done
-	})
+	t.Run("StatusShowsKernelLeg", e.checkStatusShowsKernelLeg)
 
 	t.Run("StopResetsAndFailsOpen", func(t *testing.T) {
 		done, out, ok := e.downloadInKernel(t, "2M")

@@ -174,16 +174,7 @@ func testHandoff(t *testing.T, extra ...string) {
 	t.Run("HalfClose", func(t *testing.T) { checkXferHandedOff(t, d, handoffs, "4", 64<<10, 8<<20) })
 	t.Run("ServerFirst", checkBannerT(d))
 
-	t.Run("StatusShowsKernelLeg", func(t *testing.T) {
-		// A download that takes a while: netward status lists its flow
-		// with leg=kernel.
-		done, out, ok := e.downloadInKernel(t, "20M")
-		if !ok {
-			t.Errorf("netward status never showed leg=kernel:\n%s", out)
-		}
-		runIn(l.Client, "pkill", "-f", "limit-rate")
-		<-done
-	})
+	t.Run("StatusShowsKernelLeg", e.checkStatusShowsKernelLeg)
 
 	// The server closes first, so the kernel socket that carried the
 	// client's leg ends in TIME_WAIT; the next connection from the same
@@ -329,6 +320,17 @@ func (e *handoffEnv) downloadInKernel(t *testing.T, rate string) (done <-chan er
 	}()
 	out, ok = waitKernelLeg(t, e.d, port)
 	return ch, out, ok
+}
+
+// checkStatusShowsKernelLeg: during a download that takes a while,
+// netward status lists its flow with leg=kernel.
+func (e *handoffEnv) checkStatusShowsKernelLeg(t *testing.T) {
+	done, out, ok := e.downloadInKernel(t, "20M")
+	if !ok {
+		t.Errorf("netward status never showed leg=kernel:\n%s", out)
+	}
+	runIn(e.d.lab.Client, "pkill", "-f", "limit-rate")
+	<-done
 }
 
 // checkXferHandedOff is checkXfer for a flow whose data does not cross

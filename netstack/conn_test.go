@@ -81,7 +81,10 @@ func TestTCPConnWaitReadable(t *testing.T) {
 	returnsWithin(t, 2*time.Second, "WaitReadable after Close", func() { <-woke })
 }
 
-func TestKernelConnWaitReadableAndPeerFinished(t *testing.T) {
+// kernelLoopbackPair is a kernel leg on loopback and its peer, both closed
+// when the test ends.
+func kernelLoopbackPair(t *testing.T) (*kernelConn, *net.TCPConn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -97,18 +100,24 @@ func TestKernelConnWaitReadableAndPeerFinished(t *testing.T) {
 		t.Fatal(err)
 	}
 	peer := <-peerc
-	defer peer.Close()
+	if peer == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { peer.Close(); raw.Close() })
 	k, err := newKernelConn(raw.(*net.TCPConn))
 	if err != nil {
 		t.Fatal(err)
 	}
-	woke := blocks(t, 100*time.Millisecond, "WaitReadable on an idle socket", func() { k.WaitReadable() })
+	return k, peer.(*net.TCPConn)
+}
+
+func TestKernelConnPeerFinished(t *testing.T) {
+	k, peer := kernelLoopbackPair(t)
 	peer.Write([]byte("abc"))
-	returnsWithin(t, 2*time.Second, "WaitReadable after data", func() { <-woke })
-	// A partial read leaves data and no new poller event: the peek must
-	// still see it.
-	k.Read(make([]byte, 1))
-	returnsWithin(t, time.Second, "WaitReadable after a partial read", func() { k.WaitReadable() })
+	k.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := k.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("read: %v", err)
+	}
 	if k.PeerFinished() {
 		t.Errorf("PeerFinished with 2 bytes unread")
 	}
@@ -116,11 +125,13 @@ func TestKernelConnWaitReadableAndPeerFinished(t *testing.T) {
 	if k.PeerFinished() {
 		t.Errorf("PeerFinished on a drained socket without FIN")
 	}
-	woke = blocks(t, 100*time.Millisecond, "WaitReadable on a drained socket", func() { k.WaitReadable() })
-	peer.Close() // FIN: readable (EOF)
-	returnsWithin(t, 2*time.Second, "WaitReadable after FIN", func() { <-woke })
-	if !k.PeerFinished() {
-		t.Errorf("PeerFinished false after the peer's FIN")
+	peer.Close() // FIN
+	deadline := time.Now().Add(2 * time.Second)
+	for !k.PeerFinished() {
+		if time.Now().After(deadline) {
+			t.Fatal("PeerFinished false after the peer's FIN")
+		}
+		time.Sleep(time.Millisecond)
 	}
 	k.Close()
 	if k.PeerFinished() {
@@ -143,32 +154,8 @@ func (p *countingPool) Put(*[]byte) { p.out.Add(-1) }
 // bytes in one, ends in io.EOF after the peer's FIN, and honours read
 // deadlines and resets, every time with the pool's buffers given back.
 func TestKernelConnReadPooled(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	pair := func() (*kernelConn, *net.TCPConn) {
-		t.Helper()
-		peerc := make(chan net.Conn, 1)
-		go func() {
-			c, _ := ln.Accept()
-			peerc <- c
-		}()
-		raw, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		peer := <-peerc
-		t.Cleanup(func() { peer.Close(); raw.Close() })
-		k, err := newKernelConn(raw.(*net.TCPConn))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k, peer.(*net.TCPConn)
-	}
 	var pool countingPool
-	k, peer := pair()
+	k, peer := kernelLoopbackPair(t)
 	type result struct {
 		bp  *[]byte
 		n   int
@@ -205,7 +192,7 @@ func TestKernelConnReadPooled(t *testing.T) {
 		t.Errorf("ReadPooled after FIN = %v, %d, %v; want nil, 0, io.EOF", bp != nil, n, err)
 	}
 
-	k2, peer2 := pair()
+	k2, peer2 := kernelLoopbackPair(t)
 	k2.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 	if bp, _, err = k2.ReadPooled(&pool); bp != nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("ReadPooled past the deadline = %v, %v; want os.ErrDeadlineExceeded", bp != nil, err)

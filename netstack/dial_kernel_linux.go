@@ -95,21 +95,21 @@ func transparentControl(v4, reuse bool, mark uint32) func(network, address strin
 // held by its previous socket: 0.5+1+…+64 ms, 127 ms in all.
 const addrBusyMaxPause = 64 * time.Millisecond
 
-// kernelConn is a kernel upstream leg: a *net.TCPConn plus WaitReadable.
+// kernelConn is a kernel leg (the upstream socket, or a client socket the
+// kernel accepted or a handoff made): a *net.TCPConn plus ReadPooled and
+// PeerFinished.
 type kernelConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
-	// peekFn (WaitReadable's) and peekCtl (PeerFinished's) run peekAt,
-	// made once: no allocation per call. peekAt leaves its result in
-	// peekN and peekErr; only the server leg's one reader calls them.
-	peekFn  func(fd uintptr) bool
+	// peekCtl (PeerFinished's) runs peekAt, made once: no allocation per
+	// call. peekAt leaves its result in peekN and peekErr; only the leg's
+	// one reader calls it.
 	peekCtl func(fd uintptr)
 	peekN   int
 	peekErr error
 	peek    [1]byte
 
-	// readFn is ReadPooled's, made once; it takes a buffer from readPool
-	// only when the socket has something and leaves its result in readBuf,
+	// readFn is ReadPooled's, made once; it leaves its result in readBuf,
 	// readN and readErr. Each leg has one reader.
 	readFn   func(fd uintptr) bool
 	readPool BufferPool
@@ -126,60 +126,57 @@ func newKernelConn(c *net.TCPConn) (*kernelConn, error) {
 	}
 	k := &kernelConn{TCPConn: c, rc: rc}
 	k.peekCtl = k.peekAt
-	k.peekFn = func(fd uintptr) bool {
-		k.peekAt(fd)
-		return k.peekErr != unix.EAGAIN
-	}
 	k.readFn = k.readPooled
 	return k, nil
 }
 
-// ReadPooled reads what the socket has into a buffer from pool and returns the buffer with the count, or a nil buffer with the
-// error (io.EOF for the peer's FIN). The buffer is taken only when a read
-// returns something, so a flow waiting for its peer holds none (memory per
-// idle flow), and waiting costs no syscall of its own: WaitReadable's peek
-// followed by a Read is one syscall more per read. Read deadlines apply.
+// ReadPooled reads what the socket has into a buffer from pool and returns
+// the buffer with the count, or a nil buffer with the error (io.EOF for
+// the peer's FIN). The buffer is taken only when a read returns something,
+// so a flow waiting for its peer holds none (memory per idle flow), and
+// waiting costs no syscall of its own: no peek before the read. Read
+// deadlines apply.
 func (k *kernelConn) ReadPooled(pool BufferPool) (*[]byte, int, error) {
 	k.readPool = pool
 	err := k.rc.Read(k.readFn)
-	bp, n, rerr := k.readBuf, k.readN, k.readErr
-	k.readBuf, k.readPool, k.readErr = nil, nil, nil
-	if err == nil && rerr == nil {
-		if n > 0 {
-			return bp, n, nil
-		}
-		err = io.EOF
-	} else if err == nil {
-		err = os.NewSyscallError("read", rerr)
-	}
-	if bp != nil {
-		pool.Put(bp)
+	k.readPool = nil
+	if err == nil {
+		err = k.readErr
 	}
 	if err == io.EOF {
-		return nil, 0, err
+		return nil, 0, io.EOF
 	}
-	return nil, 0, &net.OpError{Op: "read", Net: "tcp", Source: k.LocalAddr(), Addr: k.RemoteAddr(), Err: err}
+	if err != nil {
+		return nil, 0, &net.OpError{Op: "read", Net: "tcp", Source: k.LocalAddr(), Addr: k.RemoteAddr(), Err: err}
+	}
+	bp := k.readBuf
+	k.readBuf = nil
+	return bp, k.readN, nil
 }
 
 // readPooled is ReadPooled's RawConn.Read callback: false (wait for the
-// poller) while the socket has nothing, with the buffer back in the pool.
+// poller) while the socket has nothing. Only bytes read keep the buffer;
+// EAGAIN, EOF and errors give it back.
 func (k *kernelConn) readPooled(fd uintptr) bool {
-	if k.readBuf == nil {
-		k.readBuf = k.readPool.Get()
+	bp := k.readPool.Get()
+	n, err := unix.Read(int(fd), *bp)
+	for err == unix.EINTR {
+		n, err = unix.Read(int(fd), *bp)
 	}
-	for {
-		n, err := unix.Read(int(fd), *k.readBuf)
-		switch err {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			k.readPool.Put(k.readBuf)
-			k.readBuf = nil
-			return false
-		}
-		k.readN, k.readErr = max(n, 0), err
+	switch {
+	case err == unix.EAGAIN:
+		k.readPool.Put(bp)
+		return false
+	case err != nil:
+		k.readErr = os.NewSyscallError("read", err)
+	case n == 0:
+		k.readErr = io.EOF
+	default:
+		k.readBuf, k.readN, k.readErr = bp, n, nil
 		return true
 	}
+	k.readPool.Put(bp)
+	return true
 }
 
 // peekAt peeks at one byte without taking it or blocking: n 0 and no error
@@ -203,16 +200,8 @@ func (k *kernelConn) PeerFinished() bool {
 // and only cost a syscall per connection. Close releases the socket.
 func (k *kernelConn) CloseRead() error { return nil }
 
-// WaitReadable blocks until a Read would not block (see tcpConn). It
-// peeks, because the runtime poller is edge-triggered: after a partial read
-// there may be data and no new event. After a partial read the peek costs
-// what the Read's own EAGAIN would have.
-func (k *kernelConn) WaitReadable() error {
-	return k.rc.Read(k.peekFn)
-}
-
 // NewKernelConn makes c (a kernel TCP socket: a client leg Handoff
-// returned) a Conn with what relays use of netstack's legs: WaitReadable,
+// returned) a Conn with what relays use of netstack's legs: ReadPooled,
 // PeerFinished, KernelTCP.
 func NewKernelConn(c *net.TCPConn) (Conn, error) { return newKernelConn(c) }
 

@@ -579,7 +579,7 @@ var (
 // message, once judged, then the rest. It returns the error that ended the
 // up direction, or nil when the client finished (or was refused).
 func (gf *guardFlow) serveUp() *halfError {
-	in := &clientInput{gf: gf}
+	in := &clientInput{gf: gf, pool: inspectBufs{size: gf.lim.InspectBytes}}
 	in.acquire()
 	defer in.release()
 	gf.in = in
@@ -701,22 +701,23 @@ func (in *clientInput) readIdle() *halfError {
 		return in.read()
 	}
 	in.release()
-	in.pool.size = in.gf.lim.InspectBytes
 	bp, n, err := pr.ReadPooled(&in.pool)
 	if bp == nil {
 		in.acquire() // the caller's checks want a buffer: only EOF or an error came
 		return in.note(err)
 	}
-	in.bp, in.buf = bp, (*bp)[:n:in.gf.lim.InspectBytes]
+	in.bp, in.buf = bp, (*bp)[:n]
 	return nil
 }
 
 // inspectBufs lends inspect buffers of size bytes to ReadPooled.
 type inspectBufs struct{ size int }
 
+// Get returns a buffer of length and capacity size: reads and appends
+// stop at limits.inspect_bytes even when the pooled array is larger.
 func (p *inspectBufs) Get() *[]byte {
 	bp := getInspectBuf(p.size)
-	*bp = (*bp)[:p.size]
+	*bp = (*bp)[:p.size:p.size]
 	return bp
 }
 
@@ -737,8 +738,8 @@ func (in *clientInput) waitEmpty() {
 
 // acquire gives in an empty pooled buffer of limits.inspect_bytes.
 func (in *clientInput) acquire() {
-	in.bp = getInspectBuf(in.gf.lim.InspectBytes)
-	in.buf = (*in.bp)[:0:in.gf.lim.InspectBytes]
+	in.bp = in.pool.Get()
+	in.buf = (*in.bp)[:0]
 }
 
 // consume drops the first n bytes (forwarded) and keeps the rest at the
