@@ -16,6 +16,9 @@
 //
 //	bench -variant netward= -variant 'no-offload=--offload=false'
 //
+// and a column may run another build: -variant 'before=@/tmp/netward.old'
+// puts a change's before and after side by side, taking turns each round.
+//
 // -relay adds a column for the cheapest relay that terminates flows at all
 // (relayColumn): the floor under what netward, which terminates every flow,
 // can cost. -proxies adds HAProxy and nginx as transparent SNI-filtering
@@ -46,9 +49,13 @@ import (
 
 // variant is one netward configuration under test (a table column).
 type variant struct {
-	name  string
-	args  []string // more flags for netward run
-	relay bool     // not netward: the reference relay (relayColumn, sockmapRelayColumn)
+	name string
+	args []string // more flags for netward run
+	// binary, if set, is this column's netward (-variant NAME=@PATH
+	// FLAGS): two builds side by side in one run, taking turns, where
+	// runs minutes apart differ more than the change under test.
+	binary string
+	relay  bool // not netward: the reference relay (relayColumn, sockmapRelayColumn)
 	// sockmap: the relay moves bytes with an eBPF sockmap, not splice.
 	sockmap bool
 	proxy   string // not netward: lab.HAProxy or lab.Nginx (proxyColumns)
@@ -66,7 +73,14 @@ func (v *variants) Set(s string) error {
 	if !ok || name == "" || name == kernelColumn || name == relayColumn || name == sockmapRelayColumn || slices.Contains(proxyKinds, name) {
 		return fmt.Errorf("want NAME=FLAGS (NAME not %q, %q or a proxy's), got %q", kernelColumn, relayColumn, s)
 	}
-	*v = append(*v, variant{name: name, args: strings.Fields(args)})
+	nv := variant{name: name, args: strings.Fields(args)}
+	if len(nv.args) > 0 && strings.HasPrefix(nv.args[0], "@") {
+		nv.binary, nv.args = nv.args[0][1:], nv.args[1:]
+		if _, err := os.Stat(nv.binary); err != nil {
+			return fmt.Errorf("variant %s: %w", name, err)
+		}
+	}
+	*v = append(*v, nv)
 	return nil
 }
 
@@ -132,7 +146,7 @@ func main() {
 	only := flag.String("only", "", "run only these `parts`, comma-separated: throughput (and latency), udp, churn, memory, flows, geneve")
 	rulesMode := flag.String("rules", "realistic", "rule file for every netward column: none, realistic (generated: 1,000 rules + 10,000 domains) or a `FILE`")
 	flag.IntVar(&b.rounds, "rounds", 1, "repeat the throughput, latency and churn measurements this many `times`, the columns taking turns each round, and report medians: kernel forwarding's own rate drifts between runs")
-	flag.Var(&b.variants, "variant", "netward column `NAME=FLAGS` (repeatable; default netward= with no extra flags)")
+	flag.Var(&b.variants, "variant", "netward column `NAME=FLAGS` (repeatable; default netward= with no extra flags); FLAGS starting with @PATH run that netward binary instead of -netward's, to compare two builds in one run")
 	proxies := flag.Bool("proxies", false, "add columns for HAProxy and nginx as transparent SNI-filtering proxies in the appliance (the bench's SNI allowed, others refused, other ports passed through in TCP mode) to throughput, latency and churn; installs the Debian packages if missing")
 	proxyList := flag.String("proxy", "", "add proxy columns, comma-separated: haproxy, nginx (-proxies: both)")
 	relaySockmap := flag.Bool("relay-sockmap", false, "add a column for the same relay moving bytes with an eBPF sockmap (sk_skb verdict redirect) instead of splice")
@@ -466,7 +480,11 @@ func (b *bench) start(l *benchLab, v *variant, what string) (*path, error) {
 		args = append(args, "--rules", b.rules.path)
 	}
 	var err error
-	p.nw, err = l.StartNetward(b.ctx, lab.NetwardOptions{Binary: b.netward, Args: append(args, v.args...)})
+	binary := b.netward
+	if v.binary != "" {
+		binary = v.binary
+	}
+	p.nw, err = l.StartNetward(b.ctx, lab.NetwardOptions{Binary: binary, Args: append(args, v.args...)})
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,11 @@
 package main
 
-import "testing"
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
 
 func TestRoundsMedianAndRatios(t *testing.T) {
 	b := &bench{}
@@ -30,5 +35,35 @@ func TestRoundsMedianAndRatios(t *testing.T) {
 	one.set("x", "µs", "netward", 2)
 	if rr := one.declare("x", "µs").roundRatios("netward"); rr != "" {
 		t.Errorf("one round: roundRatios = %q, want none", rr)
+	}
+}
+
+// TestVariantSet: -variant's NAME=FLAGS, with an optional @PATH binary
+// first, and the names it refuses.
+func TestVariantSet(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "netward.old")
+	if err := os.WriteFile(bin, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var v variants
+	for _, s := range []string{"netward=", "k=--tcp-accept=kernel --queues 2", "old=@" + bin + " --tcp-accept=kernel"} {
+		if err := v.Set(s); err != nil {
+			t.Fatalf("Set(%q): %v", s, err)
+		}
+	}
+	want := variants{
+		{name: "netward", args: []string{}},
+		{name: "k", args: []string{"--tcp-accept=kernel", "--queues", "2"}},
+		{name: "old", binary: bin, args: []string{"--tcp-accept=kernel"}},
+	}
+	for i := range want {
+		if v[i].name != want[i].name || v[i].binary != want[i].binary || !slices.Equal(v[i].args, want[i].args) {
+			t.Errorf("variant %d = %+v, want %+v", i, v[i], want[i])
+		}
+	}
+	for _, s := range []string{"noequals", "=x", "kernel=", "haproxy=", "old=@/nonexistent/netward"} {
+		if err := v.Set(s); err == nil {
+			t.Errorf("Set(%q) accepted", s)
+		}
 	}
 }
