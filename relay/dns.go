@@ -61,14 +61,8 @@ func (gf *guardFlow) serveDNS(in *clientInput) *halfError {
 			gf.g.Metrics.InspectError("dns")
 			return gf.invalid("dns", "DNS message not complete within limits.inspect_timeout", refuseReset)
 		}
-		var rerr *halfError
-		if gf.requests > 0 {
-			rerr = in.readIdle()
-		} else {
-			rerr = in.read()
-		}
-		if rerr != nil {
-			return rerr
+		if err := in.readNext(); err != nil {
+			return err
 		}
 	}
 }

@@ -622,7 +622,7 @@ type clientInput struct {
 	buf      []byte
 	eof      bool        // the client half-closed
 	timedOut bool        // the inspect deadline passed
-	pool     inspectBufs // readIdle's, in the flow's own memory: no allocation per read
+	pool     inspectBufs // readNext's, in the flow's own memory: no allocation per read
 }
 
 // read appends what the client sends next. A timeout sets timedOut, EOF
@@ -690,11 +690,14 @@ func (in *clientInput) release() {
 	}
 }
 
-// readIdle is read after a judged request, when the client may stay
-// silent for long (keep-alive): it waits holding no buffer if nothing is
-// held (waitEmpty), and from a kernel leg in one syscall per read
-// (ReadPooled), with no peek first.
-func (in *clientInput) readIdle() *halfError {
+// readNext is read for the next message of an HTTP or DNS flow. After a
+// judged request the client may stay silent for long (keep-alive): then it
+// waits holding no buffer if nothing is held (waitEmpty), and reads a
+// kernel leg in one syscall per read (ReadPooled), with no peek first.
+func (in *clientInput) readNext() *halfError {
+	if in.gf.requests == 0 {
+		return in.read()
+	}
 	pr, ok := in.gf.client.(pooledReader)
 	if !ok || in.bp == nil || len(in.buf) != 0 {
 		in.waitEmpty()
@@ -997,14 +1000,8 @@ func (gf *guardFlow) serveHTTP(in *clientInput) *halfError {
 			gf.g.Metrics.InspectError("http")
 			return gf.invalid("http", reason, refuseHTTP403)
 		}
-		var rerr *halfError
-		if gf.requests > 0 {
-			rerr = in.readIdle()
-		} else {
-			rerr = in.read()
-		}
-		if rerr != nil {
-			return rerr
+		if err := in.readNext(); err != nil {
+			return err
 		}
 	}
 }
