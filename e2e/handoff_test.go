@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -328,9 +329,28 @@ func (e *handoffEnv) checkStatusShowsKernelLeg(t *testing.T) {
 	done, out, ok := e.downloadInKernel(t, "20M")
 	if !ok {
 		t.Errorf("netward status never showed leg=kernel:\n%s", out)
+	} else {
+		checkKernelLegMSS(t, e.d)
 	}
 	runIn(e.d.lab.Client, "pkill", "-f", "limit-rate")
 	<-done
+}
+
+// checkKernelLegMSS: the appliance's socket towards the client of the
+// flow in the kernel (from the server's TLS port) sends full-size
+// segments: 1448 bytes on the lab's 1500-byte links with timestamps, not
+// the 524 of a socket that never learnt the client's MSS.
+func checkKernelLegMSS(t *testing.T, d *datapath) {
+	out := labtest.Run(t, d.lab.Appliance, "ss", "-tinH", "state", "established", "( sport = :"+strconv.Itoa(handoffTLSPort)+" )")
+	m := regexp.MustCompile(`\bmss:(\d+)`).FindAllStringSubmatch(out, -1)
+	if len(m) == 0 {
+		t.Errorf("no socket from port %d in the appliance:\n%s", handoffTLSPort, out)
+	}
+	for _, g := range m {
+		if n, _ := strconv.Atoi(g[1]); n < 1400 {
+			t.Errorf("a kernel leg to the client sends %s-byte segments, want ≥ 1400:\n%s", g[1], out)
+		}
+	}
 }
 
 // checkXferHandedOff is checkXfer for a flow whose data does not cross
@@ -348,8 +368,10 @@ func checkXferHandedOff(t *testing.T, d *datapath, handoffs func(testing.TB) flo
 			t.Fatal(err)
 		}
 		var r peer.XferResult
+		done := dumpIfSlow(t, d, peer.XferPort, 10*time.Second)
 		labtest.RunPeer(t, d.lab.Client, &r, "xfer", "-addr", d.appAddr(fam, peer.XferPort),
 			"-send", strconv.Itoa(send), "-recv", strconv.Itoa(recv))
+		done()
 		if r.Sent != int64(send) || r.ServerRecv != int64(send) || r.SentSHA != r.ServerRecvSHA || r.Recv != int64(recv) {
 			t.Errorf("IPv%s: sent %d (sha %s), server got %d (sha %s), received %d", fam, r.Sent, r.SentSHA, r.ServerRecv, r.ServerRecvSHA, r.Recv)
 		}
@@ -423,4 +445,37 @@ func grepLines(s, substr string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// dumpIfSlow logs the sockets of port in the client, appliance and
+// application namespaces (ss -tinmoe), their TCP counters (nstat) and
+// netward's handoff log lines if the transfer is still running after
+// after: a transfer of this size takes about a second, and the state of a
+// stalled one is what says why (a rare stall after a deferred handoff
+// under upload, not reproduced on demand). The returned func stops the
+// timer and waits for a dump in progress (t.Cleanup calls it too).
+func dumpIfSlow(t *testing.T, d *datapath, port int, after time.Duration) (done func()) {
+	stop, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		select {
+		case <-stop:
+			return
+		case <-time.After(after):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		p := strconv.Itoa(port)
+		for _, ns := range []*lab.NS{d.lab.Client, d.lab.Appliance, d.lab.App} {
+			out, err := ns.Run(ctx, "ss", "-tinmoe", "state", "all", "( sport = :"+p+" or dport = :"+p+" )")
+			t.Logf("still running after %v; %s: ss (%v):\n%s", after, ns.Name, err, out)
+			out, err = ns.Run(ctx, "nstat", "-az")
+			t.Logf("%s: nstat (%v):\n%s", ns.Name, err, grepLines(out, "Tcp"))
+		}
+		t.Logf("netward:\n%s", grepLines(d.nw.Log(), "handoff"))
+	}()
+	var once sync.Once
+	done = func() { once.Do(func() { close(stop); <-finished }) }
+	t.Cleanup(done) // also after a fatal failure in between
+	return done
 }

@@ -305,16 +305,24 @@ func repairSocket(st *tcpState, local, remote netip.AddrPort, mark uint32) (*net
 			return fail("TCP_QUEUE_SEQ", err)
 		}
 	}
-	if err := unix.Connect(fd, sockaddr(remote)); err != nil {
-		return fail("connect "+remote.String(), err)
-	}
-	opts := make([]unix.TCPRepairOpt, 0, 4)
 	// gVisor's MaxPayloadSize leaves room for the timestamp option; the
 	// kernel takes the peer's MSS and subtracts options itself.
 	mss := st.maxPayload
 	if st.ts {
 		mss += 12
 	}
+	// The segment size the socket sends with is fixed at connect, from
+	// the MSS it knows then: the 536 default, since TCP_REPAIR_OPTIONS
+	// comes after, and nothing recomputes it later. TCP_MAXSEG makes
+	// connect take the client's (without it every handed-off flow sent
+	// 524-byte segments to the client).
+	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_MAXSEG, mss); err != nil {
+		return fail("TCP_MAXSEG", err)
+	}
+	if err := unix.Connect(fd, sockaddr(remote)); err != nil {
+		return fail("connect "+remote.String(), err)
+	}
+	opts := make([]unix.TCPRepairOpt, 0, 4)
 	opts = append(opts, unix.TCPRepairOpt{Code: tcpoptMSS, Val: uint32(mss)})
 	if st.sndWndScale != 0 || st.rcvWndScale != 0 {
 		opts = append(opts, unix.TCPRepairOpt{Code: tcpoptWindow, Val: uint32(st.sndWndScale) | uint32(st.rcvWndScale)<<16})
