@@ -286,11 +286,6 @@ func repairSocket(st *tcpState, local, remote netip.AddrPort, mark uint32) (*net
 	if err := unix.SetsockoptInt(fd, level, transparent, 1); err != nil {
 		return fail("IP_TRANSPARENT", err)
 	}
-	if mark != 0 {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
-			return fail("SO_MARK", err)
-		}
-	}
 	if err := unix.Bind(fd, sockaddr(local)); err != nil {
 		return fail("bind "+local.String(), err)
 	}
@@ -322,6 +317,9 @@ func repairSocket(st *tcpState, local, remote netip.AddrPort, mark uint32) (*net
 	if err := unix.Connect(fd, sockaddr(remote)); err != nil {
 		return fail("connect "+remote.String(), err)
 	}
+	if repairConnected != nil {
+		repairConnected()
+	}
 	opts := make([]unix.TCPRepairOpt, 0, 4)
 	opts = append(opts, unix.TCPRepairOpt{Code: tcpoptMSS, Val: uint32(mss)})
 	if st.sndWndScale != 0 || st.rcvWndScale != 0 {
@@ -349,16 +347,49 @@ func repairSocket(st *tcpState, local, remote netip.AddrPort, mark uint32) (*net
 	if err := setsockoptBytes(fd, unix.TCP_REPAIR_WINDOW, unsafe.Pointer(&w), int(unsafe.Sizeof(w))); err != nil {
 		return fail("TCP_REPAIR_WINDOW", err)
 	}
+	// The socket is in the kernel's tables since connect, but the
+	// client's packets reach it only once it has the upstream mark (the
+	// socket-match rule restores and checks it, steer.upstreamPlan):
+	// until then they go to gVisor, silenced, and are never acknowledged,
+	// so the client sends them again. A socket that took them half made
+	// would have acknowledged bytes (and a FIN: TCP_REPAIR_OPTIONS then
+	// fails, EPERM) that nobody delivers if the handoff fails, and the
+	// flow would stall with the client waiting for an answer (seen in
+	// about one of 400 uploads that half-close at once).
+	lost := func(op string, err error) *HandoffError {
+		return &HandoffError{Reason: HandoffRepair, Err: fmt.Errorf("%s: %w", op, err), Lost: true}
+	}
+	if mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
+			return fail("SO_MARK", err)
+		}
+	}
+	// From here on the socket may have taken the client's bytes: a
+	// failure loses the flow.
 	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, tcpRepairOff); err != nil {
-		return fail("TCP_REPAIR off", err)
+		setLingerZero(fd)
+		unix.Close(fd)
+		return nil, lost("TCP_REPAIR off", err)
 	}
 	file := os.NewFile(uintptr(fd), "handoff "+remote.String())
 	nc, err := net.FileConn(file) // dups fd
-	file.Close()
 	if err != nil {
-		return nil, &HandoffError{Reason: HandoffRepair, Err: fmt.Errorf("FileConn: %w", err)}
+		setLingerZero(fd)
+		file.Close()
+		return nil, lost("FileConn", err)
 	}
+	file.Close()
 	return nc.(*net.TCPConn), nil
+}
+
+// repairConnected, when set (tests only), runs right after the repair
+// socket's connect: the moment it is in the kernel's tables.
+var repairConnected func()
+
+// setLingerZero makes the socket's close send an RST, so a client whose
+// bytes it took learns at once that the flow is gone.
+func setLingerZero(fd int) {
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}) // best effort: the close ends it anyway
 }
 
 func setsockoptBytes(fd, opt int, p unsafe.Pointer, n int) error {
