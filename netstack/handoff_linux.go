@@ -311,7 +311,8 @@ func repairSocket(st *tcpState, local, remote netip.AddrPort, mark uint32) (*net
 	// comes after, and nothing recomputes it later. TCP_MAXSEG makes
 	// connect take the client's (without it every handed-off flow sent
 	// 524-byte segments to the client).
-	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_MAXSEG, mss); err != nil {
+	// (The kernel takes at most 32767 there; only loopback has more.)
+	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_MAXSEG, min(mss, maxUserMSS)); err != nil {
 		return fail("TCP_MAXSEG", err)
 	}
 	if err := unix.Connect(fd, sockaddr(remote)); err != nil {
@@ -381,6 +382,9 @@ func repairSocket(st *tcpState, local, remote netip.AddrPort, mark uint32) (*net
 	file.Close()
 	return nc.(*net.TCPConn), nil
 }
+
+// maxUserMSS is the largest TCP_MAXSEG the kernel takes (MAX_TCP_WINDOW).
+const maxUserMSS = 32767
 
 // repairConnected, when set (tests only), runs right after the repair
 // socket's connect: the moment it is in the kernel's tables.
