@@ -126,11 +126,18 @@ func (gf *guardFlow) moveClientLeg(in *clientInput, inspectsOn bool) *kernelLegs
 			reason = he.Reason
 		}
 		g.Metrics.Handoff(reason)
-		if g.Log != nil {
+		lost := he != nil && he.Lost
+		switch {
+		case g.Log == nil:
+		case lost:
+			// Rare (the kernel refused a socket half way) and it costs a
+			// client its connection: worth an operator's eye.
+			g.Log.Warn("handoff: flow lost", "flow_id", gf.f.ID, "err", err)
+		default:
 			g.Log.Debug("handoff: flow stays in gVisor", "flow_id", gf.f.ID, "err", err)
 		}
-		if he != nil && he.Lost {
-			// The gVisor endpoint is gone already: nothing can carry
+		if lost {
+			// Neither gVisor's endpoint nor the kernel socket can carry
 			// the flow on.
 			gf.fail(&halfError{up: true, read: true, err: err})
 		}
