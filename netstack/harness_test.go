@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,6 +51,18 @@ type lab struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup // fromPeer goroutines
 	rwg     sync.WaitGroup // toPeers
+
+	// synRetransmits counts SYNs a peer sent again (same port, same
+	// sequence number): what a dropped SYN costs, told without a clock.
+	synMu          sync.Mutex
+	synSeen        map[synKey]bool
+	synRetransmits atomic.Int64
+}
+
+// synKey is one SYN: its source port and initial sequence number.
+type synKey struct {
+	port uint16
+	seq  uint32
 }
 
 type labOptions struct {
@@ -134,6 +147,40 @@ func (l *lab) peer(v4, v6 netip.Addr) (*stack.Stack, *channel.Endpoint) {
 	return s, ep
 }
 
+// noteSYN counts b (an IP packet a peer sends) in synRetransmits if it is
+// a SYN the peer sent before.
+func (l *lab) noteSYN(b []byte) {
+	var tcp header.TCP
+	switch {
+	case len(b) >= header.IPv4MinimumSize && header.IPVersion(b) == header.IPv4Version:
+		ip := header.IPv4(b)
+		if ip.Protocol() != uint8(header.TCPProtocolNumber) || len(b) < int(ip.HeaderLength())+header.TCPMinimumSize {
+			return
+		}
+		tcp = header.TCP(b[ip.HeaderLength():])
+	case len(b) >= header.IPv6MinimumSize+header.TCPMinimumSize && header.IPVersion(b) == header.IPv6Version:
+		if header.IPv6(b).NextHeader() != uint8(header.TCPProtocolNumber) {
+			return
+		}
+		tcp = header.TCP(b[header.IPv6MinimumSize:])
+	default:
+		return
+	}
+	if tcp.Flags() != header.TCPFlagSyn {
+		return
+	}
+	k := synKey{port: tcp.SourcePort(), seq: tcp.SequenceNumber()}
+	l.synMu.Lock()
+	if l.synSeen == nil {
+		l.synSeen = make(map[synKey]bool)
+	}
+	if l.synSeen[k] {
+		l.synRetransmits.Add(1)
+	}
+	l.synSeen[k] = true
+	l.synMu.Unlock()
+}
+
 // fromPeer moves packets a peer sends onto the wire toward netward.
 func (l *lab) fromPeer(ctx context.Context, ep *channel.Endpoint) {
 	defer l.wg.Done()
@@ -153,6 +200,11 @@ func (l *lab) fromPeer(ctx context.Context, ep *channel.Endpoint) {
 			buf = append(buf, s...)
 		}
 		pkt.DecRef()
+		if l.vnet {
+			l.noteSYN(buf[virtioNetHdrLen:])
+		} else {
+			l.noteSYN(buf)
+		}
 		unix.Write(l.wireFD, buf) // a full wire drops, like a link
 	}
 }

@@ -43,11 +43,14 @@ func TestClientPortReuseInTimeWait(t *testing.T) {
 			if string(b) != "hi" {
 				t.Fatalf("round %d: read %q, %v", i, b, err)
 			}
-			// A dropped SYN costs the client's 1 s retransmission timeout;
-			// the gate's wait is the rest of TIME_WAIT (DefaultTimeWait).
-			if took > 700*time.Millisecond {
-				t.Errorf("round %d: connect took %v: the SYN was not let through when TIME_WAIT ended", i, took)
-			}
+			// A dropped SYN costs the client's 1 s retransmission timeout
+			// and a second SYN (counted below, without a clock: a loaded
+			// machine slows everything); the gate's wait is the rest of
+			// TIME_WAIT (DefaultTimeWait).
+			t.Logf("round %d: connected in %v", i, took)
+		}
+		if n := l.synRetransmits.Load(); n != 0 {
+			t.Errorf("the client sent %d SYNs again: netward dropped a SYN instead of letting it through when TIME_WAIT ended", n)
 		}
 		if l.net.Stats().SynsHeld.Load() == 0 {
 			t.Errorf("no SYN was held: the test did not hit TIME_WAIT")
