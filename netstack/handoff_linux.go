@@ -272,7 +272,11 @@ func repairSocket(st *tcpState, local, remote netip.AddrPort, mark uint32) (*net
 	if !local.Addr().Is4() {
 		family, level, transparent = unix.AF_INET6, unix.SOL_IPV6, unix.IPV6_TRANSPARENT
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	// Blocking until net.FileConn's dup makes it nonblocking and gives
+	// that to the netpoller: os.NewFile would register a nonblocking fd
+	// too, only for the Close after FileConn to take it out again. Nothing
+	// here blocks: a connect in repair mode sends nothing.
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, &HandoffError{Reason: HandoffRepair, Err: fmt.Errorf("socket: %w", err)}
 	}
