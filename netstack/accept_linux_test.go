@@ -72,21 +72,8 @@ func TestCloseSilently(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("TCP_REPAIR needs CAP_NET_ADMIN (run as root)")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeSilently(s.(*net.TCPConn))
+	c, s := loopbackTCPPair(t)
+	closeSilently(s)
 	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("peer of a silently closed connection: read %v, want a timeout (no FIN, no RST)", err)

@@ -85,30 +85,36 @@ func TestTCPConnWaitReadable(t *testing.T) {
 // when the test ends.
 func kernelLoopbackPair(t *testing.T) (*kernelConn, *net.TCPConn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	raw, peer := loopbackTCPPair(t)
+	k, err := newKernelConn(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, peer
+}
+
+// loopbackTCPPair is a TCP connection on 127.0.0.1: its dialled end and
+// its accepted end, both closed when the test ends; the listener is gone
+// already. Sockets are made in the calling goroutine (a test that locked
+// its thread into a namespace gets them there).
+func loopbackTCPPair(t *testing.T) (dialled, accepted *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	peerc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		peerc <- c
-	}()
-	raw, err := net.Dial("tcp", ln.Addr().String())
+	c, err := net.Dial("tcp4", ln.Addr().String()) // the backlog completes it
 	if err != nil {
 		t.Fatal(err)
 	}
-	peer := <-peerc
-	if peer == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { peer.Close(); raw.Close() })
-	k, err := newKernelConn(raw.(*net.TCPConn))
+	t.Cleanup(func() { c.Close() })
+	s, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return k, peer.(*net.TCPConn)
+	t.Cleanup(func() { s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
 func TestKernelConnPeerFinished(t *testing.T) {

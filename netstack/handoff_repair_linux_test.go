@@ -53,23 +53,10 @@ func TestRepairSocketTakesNothingHalfMade(t *testing.T) {
 	}
 	run("ip", "link", "set", "lo", "up", "mtu", "1500") // a real link's MSS
 
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.Close() // the repair socket binds its address
+	client, server := loopbackTCPPair(t) // no listener left: the repair socket binds its address
 	local := netip.MustParseAddrPort(server.LocalAddr().String())
 	remote := netip.MustParseAddrPort(server.RemoteAddr().String())
-	st := repairedState(t, server.(*net.TCPConn))
+	st := repairedState(t, server)
 	server.Close() // in repair mode: no FIN, no RST
 
 	const mark = 0x4e59
@@ -84,7 +71,7 @@ func TestRepairSocketTakesNothingHalfMade(t *testing.T) {
 		if _, err := client.Write(upload); err != nil {
 			t.Errorf("client write: %v", err)
 		}
-		if err := client.(*net.TCPConn).CloseWrite(); err != nil {
+		if err := client.CloseWrite(); err != nil {
 			t.Errorf("client close write: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond) // loopback delivers in µs
