@@ -61,9 +61,9 @@ func TestRepairSocketTakesNothingHalfMade(t *testing.T) {
 
 	const mark = 0x4e59
 	port := strconv.Itoa(int(local.Port()))
-	run("iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "lo", "-p", "tcp", "--dport", port,
+	run("iptables", "-w", "-t", "mangle", "-A", "PREROUTING", "-i", "lo", "-p", "tcp", "--dport", port,
 		"-m", "socket", "--transparent", "--restore-skmark", "-m", "mark", "--mark", strconv.Itoa(mark), "-j", "ACCEPT")
-	run("iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "lo", "-p", "tcp", "--dport", port, "-j", "DROP")
+	run("iptables", "-w", "-t", "mangle", "-A", "PREROUTING", "-i", "lo", "-p", "tcp", "--dport", port, "-j", "DROP")
 
 	// The client uploads and half-closes while the socket is half made.
 	upload := bytes.Repeat([]byte("netward "), 512)
