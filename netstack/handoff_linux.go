@@ -361,29 +361,26 @@ func repairSocket(st *tcpState, local, remote netip.AddrPort, mark uint32) (*net
 	// fails, EPERM) that nobody delivers if the handoff fails, and the
 	// flow would stall with the client waiting for an answer (seen in
 	// about one of 400 uploads that half-close at once).
-	lost := func(op string, err error) *HandoffError {
-		return &HandoffError{Reason: HandoffRepair, Err: fmt.Errorf("%s: %w", op, err), Lost: true}
-	}
 	if mark != 0 {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
 			return fail("SO_MARK", err)
 		}
 	}
 	// From here on the socket may have taken the client's bytes: a
-	// failure loses the flow.
-	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, tcpRepairOff); err != nil {
-		setLingerZero(fd)
-		unix.Close(fd)
-		return nil, lost("TCP_REPAIR off", err)
+	// failure loses the flow, and the close resets the client.
+	file := os.NewFile(uintptr(fd), "handoff "+remote.String()) // owns fd now
+	defer file.Close()
+	lost := func(op string, err error) (*net.TCPConn, error) {
+		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}) // best effort: the close ends it anyway
+		return nil, &HandoffError{Reason: HandoffRepair, Err: fmt.Errorf("%s: %w", op, err), Lost: true}
 	}
-	file := os.NewFile(uintptr(fd), "handoff "+remote.String())
+	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, tcpRepairOff); err != nil {
+		return lost("TCP_REPAIR off", err)
+	}
 	nc, err := net.FileConn(file) // dups fd
 	if err != nil {
-		setLingerZero(fd)
-		file.Close()
-		return nil, lost("FileConn", err)
+		return lost("FileConn", err)
 	}
-	file.Close()
 	return nc.(*net.TCPConn), nil
 }
 
@@ -393,12 +390,6 @@ const maxUserMSS = 32767
 // repairConnected, when set (tests only), runs right after the repair
 // socket's connect: the moment it is in the kernel's tables.
 var repairConnected func()
-
-// setLingerZero makes the socket's close send an RST, so a client whose
-// bytes it took learns at once that the flow is gone.
-func setLingerZero(fd int) {
-	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}) // best effort: the close ends it anyway
-}
 
 func setsockoptBytes(fd, opt int, p unsafe.Pointer, n int) error {
 	_, _, errno := unix.Syscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_TCP, uintptr(opt), uintptr(p), uintptr(n), 0)

@@ -147,26 +147,14 @@ func (l *lab) peer(v4, v6 netip.Addr) (*stack.Stack, *channel.Endpoint) {
 	return s, ep
 }
 
-// noteSYN counts b (an IP packet a peer sends) in synRetransmits if it is
-// a SYN the peer sent before.
-func (l *lab) noteSYN(b []byte) {
-	var tcp header.TCP
-	switch {
-	case len(b) >= header.IPv4MinimumSize && header.IPVersion(b) == header.IPv4Version:
-		ip := header.IPv4(b)
-		if ip.Protocol() != uint8(header.TCPProtocolNumber) || len(b) < int(ip.HeaderLength())+header.TCPMinimumSize {
-			return
-		}
-		tcp = header.TCP(b[ip.HeaderLength():])
-	case len(b) >= header.IPv6MinimumSize+header.TCPMinimumSize && header.IPVersion(b) == header.IPv6Version:
-		if header.IPv6(b).NextHeader() != uint8(header.TCPProtocolNumber) {
-			return
-		}
-		tcp = header.TCP(b[header.IPv6MinimumSize:])
-	default:
+// noteSYN counts pkt, a packet a peer sends, in synRetransmits if it is a
+// SYN the peer sent before.
+func (l *lab) noteSYN(pkt *stack.PacketBuffer) {
+	if pkt.TransportProtocolNumber != header.TCPProtocolNumber {
 		return
 	}
-	if tcp.Flags() != header.TCPFlagSyn {
+	tcp := header.TCP(pkt.TransportHeader().Slice())
+	if len(tcp) < header.TCPMinimumSize || tcp.Flags() != header.TCPFlagSyn {
 		return
 	}
 	k := synKey{port: tcp.SourcePort(), seq: tcp.SequenceNumber()}
@@ -199,12 +187,8 @@ func (l *lab) fromPeer(ctx context.Context, ep *channel.Endpoint) {
 		for _, s := range pkt.AsSlices() {
 			buf = append(buf, s...)
 		}
+		l.noteSYN(pkt)
 		pkt.DecRef()
-		if l.vnet {
-			l.noteSYN(buf[virtioNetHdrLen:])
-		} else {
-			l.noteSYN(buf)
-		}
 		unix.Write(l.wireFD, buf) // a full wire drops, like a link
 	}
 }

@@ -127,14 +127,14 @@ func (gf *guardFlow) moveClientLeg(in *clientInput, inspectsOn bool) *kernelLegs
 		}
 		g.Metrics.Handoff(reason)
 		lost := he != nil && he.Lost
-		switch {
-		case g.Log == nil:
-		case lost:
-			// Rare (the kernel refused a socket half way) and it costs a
-			// client its connection: worth an operator's eye.
-			g.Log.Warn("handoff: flow lost", "flow_id", gf.f.ID, "err", err)
-		default:
-			g.Log.Debug("handoff: flow stays in gVisor", "flow_id", gf.f.ID, "err", err)
+		if g.Log != nil {
+			if lost {
+				// Rare (the kernel refused a socket half way) and it
+				// costs a client its connection: worth an operator's eye.
+				g.Log.Warn("handoff: flow lost", "flow_id", gf.f.ID, "err", err)
+			} else {
+				g.Log.Debug("handoff: flow stays in gVisor", "flow_id", gf.f.ID, "err", err)
+			}
 		}
 		if lost {
 			// Neither gVisor's endpoint nor the kernel socket can carry
