@@ -126,20 +126,17 @@ func (gf *guardFlow) moveClientLeg(in *clientInput, inspectsOn bool) *kernelLegs
 			reason = he.Reason
 		}
 		g.Metrics.Handoff(reason)
-		lost := he != nil && he.Lost
-		if g.Log != nil {
-			if lost {
-				// Rare (the kernel refused a socket half way) and it
-				// costs a client its connection: worth an operator's eye.
-				g.Log.Warn("handoff: flow lost", "flow_id", gf.f.ID, "err", err)
-			} else {
-				g.Log.Debug("handoff: flow stays in gVisor", "flow_id", gf.f.ID, "err", err)
-			}
-		}
-		if lost {
+		if he != nil && he.Lost {
 			// Neither gVisor's endpoint nor the kernel socket can carry
-			// the flow on.
+			// the flow on. Rare (the kernel refused a socket half way),
+			// and it costs a client its connection: worth an operator's
+			// eye.
+			if g.Log != nil {
+				g.Log.Warn("handoff: flow lost", "flow_id", gf.f.ID, "err", err)
+			}
 			gf.fail(&halfError{up: true, read: true, err: err})
+		} else if g.Log != nil {
+			g.Log.Debug("handoff: flow stays in gVisor", "flow_id", gf.f.ID, "err", err)
 		}
 		gf.resumeCopyDown()
 		return nil
