@@ -95,8 +95,12 @@ func (s *Stack) handleAccepted(c *net.TCPConn) {
 		abort(c)
 		return
 	}
-	f := &Flow{ID: s.nextID.Add(1), Client: client, Server: server, Start: time.Now()}
 	s.stats.FlowsAccepted.Add(1)
+	if s.replay != nil {
+		s.serveReplayed(c, replayKey{client, server})
+		return
+	}
+	f := &Flow{ID: s.nextID.Add(1), Client: client, Server: server, Start: time.Now()}
 	if !s.answered(c, s.admit(f)) {
 		return
 	}
@@ -116,6 +120,30 @@ func (s *Stack) handleAccepted(c *net.TCPConn) {
 		return
 	}
 	served = s.serveFlow(f, kc, up)
+}
+
+// serveReplayed serves the replayed flow whose client leg c is (SYN
+// replay: admitted and dialed already). A connection no replayed flow
+// waits for is reset: only SYNs netward replayed reach the listener.
+func (s *Stack) serveReplayed(c *net.TCPConn, k replayKey) {
+	rf := s.replay.accept(k)
+	if rf == nil {
+		s.stats.ReplayUnmatched.Add(1)
+		abort(c)
+		return
+	}
+	defer s.kernelSockets.Add(-1)
+	defer s.replay.end(k, rf, true)
+	served := false
+	defer s.abandonUnless(rf.flow, &served)
+	kc, err := newKernelConn(c)
+	if err != nil {
+		s.stats.ClientHandshakeFailures.Add(1)
+		abort(c)
+		abort(rf.server)
+		return
+	}
+	served = s.serveFlow(rf.flow, kc, rf.server)
 }
 
 // answered gives the client of an accepted connection what a refusal

@@ -33,6 +33,9 @@ type linkBase struct {
 	// datagrams takes the UDP packets; nil drops them. Set before the
 	// readers start.
 	datagrams DatagramHandler
+	// replay keeps a copy of each SYN (SYN replay); nil for none. Set
+	// before the readers start.
+	replay *synReplay
 	// quiet is the connections handed off to the kernel whose gVisor
 	// packets are dropped on the way out (Stack.Handoff).
 	quiet quietSet
@@ -131,8 +134,18 @@ func (b *linkBase) setDatagrams(h DatagramHandler) { b.datagrams = h }
 // gateHeld reports whether the SYN gate took pkt, a received TCP packet,
 // to deliver later (deliverHeld).
 func (b *linkBase) gateHeld(proto tcpip.NetworkProtocolNumber, pkt []byte) bool {
-	return b.gate != nil && isPureSYN(pkt, proto) && b.gate.hold(proto, pkt)
+	if !isPureSYN(pkt, proto) {
+		return false
+	}
+	if b.replay != nil && !b.replay.capture(proto, pkt) {
+		b.stats.SYNsNotCaptured.Add(1)
+	}
+	return b.gate != nil && b.gate.hold(proto, pkt)
 }
+
+// setReplay makes the readers keep each SYN for r; before the first
+// Attach.
+func (b *linkBase) setReplay(r *synReplay) { b.replay = r }
 
 // deliverHeld hands gVisor a packet the SYN gate held.
 func (b *linkBase) deliverHeld(proto tcpip.NetworkProtocolNumber, pkt []byte) {

@@ -101,6 +101,12 @@ type Options struct {
 	// so the flows never take the last descriptors the metrics listener,
 	// the admin socket and rule reloads need.
 	MaxKernelSockets int
+	// ReplaySYN answers an admitted flow's handshake with the kernel's
+	// transparent listener (ServeAccepted), after the server has
+	// answered, by writing the client's SYN back into the TUN (replay.go;
+	// steer's ReplaySYN rules). Needs UpstreamKernel; a flow that cannot
+	// have a kernel server leg is reset.
+	ReplaySYN bool
 	// wrapKernelDial, if set, wraps dialKernel (tests: create the socket
 	// in another network namespace).
 	wrapKernelDial func(func(context.Context, *Flow) (Conn, error)) func(context.Context, *Flow) (Conn, error)
@@ -138,6 +144,7 @@ type Stack struct {
 	link    tunLink
 	tx      *txQueue // in front of link; nil when every sender writes
 	gate    *synGate
+	replay  *synReplay // nil without Options.ReplaySYN
 	handler Handler
 	log     *slog.Logger
 	dialTO  time.Duration
@@ -306,6 +313,13 @@ func New(o Options) (*Stack, error) {
 	// The gate too: it must see the first SYN the readers deliver.
 	s.gate = newSYNGate(st, o.TimeWait, &s.stats, link.deliverHeld)
 	link.setGate(s.gate)
+	if o.ReplaySYN {
+		if !o.UpstreamKernel {
+			return fail(errors.New("netstack: SYN replay needs the kernel upstream leg"))
+		}
+		s.replay = newSYNReplay()
+		link.setReplay(s.replay)
+	}
 	link.setDatagrams(o.Datagrams)
 	// The forwarder is in place before the NIC exists: the NIC's readers
 	// start delivering packets as soon as it is created.
@@ -356,6 +370,7 @@ type tunLink interface {
 	failure() <-chan struct{}
 	failureReason() error
 	setGate(*synGate)
+	setReplay(*synReplay)
 	setDatagrams(DatagramHandler)
 	// writeDatagram writes one whole IP packet (checksums complete) to
 	// the TUN, for the kernel to route on.
@@ -441,6 +456,10 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		Start:  time.Now(),
 	}
 	s.newSYN(f)
+	if s.replay != nil && s.replayAgain(f) {
+		r.Complete(false)
+		return
+	}
 	if a := s.admit(f); a != AdmitAccept {
 		r.Complete(a == AdmitReset)
 		return
@@ -449,11 +468,21 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	defer s.abandonUnless(f, &served)
 
 	server, kernel, answer := s.dialAdmitted(f)
-	if kernel {
-		defer s.kernelSockets.Add(-1) // closed by now, by Serve or below
-	}
+	release := kernel
+	defer func() {
+		if release {
+			s.kernelSockets.Add(-1) // closed by now, by Serve or below
+		}
+	}()
 	if answer != AdmitAccept {
 		r.Complete(answer == AdmitReset)
+		return
+	}
+	if s.replay != nil && s.replaySYN(f, server) {
+		// The listener's accept serves it (or expiry ends it), and
+		// releases the kernel socket.
+		served, release = true, false
+		r.Complete(false)
 		return
 	}
 
@@ -567,6 +596,11 @@ func (s *Stack) dialUpstream(f *Flow) (c Conn, kernel bool, err error) {
 	}
 	if s.kernelSockets.Add(1) > s.maxKernel {
 		s.kernelSockets.Add(-1)
+		if s.replay != nil {
+			// gVisor's SYN to the server would meet the replay rule.
+			s.stats.ReplayNoSocket.Add(1)
+			return nil, false, errNoKernelSocket
+		}
 		s.stats.UpstreamFallbacks.Add(1)
 		c, err = s.dial(f)
 		return c, false, err
@@ -578,6 +612,10 @@ func (s *Stack) dialUpstream(f *Flow) (c Conn, kernel bool, err error) {
 		return c, true, nil // the caller releases the socket's slot
 	}
 	s.kernelSockets.Add(-1)
+	if outOfFiles(err) && s.replay != nil {
+		s.stats.ReplayNoSocket.Add(1)
+		return nil, false, errNoKernelSocket
+	}
 	if outOfFiles(err) {
 		s.stats.UpstreamFallbacks.Add(1)
 		c, err = s.dial(f)
@@ -609,8 +647,12 @@ func outOfFiles(err error) bool {
 }
 
 // isRefused reports whether err is the server refusing the connection (RST).
+// errNoKernelSocket: with SYN replay, no kernel socket is left for a
+// flow's server leg; the client is reset, as past max_flows.
+var errNoKernelSocket = errors.New("netstack: no kernel socket left for the server leg (SYN replay)")
+
 func isRefused(err error) bool {
-	if errors.Is(err, syscall.ECONNREFUSED) {
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, errNoKernelSocket) {
 		return true
 	}
 	var te *tcpipError
@@ -694,6 +736,11 @@ func (s *Stack) Shutdown(ctx context.Context) error {
 			s.flows[i].cancelDials()
 		}
 	})
+	if s.replay != nil {
+		for _, rf := range s.replay.waiting() {
+			s.endReplayed(rf)
+		}
+	}
 	for i := range s.flows {
 		shard := &s.flows[i]
 		shard.mu.Lock()

@@ -32,6 +32,19 @@ type Stats struct {
 	// sent (closed).
 	FlowsAccepted    atomic.Uint64
 	AcceptErrors     atomic.Uint64
+	// SYN replay (--tcp-accept replay): SYNsReplayed are SYNs netward
+	// wrote back into the TUN for the listener (a client's retransmitted
+	// SYN again); SYNsNotCaptured SYNs the link kept no copy of, whose
+	// flows took gVisor's handshake; ReplayUnmatched accepted connections
+	// with no replayed flow (reset); ReplayExpired replayed flows the
+	// listener never accepted (server leg closed); ReplayNoSocket
+	// admitted SYNs reset because no kernel socket was left for the
+	// server leg.
+	SYNsReplayed    atomic.Uint64
+	SYNsNotCaptured atomic.Uint64
+	ReplayUnmatched atomic.Uint64
+	ReplayExpired   atomic.Uint64
+	ReplayNoSocket  atomic.Uint64
 	FlowsAdmitted    atomic.Uint64 // SYNs the Handler accepted
 	FlowsReset       atomic.Uint64 // SYNs the Handler answered with RST
 	FlowsDropped     atomic.Uint64 // SYNs the Handler dropped

@@ -188,6 +188,12 @@ type Config struct {
 	// sockets by the kernel upstream leg's socket-match rule; TCP of no
 	// socket is steered into the TUN as before (gVisor resets it).
 	AcceptPort uint16
+	// ReplaySYN, with AcceptPort, keeps steering SYNs into the TUN, so
+	// netward admits a flow and dials its server before the client hears
+	// anything, and hands the listener only the SYNs that netward writes
+	// back into the TUN (netstack's SYN replay): a TPROXY rule for SYNs
+	// out of the TUN, instead of the one for forwarded SYNs.
+	ReplaySYN bool
 
 	// UDP steers forwarded UDP too (QUIC, DNS, everything else), with the
 	// kernel bypass below for flows netward has allowed.
@@ -324,6 +330,9 @@ func (c *Config) validate() error {
 	}
 	if c.AcceptPort != 0 && c.TransparentMark == 0 {
 		bad("accept port %d without a transparent mark: the kernel client leg needs the kernel upstream leg's rules", c.AcceptPort)
+	}
+	if c.ReplaySYN && c.AcceptPort == 0 {
+		bad("SYN replay without an accept port: the replayed SYNs go to the transparent listener")
 	}
 
 	return errors.Join(errs...)

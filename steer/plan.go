@@ -22,7 +22,7 @@ type chainPlan struct {
 func chainsPlan(c *Config, v6 bool) []chainPlan {
 	cps := iptablesPlan(c, v6)
 	if c.kernelUpstream() {
-		cps = append(cps, upstreamPlan(c)...)
+		cps = append(cps, upstreamPlan(c, v6)...)
 	}
 	return cps
 }
@@ -52,12 +52,30 @@ func chainsPlan(c *Config, v6 bool) []chainPlan {
 // request socket that the handshake's last ACK completes (which has no
 // mark to restore), and a TIME_WAIT, whose answer to a late segment is
 // the kernel's as for any connection. --nowildcard keeps listeners out.
-func upstreamPlan(c *Config) []chainPlan {
+func upstreamPlan(c *Config, v6 bool) []chainPlan {
 	tmark := fmt.Sprintf("%#x/%#x", c.TransparentMark, c.Mask)
 	match := []string{"!", "-i", c.TUN, "-p", "tcp", "-m", "socket", "--transparent", "--restore-skmark",
 		"-m", "mark", "--mark", fmt.Sprintf("%#x/%#x", c.UpstreamMark, c.Mask), "-j", "MARK", "--set-xmark", tmark}
 	if c.kernelAccept() {
 		match = []string{"!", "-i", c.TUN, "-p", "tcp", "-m", "socket", "--transparent", "--nowildcard", "-j", "MARK", "--set-xmark", tmark}
+	}
+	transparent := [][]string{
+		{"-p", "tcp", "--syn", "-j", "RETURN"},
+		// Only netward's own full sockets (their SO_MARK restored
+		// onto the packet): a TIME_WAIT socket of a flow handed
+		// off to the kernel would take the packets of a new
+		// connection on its tuple, whose handshake is in gVisor.
+		// Those go on to the TUN.
+		match,
+		{"-m", "mark", "--mark", tmark, "-j", "ACCEPT"},
+	}
+	if c.ReplaySYN {
+		// SYN replay: the only SYNs out of the TUN are those netward
+		// writes back for the listener (gVisor dials no server: the
+		// upstream leg is a kernel socket).
+		replay := []string{"-i", c.TUN, "-p", "tcp", "--syn", "-j", "TPROXY", "--on-port", strconv.Itoa(int(c.AcceptPort)),
+			"--on-ip", loopback(v6), "--tproxy-mark", tmark}
+		transparent = append([][]string{replay}, transparent...)
 	}
 	return []chainPlan{
 		{
@@ -74,18 +92,17 @@ func upstreamPlan(c *Config) []chainPlan {
 			chain: TransparentChain,
 			hook:  "PREROUTING",
 			jump:  []string{"-p", "tcp", "-j", TransparentChain},
-			rules: [][]string{
-				{"-p", "tcp", "--syn", "-j", "RETURN"},
-				// Only netward's own full sockets (their SO_MARK restored
-				// onto the packet): a TIME_WAIT socket of a flow handed
-				// off to the kernel would take the packets of a new
-				// connection on its tuple, whose handshake is in gVisor.
-				// Those go on to the TUN.
-				match,
-				{"-m", "mark", "--mark", tmark, "-j", "ACCEPT"},
-			},
+			rules: transparent,
 		},
 	}
+}
+
+// loopback is the transparent listener's address in a family.
+func loopback(v6 bool) string {
+	if v6 {
+		return "::1"
+	}
+	return "127.0.0.1"
 }
 
 // earlyDemuxMarker is the rule Install appends to the IPv4 UpstreamChain
@@ -192,16 +209,12 @@ func iptablesPlan(c *Config, v6 bool) []chainPlan {
 	if c.UDP {
 		mangle.rules = append(mangle.rules, udpBypassRules(c, v6)...)
 	}
-	if c.kernelAccept() {
+	if c.kernelAccept() && !c.ReplaySYN {
 		// The kernel client leg: a SYN becomes a connection to netward's
 		// listener (on-ip loopback: nothing else reaches it). The mark
 		// is the socket-match rule's, whose ip rule delivers locally.
-		lo := "127.0.0.1"
-		if v6 {
-			lo = "::1"
-		}
 		mangle.rules = append(mangle.rules, per("--syn", "-j", "TPROXY", "--on-port", strconv.Itoa(int(c.AcceptPort)),
-			"--on-ip", lo, "--tproxy-mark", fmt.Sprintf("%#x/%#x", c.TransparentMark, c.Mask))...)
+			"--on-ip", loopback(v6), "--tproxy-mark", fmt.Sprintf("%#x/%#x", c.TransparentMark, c.Mask))...)
 	}
 	mangle.rules = append(mangle.rules, per("-j", "MARK", "--set-xmark", c.markMask())...)
 	if c.UDP {

@@ -227,3 +227,55 @@ func TestPlanKernelAccept(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanReplaySYN: with SYN replay, forwarded SYNs are steered into the
+// TUN as without the kernel client leg (no TPROXY rule in the steering
+// chain), and the only TPROXY rule takes SYNs out of the TUN, first in the
+// transparent chain, before its rule that returns every other SYN; the
+// socket match takes any transparent socket (the handshake's request
+// socket has no mark).
+func TestPlanReplaySYN(t *testing.T) {
+	c := DefaultConfig()
+	c.TransparentMark, c.UpstreamMark = 0x4e58, 0x4e59
+	c.AcceptPort, c.ReplaySYN = 20100, true
+	if err := c.validate(); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	for _, v6 := range []bool{false, true} {
+		lo := "127.0.0.1"
+		if v6 {
+			lo = "::1"
+		}
+		var tproxies []string
+		var transparent *chainPlan
+		for _, cp := range chainsPlan(&c, v6) {
+			for _, r := range cp.rules {
+				if line := strings.Join(r, " "); strings.Contains(line, "TPROXY") {
+					tproxies = append(tproxies, cp.chain+": "+line)
+				}
+			}
+			if cp.chain == TransparentChain {
+				transparent = &cp
+			}
+		}
+		want := TransparentChain + ": -i " + c.TUN + " -p tcp --syn -j TPROXY --on-port 20100 --on-ip " + lo + " --tproxy-mark 0x4e58/0xffff"
+		if len(tproxies) != 1 || tproxies[0] != want {
+			t.Errorf("v6=%v: TPROXY rules %q; want only %q", v6, tproxies, want)
+		}
+		if transparent == nil || len(transparent.rules) < 3 {
+			t.Fatalf("v6=%v: transparent chain %v", v6, transparent)
+		}
+		if got := strings.Join(transparent.rules[1], " "); got != "-p tcp --syn -j RETURN" {
+			t.Errorf("v6=%v: second transparent rule %q; want the SYN RETURN", v6, got)
+		}
+		if got := strings.Join(transparent.rules[2], " "); !strings.Contains(got, "--nowildcard") || strings.Contains(got, "--restore-skmark") {
+			t.Errorf("v6=%v: socket match %q; want any transparent socket", v6, got)
+		}
+	}
+	bad := DefaultConfig()
+	bad.TransparentMark, bad.UpstreamMark = 0x4e58, 0x4e59
+	bad.ReplaySYN = true
+	if err := bad.validate(); err == nil || !strings.Contains(err.Error(), "SYN replay") {
+		t.Errorf("SYN replay without an accept port: validate() = %v", err)
+	}
+}

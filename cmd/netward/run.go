@@ -45,8 +45,8 @@ func runMain(args []string) int {
 	handoffAfterBytes := fs.Int64("handoff-after-bytes", 0, "with --handoff, relay a flow in gVisor until it has moved this many bytes (either way) or lived --handoff-after-age, and hand it off then, so short flows (a TLS handshake and one request) never switch; 0 hands off at the verdict (measured: short flows gain nothing by waiting, README)")
 	handoffAfterAge := fs.Duration("handoff-after-age", 200*time.Millisecond, "with --handoff-after-bytes, hand a flow off once it is this old even if it moved fewer bytes (a long interactive flow gets the kernel's latency); 0: bytes only")
 	handoff := fs.Bool("handoff", true, "after the verdict, move the client's connection of a flow that needs no more inspection (TLS after its ClientHello, protocols judged by their first bytes) from gVisor to a kernel socket (TCP_REPAIR) and splice it with the upstream socket in the kernel; needs --upstream kernel")
-	tcpAccept := fs.String("tcp-accept", "gvisor", "who answers a client's TCP handshake: gvisor (the SYN is steered into the TUN; netward answers only once the server has, and an early verdict refuses before any answer) or kernel (a TPROXY rule hands the SYN to a transparent kernel listener, so no packet of the flow crosses the TUN: a higher connection rate, at the price of a handshake completed before the verdict and the server's answer, as a proxy does; needs --upstream kernel; steer/doc.go)")
-	tcpAcceptPort := fs.Uint("tcp-accept-port", steer.DefaultAcceptPort, "the port of the transparent listener (--tcp-accept kernel), on 127.0.0.1 and ::1")
+	tcpAccept := fs.String("tcp-accept", "gvisor", "who answers a client's TCP handshake: gvisor (the SYN is steered into the TUN; netward answers only once the server has, and an early verdict refuses before any answer), replay (the same order, then netward writes the SYN back into the TUN for a transparent kernel listener, which answers: the client leg is a kernel socket from its first byte; needs --upstream kernel) or kernel (a TPROXY rule hands the SYN to that listener at once, so no packet of the flow crosses the TUN: a higher connection rate, at the price of a handshake completed before the verdict and the server's answer, as a proxy does; needs --upstream kernel; steer/doc.go)")
+	tcpAcceptPort := fs.Uint("tcp-accept-port", steer.DefaultAcceptPort, "the port of the transparent listener (--tcp-accept kernel or replay), on 127.0.0.1 and ::1")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: netward run [flags]\n\nSteers forwarded TCP into a TUN, terminates each flow and relays it\nwith the client's own address. Flags override the config file.\n\nflags:")
 		fs.PrintDefaults()
@@ -74,12 +74,12 @@ func runMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "netward run: --upstream %q is not gvisor or kernel\n", *upstream)
 		return 2
 	}
-	if *tcpAccept != "gvisor" && *tcpAccept != "kernel" {
-		fmt.Fprintf(os.Stderr, "netward run: --tcp-accept %q is not gvisor or kernel\n", *tcpAccept)
+	if *tcpAccept != "gvisor" && *tcpAccept != "kernel" && *tcpAccept != "replay" {
+		fmt.Fprintf(os.Stderr, "netward run: --tcp-accept %q is not gvisor, replay or kernel\n", *tcpAccept)
 		return 2
 	}
-	if *tcpAccept == "kernel" && (*upstream != "kernel" || cfg.Geneve.Enabled) {
-		fmt.Fprintln(os.Stderr, "netward run: --tcp-accept kernel needs --upstream kernel (and no --geneve): the accepted sockets' packets reach them by the kernel upstream leg's rules")
+	if *tcpAccept != "gvisor" && (*upstream != "kernel" || cfg.Geneve.Enabled) {
+		fmt.Fprintf(os.Stderr, "netward run: --tcp-accept %s needs --upstream kernel (and no --geneve): the accepted sockets' packets reach them by the kernel upstream leg's rules\n", *tcpAccept)
 		return 2
 	}
 	if *tcpAcceptPort == 0 || *tcpAcceptPort > 65535 {
@@ -104,8 +104,9 @@ func runMain(args []string) int {
 		return 0
 	}
 	dp := datapathOptions{queues: *queues, tunWriters: *tunWriters, tunDirectMax: *tunDirectMax, upstreamKernel: *upstream == "kernel", upstreamMark: uint32(*upstreamMark), handoff: *handoff, handoffHTTP: *handoffHTTP, handoffSockmap: *handoffSockmap, handoffAfterBytes: *handoffAfterBytes, handoffAfterAge: *handoffAfterAge}
-	if *tcpAccept == "kernel" {
+	if *tcpAccept != "gvisor" {
 		dp.acceptPort = uint16(*tcpAcceptPort)
+		dp.replaySYN = *tcpAccept == "replay"
 	}
 	// The kernel client leg has no gVisor fallback: its rules are needed.
 	dp.upstreamAsked = flagGiven(fs, "upstream") || dp.acceptPort != 0
@@ -190,8 +191,10 @@ type datapathOptions struct {
 	// --handoff-after-bytes, --handoff-after-age
 	handoffAfterBytes int64
 	handoffAfterAge   time.Duration
-	// acceptPort is --tcp-accept-port with --tcp-accept kernel, else 0.
+	// acceptPort is --tcp-accept-port with --tcp-accept kernel or
+	// replay, else 0; replaySYN is --tcp-accept replay.
 	acceptPort uint16
+	replaySYN  bool
 }
 
 // run brings the datapath up in the order that never blackholes a flow:
@@ -206,6 +209,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	if dp.upstreamKernel {
 		kernelUpstreamSteer(&sc, dp.upstreamMark)
 		sc.AcceptPort = dp.acceptPort
+		sc.ReplaySYN = dp.replaySYN
 	}
 	if err := steer.Preflight(sc); err != nil {
 		return fmt.Errorf("preflight: %w", err)
@@ -249,6 +253,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 
 		UpstreamKernel: dp.upstreamKernel,
 		UpstreamMark:   dp.upstreamMark,
+		ReplaySYN:      dp.replaySYN,
 	})
 	if err != nil {
 		tun.Close()
@@ -305,7 +310,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	svc.attach(st)
 	svc.health.SetCheck(datapathCheck(st.Failed(), st.Err, steering))
 	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files), "tun_writers", dp.tunWriters, "tun_direct_max", dp.tunDirectMax,
-		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "tcp_accept_port", dp.acceptPort, "handoff", svc.guard.Handoff != nil, "handoff_sockmap", svc.guard.SockMap != nil, "udp", cfg.UDP, "udp_bypass", cfg.UDP && cfg.UDPBypass, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
+		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "tcp_accept_port", dp.acceptPort, "syn_replay", dp.replaySYN, "handoff", svc.guard.Handoff != nil, "handoff_sockmap", svc.guard.SockMap != nil, "udp", cfg.UDP, "udp_bypass", cfg.UDP && cfg.UDPBypass, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
@@ -344,7 +349,7 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		"syn_drops_in_flight", st.SynDropsInFlight(),
 		"rx_packets", s.RxPackets.Load(), "tx_packets", s.TxPackets.Load(),
 		"tx_acks_delayed", s.TxAcksDelayed.Load(), "tx_acks_merged", s.TxAcksMerged.Load(),
-		"upstream_fallbacks", s.UpstreamFallbacks.Load(), "upstream_addr_busy_retries", s.DialAddrBusy.Load(), "tcp_accepted", s.FlowsAccepted.Load(), "syns_held_time_wait", s.SynsHeld.Load(),
+		"upstream_fallbacks", s.UpstreamFallbacks.Load(), "upstream_addr_busy_retries", s.DialAddrBusy.Load(), "tcp_accepted", s.FlowsAccepted.Load(), "syns_replayed", s.SYNsReplayed.Load(), "syns_not_captured", s.SYNsNotCaptured.Load(), "syns_held_time_wait", s.SynsHeld.Load(),
 		"udp_datagrams", s.RxUDPPackets.Load(), "udp_flows", svc.udp.Stats().FlowsStarted.Load(), "udp_bypassed", svc.udp.Stats().Bypassed.Load())
 	return errors.Join(errs...)
 }
@@ -385,6 +390,26 @@ func serveAccepted(st *netstack.Stack, sc steer.Config, svc *services, log *slog
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netward_tcp_accept_errors_total",
 			Help: "Failed accepts of the kernel client leg's listener, and connections to it that no TPROXY rule sent (closed)."},
 			func() float64 { return float64(stats.AcceptErrors.Load()) }))
+	if sc.ReplaySYN {
+		reg := svc.metrics.Registry()
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netward_syn_replayed_total",
+			Help: "SYNs of admitted flows netward wrote back into the TUN for the kernel's listener (--tcp-accept replay), client retransmissions included."},
+			func() float64 { return float64(stats.SYNsReplayed.Load()) }))
+		for _, r := range []struct {
+			reason string
+			n      func() uint64
+		}{
+			{"not_captured", stats.SYNsNotCaptured.Load}, // the flow took gVisor's handshake
+			{"unmatched", stats.ReplayUnmatched.Load},    // accepted, no replayed flow: reset
+			{"expired", stats.ReplayExpired.Load},        // never accepted: server leg closed
+			{"no_socket", stats.ReplayNoSocket.Load},     // no kernel socket for the server leg: reset
+		} {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netward_syn_replay_failures_total",
+				Help:        "SYN replay's failures by reason: not_captured (the flow took gVisor's handshake), unmatched (an accepted connection with no replayed flow: reset), expired (never accepted: the server leg was closed), no_socket (no kernel socket left for the server leg: reset).",
+				ConstLabels: prometheus.Labels{"reason": r.reason}},
+				func() float64 { return float64(r.n()) }))
+		}
+	}
 	return nil
 }
 

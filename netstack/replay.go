@@ -1,0 +1,293 @@
+package netstack
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// SYN replay (netward run --tcp-accept replay): the client's SYN is
+// steered into the TUN as for gVisor's handshake, so netward admits the
+// flow and dials its server before the client hears anything (a closed
+// port answers RST, an early verdict refuses before any answer, a crash
+// leaves the fail mode in charge). Instead of a gVisor endpoint, netward
+// then writes the client's own SYN back into the TUN, where steer's TPROXY
+// rule for SYNs out of the TUN hands it to the transparent listener: the
+// kernel answers the handshake, and the client leg is a kernel socket from
+// its SYN-ACK on, as with --tcp-accept kernel. ServeAccepted pairs the
+// accepted socket with the dialed server by the 4-tuple.
+//
+// The link keeps a copy of each SYN it reads (capture) for handleSYN,
+// which only sees gVisor's parsed request. A flow whose SYN was not kept
+// (the table was full, or the SYN too long) takes gVisor's handshake.
+
+// replayKey is a flow's 4-tuple.
+type replayKey struct{ client, server netip.AddrPort }
+
+const (
+	replayShards = 64
+	// maxCapturedPerShard bounds the SYN copies that wait for handleSYN
+	// in each shard (a SYN gVisor dropped, max_half_open, leaves one).
+	maxCapturedPerShard = 1024
+	// capturedTTL: older copies are swept when a shard is full.
+	capturedTTL = 5 * time.Second
+	// maxSYNLen holds an IPv4 SYN with full IP and TCP options, or an
+	// IPv6 one without extension headers.
+	maxSYNLen = 120
+)
+
+// capturedSYN is a copy of a SYN as read from the TUN, its TCP checksum
+// completed (a packet the kernel left to offload has a partial one).
+type capturedSYN struct {
+	n  uint8
+	b  [maxSYNLen]byte
+	at time.Time
+}
+
+func (c *capturedSYN) bytes() []byte { return c.b[:c.n] }
+
+// replayedFlow is an admitted flow whose SYN netward replayed, with its
+// server leg, until the listener accepts its client leg (or expiry) and
+// then while it is served, so that a SYN the client sends again is
+// replayed, not dialed a second time.
+type replayedFlow struct {
+	flow     *Flow
+	server   Conn
+	syn      capturedSYN
+	expiry   *time.Timer
+	accepted bool
+}
+
+type replayShard struct {
+	mu    sync.Mutex
+	syns  map[replayKey]capturedSYN
+	flows map[replayKey]*replayedFlow
+}
+
+// synReplay is the SYN copies and the replayed flows, sharded by tuple.
+type synReplay struct {
+	shards [replayShards]replayShard
+}
+
+func newSYNReplay() *synReplay {
+	r := &synReplay{}
+	for i := range r.shards {
+		r.shards[i].syns = make(map[replayKey]capturedSYN)
+		r.shards[i].flows = make(map[replayKey]*replayedFlow)
+	}
+	return r
+}
+
+func (r *synReplay) shard(k replayKey) *replayShard {
+	h := uint(k.client.Port())*31 + uint(k.server.Port())
+	if k.client.Addr().Is4() {
+		a := k.client.Addr().As4()
+		h += uint(a[3])
+	} else {
+		a := k.client.Addr().As16()
+		h += uint(a[15])
+	}
+	return &r.shards[h%replayShards]
+}
+
+// capture keeps a copy of b, a pure SYN read from the TUN (isPureSYN). It
+// reports false when it could not (counted by the caller).
+func (r *synReplay) capture(proto tcpip.NetworkProtocolNumber, b []byte) bool {
+	if len(b) > maxSYNLen {
+		return false
+	}
+	var c capturedSYN
+	c.n = uint8(len(b))
+	copy(c.b[:], b)
+	p := c.b[:c.n]
+	var src, dst tcpip.Address
+	off := header.IPv6MinimumSize
+	if proto == header.IPv4ProtocolNumber {
+		ip := header.IPv4(p)
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+		off = int(ip.HeaderLength())
+		if int(ip.TotalLength()) != len(p) {
+			return false
+		}
+	} else {
+		ip := header.IPv6(p)
+		if ip.NextHeader() != uint8(header.TCPProtocolNumber) || int(ip.PayloadLength())+header.IPv6MinimumSize != len(p) {
+			return false // extension headers, or padding
+		}
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	}
+	t := header.TCP(p[off:])
+	if int(t.DataOffset()) > len(t) || int(t.DataOffset()) < header.TCPMinimumSize {
+		return false
+	}
+	t.SetChecksum(0)
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(t)))
+	t.SetChecksum(^checksum.Checksum(t, xsum))
+	k := replayKey{
+		client: netip.AddrPortFrom(toAddr(src), t.SourcePort()),
+		server: netip.AddrPortFrom(toAddr(dst), t.DestinationPort()),
+	}
+	c.at = time.Now()
+	sh := r.shard(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if _, ok := sh.syns[k]; !ok && len(sh.syns) >= maxCapturedPerShard {
+		for old, oc := range sh.syns {
+			if c.at.Sub(oc.at) > capturedTTL {
+				delete(sh.syns, old)
+			}
+		}
+		if len(sh.syns) >= maxCapturedPerShard {
+			return false
+		}
+	}
+	sh.syns[k] = c
+	return true
+}
+
+// replayed is the flow netward already replayed the SYN of on k, if any,
+// with the SYN to write again: the client's newest, else the first.
+func (r *synReplay) replayed(k replayKey) (syn capturedSYN, ok bool) {
+	sh := r.shard(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	rf, ok := sh.flows[k]
+	if !ok {
+		return syn, false
+	}
+	if c, captured := sh.syns[k]; captured {
+		delete(sh.syns, k)
+		return c, true
+	}
+	return rf.syn, true
+}
+
+// start enters f, dialed to server, as replayed, with the SYN captured
+// for it, which it returns for the caller to write. expire runs if no
+// accept takes the flow within timeout. It reports false when no SYN of
+// f was captured.
+func (r *synReplay) start(f *Flow, server Conn, timeout time.Duration, expire func(*replayedFlow)) (*replayedFlow, bool) {
+	k := replayKey{f.Client, f.Server}
+	sh := r.shard(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	c, ok := sh.syns[k]
+	if !ok {
+		return nil, false
+	}
+	delete(sh.syns, k)
+	rf := &replayedFlow{flow: f, server: server, syn: c}
+	rf.expiry = time.AfterFunc(timeout, func() {
+		if r.end(k, rf, false) {
+			expire(rf)
+		}
+	})
+	sh.flows[k] = rf
+	return rf, true
+}
+
+// accept takes the replayed flow of k for its accepted client leg.
+func (r *synReplay) accept(k replayKey) *replayedFlow {
+	sh := r.shard(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	rf := sh.flows[k]
+	if rf == nil || rf.accepted {
+		return nil
+	}
+	rf.accepted = true
+	rf.expiry.Stop()
+	return rf
+}
+
+// end removes rf. With accepted false it reports whether rf was still
+// waiting for its accept (the caller then closes its server leg); with
+// true, rf's flow has ended.
+func (r *synReplay) end(k replayKey, rf *replayedFlow, accepted bool) bool {
+	sh := r.shard(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.flows[k] != rf || rf.accepted != accepted {
+		return false
+	}
+	delete(sh.flows, k)
+	return true
+}
+
+// waiting removes and returns every flow still waiting for its accept
+// (Shutdown closes them).
+func (r *synReplay) waiting() []*replayedFlow {
+	var out []*replayedFlow
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		for k, rf := range sh.flows {
+			if !rf.accepted {
+				rf.expiry.Stop()
+				delete(sh.flows, k)
+				out = append(out, rf)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return out
+}
+
+// replaySYN writes the captured SYN of f, admitted and dialed to server,
+// back into the TUN for the transparent listener. It reports false, with
+// nothing changed, when no copy of the SYN was kept or the write failed:
+// the caller completes the handshake in gVisor instead.
+func (s *Stack) replaySYN(f *Flow, server Conn) bool {
+	rf, ok := s.replay.start(f, server, s.dialTO, s.expireReplayed)
+	if !ok {
+		return false
+	}
+	if err := s.link.writeDatagram(rf.syn.bytes()); err != nil {
+		if s.replay.end(replayKey{f.Client, f.Server}, rf, false) {
+			rf.expiry.Stop()
+		}
+		s.log.Debug("SYN replay: write failed; gVisor answers the handshake", "flow_id", f.ID, "error", err)
+		return false
+	}
+	s.stats.SYNsReplayed.Add(1)
+	return true
+}
+
+// replayAgain replays the SYN of f's tuple again if a flow on it was
+// replayed already (the client sent its SYN again: the first replay was
+// lost, or the SYN-ACK is on its way): the kernel answers it from the
+// connection it has, and the server is not dialed twice.
+func (s *Stack) replayAgain(f *Flow) bool {
+	syn, ok := s.replay.replayed(replayKey{f.Client, f.Server})
+	if !ok {
+		return false
+	}
+	if err := s.link.writeDatagram(syn.bytes()); err != nil {
+		s.log.Debug("SYN replay: write failed", "flow_id", f.ID, "error", err)
+		return true
+	}
+	s.stats.SYNsReplayed.Add(1)
+	return true
+}
+
+// expireReplayed ends a replayed flow whose client leg the listener never
+// accepted (the client went away, or its handshake failed).
+func (s *Stack) expireReplayed(rf *replayedFlow) {
+	s.stats.ReplayExpired.Add(1)
+	s.endReplayed(rf)
+}
+
+// endReplayed closes an unaccepted replayed flow's server leg and gives
+// its kernel socket and its Admit back.
+func (s *Stack) endReplayed(rf *replayedFlow) {
+	s.stats.ClientHandshakeFailures.Add(1)
+	abort(rf.server)
+	s.kernelSockets.Add(-1)
+	if a, ok := s.handler.(Abandoner); ok {
+		a.Abandon(rf.flow)
+	}
+}
