@@ -30,8 +30,8 @@ type Stats struct {
 	// (ServeAccepted: --tcp-accept kernel), before Admit; AcceptErrors
 	// failed accepts and connections to the listener that no TPROXY rule
 	// sent (closed).
-	FlowsAccepted    atomic.Uint64
-	AcceptErrors     atomic.Uint64
+	FlowsAccepted atomic.Uint64
+	AcceptErrors  atomic.Uint64
 	// SYN replay (--tcp-accept replay): SYNsReplayed are SYNs netward
 	// wrote back into the TUN for the listener (a client's retransmitted
 	// SYN again); SYNsNotCaptured SYNs the link kept no copy of, whose
@@ -40,11 +40,11 @@ type Stats struct {
 	// listener never accepted (server leg closed); ReplayNoSocket
 	// admitted SYNs reset because no kernel socket was left for the
 	// server leg.
-	SYNsReplayed    atomic.Uint64
-	SYNsNotCaptured atomic.Uint64
-	ReplayUnmatched atomic.Uint64
-	ReplayExpired   atomic.Uint64
-	ReplayNoSocket  atomic.Uint64
+	SYNsReplayed     atomic.Uint64
+	SYNsNotCaptured  atomic.Uint64
+	ReplayUnmatched  atomic.Uint64
+	ReplayExpired    atomic.Uint64
+	ReplayNoSocket   atomic.Uint64
 	FlowsAdmitted    atomic.Uint64 // SYNs the Handler accepted
 	FlowsReset       atomic.Uint64 // SYNs the Handler answered with RST
 	FlowsDropped     atomic.Uint64 // SYNs the Handler dropped
