@@ -47,7 +47,7 @@ func TestTCPAcceptReplay(t *testing.T) {
 	failures := func(t testing.TB) float64 {
 		m := e.metrics(t)
 		n := 0.0
-		for _, r := range []string{"not_captured", "unmatched", "expired", "no_socket"} {
+		for _, r := range []string{"not_captured", "unmatched", "expired", "no_socket", "half_open"} {
 			n += metricValue(m, `netward_syn_replay_failures_total{reason="`+r+`"}`)
 		}
 		return n

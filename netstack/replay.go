@@ -3,6 +3,7 @@ package netstack
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -71,6 +72,9 @@ type replayShard struct {
 // synReplay is the SYN copies and the replayed flows, sharded by tuple.
 type synReplay struct {
 	shards [replayShards]replayShard
+	// waitingN is the replayed flows the listener has not accepted yet:
+	// handshakes in progress, bounded like gVisor's (MaxInFlight).
+	waitingN atomic.Int64
 }
 
 func newSYNReplay() *synReplay {
@@ -187,6 +191,7 @@ func (r *synReplay) start(f *Flow, server Conn, timeout time.Duration, expire fu
 		}
 	})
 	sh.flows[k] = rf
+	r.waitingN.Add(1)
 	return rf, true
 }
 
@@ -201,6 +206,7 @@ func (r *synReplay) accept(k replayKey) *replayedFlow {
 	}
 	rf.accepted = true
 	rf.expiry.Stop()
+	r.waitingN.Add(-1)
 	return rf
 }
 
@@ -215,6 +221,9 @@ func (r *synReplay) end(k replayKey, rf *replayedFlow, accepted bool) bool {
 		return false
 	}
 	delete(sh.flows, k)
+	if !accepted {
+		r.waitingN.Add(-1)
+	}
 	return true
 }
 
@@ -229,6 +238,7 @@ func (r *synReplay) waiting() []*replayedFlow {
 			if !rf.accepted {
 				rf.expiry.Stop()
 				delete(sh.flows, k)
+				r.waitingN.Add(-1)
 				out = append(out, rf)
 			}
 		}

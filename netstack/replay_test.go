@@ -82,8 +82,14 @@ func TestSYNReplayLifecycle(t *testing.T) {
 	if got, ok := r.replayed(k); !ok || !bytes.Equal(got.bytes(), syn) {
 		t.Errorf("replayed with no new copy: %v, %v; want the first SYN", got.bytes(), ok)
 	}
+	if n := r.waitingN.Load(); n != 1 {
+		t.Errorf("%d flows waiting for their accept, want 1", n)
+	}
 	if r.accept(k) != rf || r.accept(k) != nil {
 		t.Error("accept did not take the flow exactly once")
+	}
+	if n := r.waitingN.Load(); n != 0 {
+		t.Errorf("after the accept, %d flows waiting, want 0", n)
 	}
 	if r.end(k, rf, false) {
 		t.Error("end(accepted=false) removed an accepted flow")
@@ -118,6 +124,9 @@ func TestSYNReplayLifecycle(t *testing.T) {
 	}
 	if expired.Load() != 1 {
 		t.Errorf("expire ran %d times", expired.Load())
+	}
+	if n := r.waitingN.Load(); n != 0 {
+		t.Errorf("after expiry and Shutdown, %d flows waiting, want 0", n)
 	}
 
 	// A full shard: keys whose server port differs by a multiple of

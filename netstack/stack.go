@@ -140,15 +140,18 @@ type Options struct {
 
 // Stack is the gVisor stack that terminates forwarded TCP flows.
 type Stack struct {
-	stack   *stack.Stack
-	link    tunLink
-	tx      *txQueue // in front of link; nil when every sender writes
-	gate    *synGate
-	replay  *synReplay // nil without Options.ReplaySYN
-	handler Handler
-	log     *slog.Logger
-	dialTO  time.Duration
-	stats   Stats
+	stack  *stack.Stack
+	link   tunLink
+	tx     *txQueue // in front of link; nil when every sender writes
+	gate   *synGate
+	replay *synReplay // nil without Options.ReplaySYN
+	// maxHalfOpen is Options.MaxInFlight: with SYN replay, it bounds the
+	// replayed flows whose handshake is in the kernel's hands too.
+	maxHalfOpen int
+	handler     Handler
+	log         *slog.Logger
+	dialTO      time.Duration
+	stats       Stats
 
 	upstreamKernel atomic.Bool
 	upstreamMark   uint32
@@ -229,6 +232,7 @@ func New(o Options) (*Stack, error) {
 		done:    make(chan struct{}),
 
 		upstreamMark: o.UpstreamMark,
+		maxHalfOpen:  o.MaxInFlight,
 	}
 	s.destroyer.fd = -1
 	for i := range s.flows {
@@ -457,6 +461,13 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	}
 	s.newSYN(f)
 	if s.replay != nil && s.replayAgain(f) {
+		r.Complete(false)
+		return
+	}
+	if s.replay != nil && s.replay.waitingN.Load() >= int64(s.maxHalfOpen) {
+		// As gVisor's forwarder past MaxInFlight: the client's SYN
+		// is dropped (it sends it again), nothing is dialed.
+		s.stats.ReplayHalfOpenDrops.Add(1)
 		r.Complete(false)
 		return
 	}

@@ -39,18 +39,20 @@ type Stats struct {
 	// with no replayed flow (reset); ReplayExpired replayed flows the
 	// listener never accepted (server leg closed); ReplayNoSocket
 	// admitted SYNs reset because no kernel socket was left for the
-	// server leg.
-	SYNsReplayed     atomic.Uint64
-	SYNsNotCaptured  atomic.Uint64
-	ReplayUnmatched  atomic.Uint64
-	ReplayExpired    atomic.Uint64
-	ReplayNoSocket   atomic.Uint64
-	FlowsAdmitted    atomic.Uint64 // SYNs the Handler accepted
-	FlowsReset       atomic.Uint64 // SYNs the Handler answered with RST
-	FlowsDropped     atomic.Uint64 // SYNs the Handler dropped
-	FlowsRefused     atomic.Uint64 // upstream answered RST: client got RST
-	FlowsUnreachable atomic.Uint64 // upstream never answered / unreachable: client got nothing
-	FlowsServed      atomic.Uint64 // both legs up, handed to Serve
+	// server leg; ReplayHalfOpenDrops SYNs dropped while MaxInFlight
+	// replayed flows waited for their accept.
+	SYNsReplayed        atomic.Uint64
+	SYNsNotCaptured     atomic.Uint64
+	ReplayUnmatched     atomic.Uint64
+	ReplayExpired       atomic.Uint64
+	ReplayNoSocket      atomic.Uint64
+	ReplayHalfOpenDrops atomic.Uint64
+	FlowsAdmitted       atomic.Uint64 // SYNs the Handler accepted
+	FlowsReset          atomic.Uint64 // SYNs the Handler answered with RST
+	FlowsDropped        atomic.Uint64 // SYNs the Handler dropped
+	FlowsRefused        atomic.Uint64 // upstream answered RST: client got RST
+	FlowsUnreachable    atomic.Uint64 // upstream never answered / unreachable: client got nothing
+	FlowsServed         atomic.Uint64 // both legs up, handed to Serve
 	// ClientHandshakeFailures are flows whose server connected but whose
 	// client did not complete the handshake (it reset, or never
 	// answered the SYN-ACK): the client got a reset, the server's

@@ -399,13 +399,14 @@ func serveAccepted(st *netstack.Stack, sc steer.Config, svc *services, log *slog
 			reason string
 			n      func() uint64
 		}{
-			{"not_captured", stats.SYNsNotCaptured.Load}, // the flow took gVisor's handshake
-			{"unmatched", stats.ReplayUnmatched.Load},    // accepted, no replayed flow: reset
-			{"expired", stats.ReplayExpired.Load},        // never accepted: server leg closed
-			{"no_socket", stats.ReplayNoSocket.Load},     // no kernel socket for the server leg: reset
+			{"not_captured", stats.SYNsNotCaptured.Load},  // the flow took gVisor's handshake
+			{"unmatched", stats.ReplayUnmatched.Load},     // accepted, no replayed flow: reset
+			{"expired", stats.ReplayExpired.Load},         // never accepted: server leg closed
+			{"no_socket", stats.ReplayNoSocket.Load},      // no kernel socket for the server leg: reset
+			{"half_open", stats.ReplayHalfOpenDrops.Load}, // max_half_open handshakes in the kernel: SYN dropped
 		} {
 			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netward_syn_replay_failures_total",
-				Help:        "SYN replay's failures by reason: not_captured (the flow took gVisor's handshake), unmatched (an accepted connection with no replayed flow: reset), expired (never accepted: the server leg was closed), no_socket (no kernel socket left for the server leg: reset).",
+				Help:        "SYN replay's failures by reason: not_captured (the flow took gVisor's handshake), unmatched (an accepted connection with no replayed flow: reset), expired (never accepted: the server leg was closed), no_socket (no kernel socket left for the server leg: reset), half_open (limits.max_half_open handshakes waiting in the kernel: SYN dropped).",
 				ConstLabels: prometheus.Labels{"reason": r.reason}},
 				func() float64 { return float64(r.n()) }))
 		}

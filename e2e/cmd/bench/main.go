@@ -562,6 +562,10 @@ func (p *path) health() error {
 		note += fmt.Sprintf("; kernel upstream sockets %.0f, fallbacks to the gVisor leg %.0f",
 			m.value("netward_upstream_kernel_sockets", nil), m.value("netward_upstream_fallbacks_total", nil))
 	}
+	if replayed := m.value("netward_syn_replayed_total", nil); replayed > 0 {
+		note += fmt.Sprintf("; SYNs replayed %.0f, accepted %.0f, replay failures %s", replayed,
+			m.value("netward_tcp_accepted_total", nil), counts(m.by("netward_syn_replay_failures_total", "reason")))
+	}
 	if logged := loggedProblems(p.nw.Log()); logged != "" {
 		note += "; logged " + logged
 	}
