@@ -104,6 +104,11 @@ func TestNetwardVariants(t *testing.T) {
 		{"TCPAcceptKernel", func(l *lab.Lab) lab.NetwardOptions {
 			return lab.NetwardOptions{Args: []string{"--tcp-accept", "kernel"}}
 		}, `"tcp_accept_port":20057`, append(basic, "Iperf3", "ServerFirst", "PortReuse", "Concurrent1000", "Ping")},
+		// SYN replay: the SYN through the TUN and back out to the
+		// listener (TestTCPAcceptReplay has the rest).
+		{"TCPAcceptReplay", func(l *lab.Lab) lab.NetwardOptions {
+			return lab.NetwardOptions{Args: []string{"--tcp-accept", "replay"}}
+		}, `"syn_replay":true`, append(basic, "Iperf3", "ServerFirst", "ClosedPortRefused", "PortReuse", "Concurrent1000", "Ping")},
 	} {
 		t.Run(v.name, func(t *testing.T) {
 			d := newLab(t)

@@ -244,6 +244,9 @@ func New(o Options) (*Stack, error) {
 	s.maxKernel = int64(o.MaxKernelSockets)
 	if o.UpstreamKernel && s.maxKernel <= 0 {
 		s.maxKernel = fileLimit() - FileReserve
+		if o.ReplaySYN {
+			s.maxKernel /= 2 // each flow's client leg is a kernel socket too
+		}
 	}
 	// Flow IDs are EVE flow_ids: start from the clock (milliseconds << 10)
 	// so they do not repeat across restarts in a SIEM — a later run starts

@@ -186,6 +186,26 @@
 // runs, which the systemd unit does), TPROXY drops SYNs: new TCP flows
 // fail closed whatever the fail mode.
 //
+// # SYN replay
+//
+// With ReplaySYN set too (netward run --tcp-accept replay), the steering
+// chain has no TPROXY rule: forwarded SYNs are steered into the TUN as
+// without the kernel client leg, and netward admits the flow and dials the
+// server before anything answers the client. The only TPROXY rule is the
+// first of each family's NETWARD_TPROXY, for SYNs out of the TUN:
+//
+//	iptables -t mangle -A NETWARD_TPROXY -i netward0 -p tcp --syn -j TPROXY --on-port 20057 --on-ip 127.0.0.1 --tproxy-mark 0x4e58/0xffff
+//	ip6tables -t mangle -A NETWARD_TPROXY -i netward0 -p tcp --syn -j TPROXY --on-port 20057 --on-ip ::1 --tproxy-mark 0x4e58/0xffff
+//
+// and the socket match is the kernel client leg's (any transparent
+// socket). The only SYNs out of the TUN are the client SYNs netward writes
+// back once the server has answered (the upstream leg is a kernel socket,
+// so gVisor dials no server through the TUN); TPROXY hands them to the
+// listener, and the kernel answers the handshake. The TUN's rp_filter
+// (loose, above) accepts them: their source is routed via another
+// interface. After a crash the TUN is gone, so no SYN meets the rule and
+// the fail mode decides, as on the gVisor path.
+//
 // # Why each piece
 //
 //   - Selection: TCP, not from lo or the TUN, not a fragment, not addressed
