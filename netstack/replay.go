@@ -52,9 +52,10 @@ type capturedSYN struct {
 func (c *capturedSYN) bytes() []byte { return c.b[:c.n] }
 
 // replayedFlow is an admitted flow whose SYN netward replayed, with its
-// server leg, until the listener accepts its client leg (or expiry) and
-// then while it is served, so that a SYN the client sends again is
-// replayed, not dialed a second time.
+// server leg, until the listener accepts its client leg (or expiry): a
+// SYN the client sends again meanwhile is replayed, not dialed a second
+// time. It stays in the table while it is served, until a new connection
+// on its tuple takes its place.
 type replayedFlow struct {
 	flow     *Flow
 	server   Conn
@@ -153,14 +154,17 @@ func (r *synReplay) capture(proto tcpip.NetworkProtocolNumber, b []byte) bool {
 	return true
 }
 
-// replayed is the flow netward already replayed the SYN of on k, if any,
-// with the SYN to write again: the client's newest, else the first.
+// replayed reports whether a flow on k waits for its accept with its SYN
+// replayed, with the SYN to write again: the client's newest, else the
+// first. A flow the listener accepted already does not count: a SYN on its
+// tuple opens a new connection (the client reused its port), which start
+// enters in its place.
 func (r *synReplay) replayed(k replayKey) (syn capturedSYN, ok bool) {
 	sh := r.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	rf, ok := sh.flows[k]
-	if !ok {
+	if !ok || rf.accepted {
 		return syn, false
 	}
 	if c, captured := sh.syns[k]; captured {

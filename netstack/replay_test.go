@@ -91,6 +91,9 @@ func TestSYNReplayLifecycle(t *testing.T) {
 	if n := r.waitingN.Load(); n != 0 {
 		t.Errorf("after the accept, %d flows waiting, want 0", n)
 	}
+	if _, ok := r.replayed(k); ok {
+		t.Error("a SYN on the tuple of an accepted flow was taken for a retransmission")
+	}
 	if r.end(k, rf, false) {
 		t.Error("end(accepted=false) removed an accepted flow")
 	}
