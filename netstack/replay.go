@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"errors"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -174,6 +175,16 @@ func (r *synReplay) replayed(k replayKey) (syn capturedSYN, ok bool) {
 	return rf.syn, true
 }
 
+// served reports whether the listener accepted a flow on k that is
+// still in the table (being served, or just ended).
+func (r *synReplay) served(k replayKey) bool {
+	sh := r.shard(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	rf, ok := sh.flows[k]
+	return ok && rf.accepted
+}
+
 // start enters f, dialed to server, as replayed, with the SYN captured
 // for it, which it returns for the caller to write. expire runs if no
 // accept takes the flow within timeout. It reports false when no SYN of
@@ -286,6 +297,28 @@ func (s *Stack) replayAgain(f *Flow) bool {
 	}
 	s.stats.SYNsReplayed.Add(1)
 	return true
+}
+
+// reusedTuple runs for a SYN on the tuple of a replayed flow the listener
+// accepted: the client reused its port, so it is done with that
+// connection, but netward's relay may not have closed its client leg yet,
+// and a socket left on the tuple that is not in TIME_WAIT (CLOSE_WAIT,
+// LAST_ACK, FIN_WAIT: TPROXY resolves only TIME_WAIT) would take the
+// replayed SYN, which the client would then send again a second later.
+// So it gives the relay a moment, as newSYN does for handoffs, and then
+// destroys whatever socket is left on the tuple.
+func (s *Stack) reusedTuple(f *Flow) {
+	k := replayKey{f.Client, f.Server}
+	if !s.replay.served(k) {
+		return
+	}
+	for i := 0; i < synWaitSteps && s.replay.served(k); i++ {
+		time.Sleep(synWaitStep)
+	}
+	s.stats.ReplayPortReuse.Add(1)
+	if err := s.destroyer.destroy(f.Server, f.Client); err != nil && !errors.Is(err, errNoSocket) {
+		s.log.Debug("SYN replay: the old client leg on a reused tuple not destroyed", "flow_id", f.ID, "error", err)
+	}
 }
 
 // expireReplayed ends a replayed flow whose client leg the listener never

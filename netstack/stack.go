@@ -467,6 +467,9 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		r.Complete(false)
 		return
 	}
+	if s.replay != nil {
+		s.reusedTuple(f)
+	}
 	if s.replay != nil && s.replay.waitingN.Load() >= int64(s.maxHalfOpen) {
 		// As gVisor's forwarder past MaxInFlight: the client's SYN
 		// is dropped (it sends it again), nothing is dialed.

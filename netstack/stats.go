@@ -47,6 +47,7 @@ type Stats struct {
 	ReplayExpired       atomic.Uint64
 	ReplayNoSocket      atomic.Uint64
 	ReplayHalfOpenDrops atomic.Uint64
+	ReplayPortReuse     atomic.Uint64 // SYNs on the tuple of an accepted replayed flow (reusedTuple)
 	FlowsAdmitted       atomic.Uint64 // SYNs the Handler accepted
 	FlowsReset          atomic.Uint64 // SYNs the Handler answered with RST
 	FlowsDropped        atomic.Uint64 // SYNs the Handler dropped

@@ -395,6 +395,9 @@ func serveAccepted(st *netstack.Stack, sc steer.Config, svc *services, log *slog
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netward_syn_replayed_total",
 			Help: "SYNs of admitted flows netward wrote back into the TUN for the kernel's listener (--tcp-accept replay), client retransmissions included."},
 			func() float64 { return float64(stats.SYNsReplayed.Load()) }))
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netward_syn_replay_port_reuse_total",
+			Help: "SYNs on the tuple of a replayed flow still in netward (the client reused its port): the old client leg was destroyed first."},
+			func() float64 { return float64(stats.ReplayPortReuse.Load()) }))
 		for _, r := range []struct {
 			reason string
 			n      func() uint64
