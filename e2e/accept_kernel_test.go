@@ -60,15 +60,6 @@ func TestTCPAcceptKernel(t *testing.T) {
 	d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{Args: []string{"--rules", rules, "--tcp-accept", "kernel"}})
 	e := &handoffEnv{d: d, cert: cert, rules: rules}
 	accepted := func(t testing.TB) float64 { return metricValue(e.metrics(t), "netward_tcp_accepted_total") }
-	serverSaw := func(path string) int {
-		n := 0
-		for _, s := range labtest.ServerLogs(t, app) {
-			if strings.HasPrefix(s.Path, path) {
-				n++
-			}
-		}
-		return n
-	}
 
 	t.Run("TLSOffTUN", func(t *testing.T) {
 		for _, fam := range []string{"4", "6"} {
@@ -105,31 +96,8 @@ func TestTCPAcceptKernel(t *testing.T) {
 		}
 	})
 
-	t.Run("TLSDenied", func(t *testing.T) {
-		before := len(labtest.ServerLogs(t, app))
-		if out, err := e.curlTLS(t, "4", "blocked.example", "/secret"); err == nil {
-			t.Fatalf("a denied SNI got an answer:\n%s", out)
-		}
-		if n := serverSaw("/secret"); n != 0 || len(labtest.ServerLogs(t, app)) != before {
-			t.Errorf("the server saw a request of a denied SNI")
-		}
-	})
-
-	t.Run("HTTPKeepAliveEveryRequestJudged", func(t *testing.T) {
-		base := "http://" + d.appAddr("4", peer.HTTPPort)
-		out, err := runIn(l.Client, "curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} %{num_connects}\n",
-			base+"/", base+"/admin/users", base+"/")
-		if err != nil {
-			t.Fatalf("curl: %v\n%s", err, out)
-		}
-		// The 403 ends the connection; the third request connects again.
-		if got := strings.Fields(out); len(got) != 6 || got[0] != "200" || got[2] != "403" || got[3] != "0" || got[4] != "200" {
-			t.Errorf("keep-alive requests /, /admin/users, /: got %q, want 200 on a new connection, 403 on the same, 200", out)
-		}
-		if n := serverSaw("/admin"); n != 0 {
-			t.Errorf("the server saw %d requests for a denied path", n)
-		}
-	})
+	t.Run("TLSDenied", func(t *testing.T) { checkDeniedSNINeverReaches(t, e, app) })
+	t.Run("HTTPKeepAliveEveryRequestJudged", func(t *testing.T) { checkKeepAliveEveryRequestJudged(t, d, "4") })
 
 	t.Run("RefusedByPortBeforeUpstream", func(t *testing.T) {
 		start := time.Now()
@@ -208,6 +176,48 @@ func TestTCPAcceptKernel(t *testing.T) {
 			t.Errorf("after netward cleanup, the appliance does not forward: %v\n%s", err, out)
 		}
 	})
+}
+
+// serverSaw counts the requests app logged whose path starts with path.
+func serverSaw(t testing.TB, app *lab.Proc, path string) int {
+	n := 0
+	for _, s := range labtest.ServerLogs(t, app) {
+		if strings.HasPrefix(s.Path, path) {
+			n++
+		}
+	}
+	return n
+}
+
+// checkDeniedSNINeverReaches: a TLS flow whose SNI acceptKernelRules
+// deny gets no answer, and the server sees nothing of it.
+func checkDeniedSNINeverReaches(t *testing.T, e *handoffEnv, app *lab.Proc) {
+	before := len(labtest.ServerLogs(t, app))
+	if out, err := e.curlTLS(t, "4", "blocked.example", "/secret"); err == nil {
+		t.Fatalf("a denied SNI got an answer:\n%s", out)
+	}
+	if n := serverSaw(t, app, "/secret"); n != 0 || len(labtest.ServerLogs(t, app)) != before {
+		t.Errorf("the server saw a request of a denied SNI")
+	}
+}
+
+// checkKeepAliveEveryRequestJudged: on one keep-alive connection, the
+// request for a path acceptKernelRules deny gets a 403 after an allowed
+// one, and never reaches the server.
+func checkKeepAliveEveryRequestJudged(t *testing.T, d *datapath, fam string) {
+	base := "http://" + d.appAddr(fam, peer.HTTPPort)
+	out, err := runIn(d.lab.Client, "curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} %{num_connects}\n",
+		base+"/", base+"/admin/users", base+"/")
+	if err != nil {
+		t.Fatalf("curl: %v\n%s", err, out)
+	}
+	// The 403 ends the connection; the third request connects again.
+	if got := strings.Fields(out); len(got) != 6 || got[0] != "200" || got[2] != "403" || got[3] != "0" || got[4] != "200" {
+		t.Errorf("keep-alive requests /, /admin/users, /: got %q, want 200 on a new connection, 403 on the same, 200", out)
+	}
+	if n := serverSaw(t, d.app, "/admin"); n != 0 {
+		t.Errorf("the server saw %d requests for a denied path", n)
+	}
 }
 
 // resetAfterKernelHandshake reports whether curl's result (out, err) is a
