@@ -110,32 +110,26 @@ func (r *synReplay) capture(proto tcpip.NetworkProtocolNumber, b []byte) bool {
 	c.n = uint8(len(b))
 	copy(c.b[:], b)
 	p := c.b[:c.n]
-	var src, dst tcpip.Address
 	off := header.IPv6MinimumSize
 	if proto == header.IPv4ProtocolNumber {
-		ip := header.IPv4(p)
-		src, dst = ip.SourceAddress(), ip.DestinationAddress()
-		off = int(ip.HeaderLength())
-		if int(ip.TotalLength()) != len(p) {
+		off = int(header.IPv4(p).HeaderLength())
+		if int(header.IPv4(p).TotalLength()) != len(p) {
 			return false
 		}
-	} else {
-		ip := header.IPv6(p)
-		if ip.NextHeader() != uint8(header.TCPProtocolNumber) || int(ip.PayloadLength())+header.IPv6MinimumSize != len(p) {
-			return false // extension headers, or padding
-		}
-		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	} else if ip := header.IPv6(p); ip.NextHeader() != uint8(header.TCPProtocolNumber) || int(ip.PayloadLength())+header.IPv6MinimumSize != len(p) {
+		return false // extension headers, or padding
 	}
 	t := header.TCP(p[off:])
 	if int(t.DataOffset()) > len(t) || int(t.DataOffset()) < header.TCPMinimumSize {
 		return false
 	}
+	id := synEndpointID(proto, p)
 	t.SetChecksum(0)
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(t)))
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, id.RemoteAddress, id.LocalAddress, uint16(len(t)))
 	t.SetChecksum(^checksum.Checksum(t, xsum))
 	k := replayKey{
-		client: netip.AddrPortFrom(toAddr(src), t.SourcePort()),
-		server: netip.AddrPortFrom(toAddr(dst), t.DestinationPort()),
+		client: netip.AddrPortFrom(toAddr(id.RemoteAddress), id.RemotePort),
+		server: netip.AddrPortFrom(toAddr(id.LocalAddress), id.LocalPort),
 	}
 	c.at = time.Now()
 	sh := r.shard(k)

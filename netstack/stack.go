@@ -540,6 +540,8 @@ func (s *Stack) dialAdmitted(f *Flow) (server Conn, kernel bool, answer Admissio
 	switch {
 	case err == nil:
 		return server, kernel, AdmitAccept
+	case errors.Is(err, errNoKernelSocket):
+		return nil, kernel, AdmitReset // counted as ReplayNoSocket
 	case isRefused(err):
 		s.stats.FlowsRefused.Add(1)
 		answer = AdmitReset
@@ -669,7 +671,7 @@ func outOfFiles(err error) bool {
 var errNoKernelSocket = errors.New("netstack: no kernel socket left for the server leg (SYN replay)")
 
 func isRefused(err error) bool {
-	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, errNoKernelSocket) {
+	if errors.Is(err, syscall.ECONNREFUSED) {
 		return true
 	}
 	var te *tcpipError
