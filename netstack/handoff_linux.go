@@ -457,9 +457,11 @@ func (s *Stack) newSYN(f *Flow) {
 	// the relay may not have closed the old socket yet. Destroying an
 	// open socket would reset the client, so give the relay a moment
 	// (this is the SYN's own goroutine).
-	for i := 0; present && open && i < synWaitSteps; i++ {
-		time.Sleep(synWaitStep)
-		present, open = s.pendingTW.peek(k)
+	if present && open {
+		waitWhile(func() bool {
+			present, open = s.pendingTW.peek(k)
+			return present && open
+		})
 	}
 	if present && s.pendingTW.take(k) {
 		// A handed-off socket with this tuple still exists (TIME_WAIT, or
@@ -469,9 +471,17 @@ func (s *Stack) newSYN(f *Flow) {
 	}
 }
 
-// A SYN waits at most synWaitSteps × synWaitStep for the relay to close
-// the handed-off socket of the same tuple.
-const (
-	synWaitSteps = 40
-	synWaitStep  = 5 * time.Millisecond
-)
+// waitWhile sleeps while busy reports true, for at most synWait: a SYN
+// waiting for the relay to close the old socket of its tuple. The first
+// sleeps are short because the relay is usually microseconds from done
+// (the client reconnects as soon as it has the FIN).
+func waitWhile(busy func() bool) {
+	deadline := time.Now().Add(synWait)
+	for d := 50 * time.Microsecond; busy() && time.Now().Before(deadline); d = min(2*d, 5*time.Millisecond) {
+		time.Sleep(d)
+	}
+}
+
+// synWait bounds how long a SYN waits for the relay to close the socket
+// of the same tuple (waitWhile).
+const synWait = 200 * time.Millisecond

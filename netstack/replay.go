@@ -258,19 +258,28 @@ func (r *synReplay) waiting() []*replayedFlow {
 
 // replaySYN writes the captured SYN of f, admitted and dialed to server,
 // back into the TUN for the transparent listener. It reports false, with
-// nothing changed, when no copy of the SYN was kept or the write failed:
-// the caller completes the handshake in gVisor instead.
-func (s *Stack) replaySYN(f *Flow, server Conn) bool {
+// nothing changed, when no copy of the SYN was kept: the caller completes
+// the handshake in gVisor instead. Otherwise the flow is the replay's:
+// the listener's accept serves it, or expiry or a failed write ends it.
+//
+// release, which frees gVisor's forwarder slot of the tuple, runs before
+// the write: once the SYN is out the whole connection can end within a
+// fraction of a millisecond, and the forwarder drops a SYN on a tuple
+// whose slot is still held, so a client reconnecting at once from the
+// same port would wait for its 1 s retransmission.
+func (s *Stack) replaySYN(f *Flow, server Conn, release func()) bool {
 	rf, ok := s.replay.start(f, server, s.dialTO, s.expireReplayed)
 	if !ok {
 		return false
 	}
+	release()
 	if err := s.link.writeDatagram(rf.syn.bytes()); err != nil {
+		s.log.Debug("SYN replay: write failed; the client's next SYN tries again", "flow_id", f.ID, "error", err)
 		if s.replay.end(replayKey{f.Client, f.Server}, rf, false) {
 			rf.expiry.Stop()
+			s.endReplayed(rf)
 		}
-		s.log.Debug("SYN replay: write failed; gVisor answers the handshake", "flow_id", f.ID, "error", err)
-		return false
+		return true
 	}
 	s.stats.SYNsReplayed.Add(1)
 	return true
@@ -279,12 +288,14 @@ func (s *Stack) replaySYN(f *Flow, server Conn) bool {
 // replayAgain replays the SYN of f's tuple again if a flow on it was
 // replayed already (the client sent its SYN again: the first replay was
 // lost, or the SYN-ACK is on its way): the kernel answers it from the
-// connection it has, and the server is not dialed twice.
-func (s *Stack) replayAgain(f *Flow) bool {
+// connection it has, and the server is not dialed twice. release as for
+// replaySYN, and only when it reports true.
+func (s *Stack) replayAgain(f *Flow, release func()) bool {
 	syn, ok := s.replay.replayed(replayKey{f.Client, f.Server})
 	if !ok {
 		return false
 	}
+	release()
 	if err := s.link.writeDatagram(syn.bytes()); err != nil {
 		s.log.Debug("SYN replay: write failed", "flow_id", f.ID, "error", err)
 		return true
@@ -306,9 +317,7 @@ func (s *Stack) reusedTuple(f *Flow) {
 	if !s.replay.served(k) {
 		return
 	}
-	for i := 0; i < synWaitSteps && s.replay.served(k); i++ {
-		time.Sleep(synWaitStep)
-	}
+	waitWhile(func() bool { return s.replay.served(k) })
 	s.stats.ReplayPortReuse.Add(1)
 	if err := s.destroyer.destroy(f.Server, f.Client); err != nil && !errors.Is(err, errNoSocket) {
 		s.log.Debug("SYN replay: the old client leg on a reused tuple not destroyed", "flow_id", f.ID, "error", err)

@@ -463,8 +463,10 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		Start:  time.Now(),
 	}
 	s.newSYN(f)
-	if s.replay != nil && s.replayAgain(f) {
-		r.Complete(false)
+	// Completing the request without an endpoint only frees the
+	// forwarder's slot of the tuple (see replaySYN).
+	release := func() { r.Complete(false) }
+	if s.replay != nil && s.replayAgain(f, release) {
 		return
 	}
 	if s.replay != nil {
@@ -485,9 +487,9 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	defer s.abandonUnless(f, &served)
 
 	server, kernel, answer := s.dialAdmitted(f)
-	release := kernel
+	releaseSocket := kernel
 	defer func() {
-		if release {
+		if releaseSocket {
 			s.kernelSockets.Add(-1) // closed by now, by Serve or below
 		}
 	}()
@@ -495,11 +497,10 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 		r.Complete(answer == AdmitReset)
 		return
 	}
-	if s.replay != nil && s.replaySYN(f, server) {
+	if s.replay != nil && s.replaySYN(f, server, release) {
 		// The listener's accept serves it (or expiry ends it), and
 		// releases the kernel socket.
-		served, release = true, false
-		r.Complete(false)
+		served, releaseSocket = true, false
 		return
 	}
 
