@@ -71,7 +71,14 @@ func newHandoffEnv(t *testing.T, extra ...string) *handoffEnv {
 	if err := os.WriteFile(e.rules, []byte(handoffRules), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	e.d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{Args: append([]string{"--rules", e.rules}, extra...)})
+	args := []string{"--rules", e.rules}
+	if !slices.ContainsFunc(extra, func(a string) bool { return strings.HasPrefix(a, "--tcp-accept") }) {
+		// The handoff moves a client leg out of gVisor: the gVisor
+		// handshake, not the default SYN replay, whose client legs are
+		// kernel sockets from the start.
+		args = append(args, "--tcp-accept", "gvisor")
+	}
+	e.d.nw = labtest.StartNetward(t, l, lab.NetwardOptions{Args: append(args, extra...)})
 	return e
 }
 
@@ -330,12 +337,20 @@ func (e *handoffEnv) downloadInKernel(t *testing.T, rate string) (done <-chan er
 func (e *handoffEnv) checkStatusShowsKernelLeg(t *testing.T) {
 	done, out, ok := e.downloadInKernel(t, "20M")
 	if !ok {
-		t.Errorf("netward status never showed leg=kernel:\n%s", out)
+		var curl error
+		select {
+		case curl = <-done:
+			done = nil
+		default:
+		}
+		t.Errorf("netward status never showed leg=kernel (curl ended: %v):\n%s", curl, out)
 	} else {
 		checkKernelLegMSS(t, e.d)
 	}
 	runIn(e.d.lab.Client, "pkill", "-f", "limit-rate")
-	<-done
+	if done != nil {
+		<-done
+	}
 }
 
 // checkKernelLegMSS: the appliance's socket towards the client of the

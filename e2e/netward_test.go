@@ -35,7 +35,8 @@ func TestNetward(t *testing.T) {
 }
 
 // checkUpstreamKernelDefault: without --upstream netward runs the kernel
-// upstream leg (and writes the TUN from one writer goroutine), and has raised its file limit (the lab's is 20,000 or so)
+// upstream leg with SYN replay (and writes the TUN from one writer
+// goroutine), and has raised its file limit (the lab's is 20,000 or so)
 // to hold a socket per flow up to max_flows — or, without
 // CAP_SYS_RESOURCE, kept it and said that flows past it take the gVisor leg.
 func checkUpstreamKernelDefault(t testing.TB, d *datapath) {
@@ -43,7 +44,7 @@ func checkUpstreamKernelDefault(t testing.TB, d *datapath) {
 		t.Skipf("%s is set: not the default configuration", lab.ExtraArgsEnv)
 	}
 	log := d.nw.Log()
-	for _, want := range []string{`"upstream_kernel":true`, `"tun_writers":1`} {
+	for _, want := range []string{`"upstream_kernel":true`, `"syn_replay":true`, `"tun_writers":1`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("netward's log lacks %s:\n%s", want, tailLines(log, 20))
 		}
@@ -84,13 +85,19 @@ func TestNetwardVariants(t *testing.T) {
 		logged  string // must appear in netward's log: the variant is really on
 		checked []string
 	}{
+		// The gVisor handshake, the client leg in gVisor until the
+		// handoff (the default before SYN replay): the TUN variants
+		// below take it too, as their packets are gVisor's.
+		{"TCPAcceptGVisor", func(l *lab.Lab) lab.NetwardOptions {
+			return lab.NetwardOptions{Args: []string{"--tcp-accept", "gvisor"}}
+		}, `"syn_replay":false`, append(basic, "Iperf3", "ServerFirst", "ClosedPortRefused", "PortReuse", "Concurrent1000", "Ping")},
 		{"OffloadOff", func(l *lab.Lab) lab.NetwardOptions {
-			return lab.NetwardOptions{Interfaces: []string{l.ApplianceClientIf, l.ApplianceAppIf}, Args: []string{"--offload=false"}}
+			return lab.NetwardOptions{Interfaces: []string{l.ApplianceClientIf, l.ApplianceAppIf}, Args: []string{"--tcp-accept", "gvisor", "--offload=false"}}
 		}, `"offload":false`, basic},
 		// Each packet written to the TUN by the goroutine that sent it,
 		// without the writer queue netward uses by default.
 		{"TUNWritersInline", func(l *lab.Lab) lab.NetwardOptions {
-			return lab.NetwardOptions{Args: []string{"--tun-writers", "0"}}
+			return lab.NetwardOptions{Args: []string{"--tcp-accept", "gvisor", "--tun-writers", "0"}}
 		}, `"tun_writers":0`, basic},
 		// The other upstream leg: gVisor, out through the TUN.
 		{"UpstreamGVisor", func(l *lab.Lab) lab.NetwardOptions {
@@ -104,11 +111,6 @@ func TestNetwardVariants(t *testing.T) {
 		{"TCPAcceptKernel", func(l *lab.Lab) lab.NetwardOptions {
 			return lab.NetwardOptions{Args: []string{"--tcp-accept", "kernel"}}
 		}, `"tcp_accept_port":20057`, append(basic, "Iperf3", "ServerFirst", "PortReuse", "Concurrent1000", "Ping")},
-		// SYN replay: the SYN through the TUN and back out to the
-		// listener (TestTCPAcceptReplay has the rest).
-		{"TCPAcceptReplay", func(l *lab.Lab) lab.NetwardOptions {
-			return lab.NetwardOptions{Args: []string{"--tcp-accept", "replay"}}
-		}, `"syn_replay":true`, append(basic, "Iperf3", "ServerFirst", "ClosedPortRefused", "PortReuse", "Concurrent1000", "Ping")},
 	} {
 		t.Run(v.name, func(t *testing.T) {
 			d := newLab(t)

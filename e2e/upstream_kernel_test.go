@@ -12,19 +12,23 @@ import (
 	"github.com/netward/netward/e2e/lab/labtest"
 )
 
-// upstreamKernelArgs runs netward with the kernel upstream leg: the
-// upstream of each flow is an IP_TRANSPARENT kernel socket, and steer
-// installs the rules it needs (none are added here by hand).
-// --handoff-http: these checks are also the end-to-end test of HTTP
-// flows handed off to the kernel after their first request.
-var upstreamKernelArgs = []string{"--upstream", "kernel", "--handoff-http"}
-
 // TestUpstreamKernel: `netward run --upstream kernel` on a lab with no
 // rules added by hand relays IPv4 and IPv6 with the client's own address,
 // really through its transparent sockets, logs the flows, and leaves the
 // appliance as it found it after SIGTERM, and after kill -9 and
-// `netward cleanup` (tcp_early_demux included).
-func TestUpstreamKernel(t *testing.T) {
+// `netward cleanup` (tcp_early_demux included). The client leg is the
+// default's: SYN replay to the transparent listener.
+func TestUpstreamKernel(t *testing.T) { testUpstreamKernel(t, "--upstream", "kernel") }
+
+// TestUpstreamKernelGVisorAccept is TestUpstreamKernel with gVisor
+// answering the handshake and --handoff-http: these checks are also the
+// end-to-end test of HTTP flows handed off to the kernel after their first
+// request.
+func TestUpstreamKernelGVisorAccept(t *testing.T) {
+	testUpstreamKernel(t, "--upstream", "kernel", "--tcp-accept", "gvisor", "--handoff-http")
+}
+
+func testUpstreamKernel(t *testing.T, upstreamKernelArgs ...string) {
 	d := newLab(t)
 	l := d.lab
 	labtest.RequireTools(t, "curl")
@@ -44,7 +48,7 @@ func TestUpstreamKernel(t *testing.T) {
 		if diff := after.Diff(before); diff != "" {
 			t.Errorf("%s, the appliance differs from before netward started:\n%s", when, diff)
 		}
-		if hits := after.Grep(append(netwardTraces(lab.DefaultTUN), "20056", "0x4e58", "0x4e59")...); len(hits) > 0 {
+		if hits := after.Grep(append(netwardTraces(lab.DefaultTUN), "20056", "20057", "0x4e58", "0x4e59")...); len(hits) > 0 {
 			t.Errorf("%s, netward traces remain:\n%s", when, strings.Join(hits, "\n"))
 		}
 		if got := earlyDemux(t, d); got != demuxBefore {

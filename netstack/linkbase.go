@@ -33,9 +33,11 @@ type linkBase struct {
 	// datagrams takes the UDP packets; nil drops them. Set before the
 	// readers start.
 	datagrams DatagramHandler
-	// replay keeps a copy of each SYN (SYN replay); nil for none. Set
-	// before the readers start.
-	replay *synReplay
+	// replay keeps a copy of each SYN (SYN replay); nil for none. Atomic:
+	// the fallback to the gVisor leg (Stack.UseGVisorUpstream) clears it
+	// while the readers run (the kernel sends a new TUN its own IPv6
+	// packets before any flow is steered).
+	replay atomic.Pointer[synReplay]
 	// quiet is the connections handed off to the kernel whose gVisor
 	// packets are dropped on the way out (Stack.Handoff).
 	quiet quietSet
@@ -137,15 +139,14 @@ func (b *linkBase) gateHeld(proto tcpip.NetworkProtocolNumber, pkt []byte) bool 
 	if !isPureSYN(pkt, proto) {
 		return false
 	}
-	if b.replay != nil && !b.replay.capture(proto, pkt) {
+	if r := b.replay.Load(); r != nil && !r.capture(proto, pkt) {
 		b.stats.SYNsNotCaptured.Add(1)
 	}
 	return b.gate != nil && b.gate.hold(proto, pkt)
 }
 
-// setReplay makes the readers keep each SYN for r; before the first
-// Attach.
-func (b *linkBase) setReplay(r *synReplay) { b.replay = r }
+// setReplay makes the readers keep each SYN for r (nil: none).
+func (b *linkBase) setReplay(r *synReplay) { b.replay.Store(r) }
 
 // deliverHeld hands gVisor a packet the SYN gate held.
 func (b *linkBase) deliverHeld(proto tcpip.NetworkProtocolNumber, pkt []byte) {

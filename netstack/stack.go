@@ -652,8 +652,18 @@ func (s *Stack) KernelSockets() int64 { return s.kernelSockets.Load() }
 func (s *Stack) UpstreamKernel() bool { return s.upstreamKernel.Load() }
 
 // UseGVisorUpstream makes new flows take the gVisor upstream leg, for when
-// the kernel leg's rules cannot be installed.
-func (s *Stack) UseGVisorUpstream() { s.upstreamKernel.Store(false) }
+// the kernel leg's rules cannot be installed. SYN replay, which needs
+// those rules, is off then too: gVisor answers every handshake. Only
+// before steering sends the first flow.
+func (s *Stack) UseGVisorUpstream() {
+	s.upstreamKernel.Store(false)
+	s.link.setReplay(nil)
+	s.replay = nil
+}
+
+// SYNReplay reports whether the kernel answers the handshakes of admitted
+// flows (Options.ReplaySYN, unless UseGVisorUpstream since).
+func (s *Stack) SYNReplay() bool { return s.replay != nil }
 
 // tcpipError carries a tcpip.Error (which is not an error) across the
 // package boundary.

@@ -45,7 +45,7 @@ func runMain(args []string) int {
 	handoffAfterBytes := fs.Int64("handoff-after-bytes", 0, "with --handoff, relay a flow in gVisor until it has moved this many bytes (either way) or lived --handoff-after-age, and hand it off then, so short flows (a TLS handshake and one request) never switch; 0 hands off at the verdict (measured: short flows gain nothing by waiting, README)")
 	handoffAfterAge := fs.Duration("handoff-after-age", 200*time.Millisecond, "with --handoff-after-bytes, hand a flow off once it is this old even if it moved fewer bytes (a long interactive flow gets the kernel's latency); 0: bytes only")
 	handoff := fs.Bool("handoff", true, "after the verdict, move the client's connection of a flow that needs no more inspection (TLS after its ClientHello, protocols judged by their first bytes) from gVisor to a kernel socket (TCP_REPAIR) and splice it with the upstream socket in the kernel; needs --upstream kernel")
-	tcpAccept := fs.String("tcp-accept", "gvisor", "who answers a client's TCP handshake: gvisor (the SYN is steered into the TUN; netward answers only once the server has, and an early verdict refuses before any answer), replay (the same order, then netward writes the SYN back into the TUN for a transparent kernel listener, which answers: the client leg is a kernel socket from its first byte; needs --upstream kernel) or kernel (a TPROXY rule hands the SYN to that listener at once, so no packet of the flow crosses the TUN: a higher connection rate, at the price of a handshake completed before the verdict and the server's answer, as a proxy does; needs --upstream kernel; steer/doc.go)")
+	tcpAccept := fs.String("tcp-accept", "auto", "who answers a client's TCP handshake: replay (the SYN is steered into the TUN; netward answers nothing until the verdict and the server's SYN-ACK, then writes the client's SYN back into the TUN for a transparent kernel listener, which answers: the client leg is a kernel socket from its first byte; needs --upstream kernel), gvisor (the same order, with gVisor answering and the client leg in gVisor until the handoff), kernel (a TPROXY rule hands the SYN to that listener at once, so no packet of the flow crosses the TUN: the handshake completes before the verdict and the server's answer, as a proxy's does; needs --upstream kernel; steer/doc.go), or auto: replay with the kernel upstream leg, else gvisor (and gvisor if the kernel leg's rules cannot be installed)")
 	tcpAcceptPort := fs.Uint("tcp-accept-port", steer.DefaultAcceptPort, "the port of the transparent listener (--tcp-accept kernel or replay), on 127.0.0.1 and ::1")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: netward run [flags]\n\nSteers forwarded TCP into a TUN, terminates each flow and relays it\nwith the client's own address. Flags override the config file.\n\nflags:")
@@ -74,9 +74,18 @@ func runMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "netward run: --upstream %q is not gvisor or kernel\n", *upstream)
 		return 2
 	}
-	if *tcpAccept != "gvisor" && *tcpAccept != "kernel" && *tcpAccept != "replay" {
-		fmt.Fprintf(os.Stderr, "netward run: --tcp-accept %q is not gvisor, replay or kernel\n", *tcpAccept)
+	if *tcpAccept != "auto" && *tcpAccept != "gvisor" && *tcpAccept != "kernel" && *tcpAccept != "replay" {
+		fmt.Fprintf(os.Stderr, "netward run: --tcp-accept %q is not auto, replay, gvisor or kernel\n", *tcpAccept)
 		return 2
+	}
+	// The kernel client legs are a choice an operator made, or the default
+	// that falls back (installSteering).
+	acceptAsked := *tcpAccept != "auto" && *tcpAccept != "gvisor"
+	if *tcpAccept == "auto" {
+		*tcpAccept = "replay"
+		if *upstream != "kernel" || cfg.Geneve.Enabled {
+			*tcpAccept = "gvisor"
+		}
 	}
 	if *tcpAccept != "gvisor" && (*upstream != "kernel" || cfg.Geneve.Enabled) {
 		fmt.Fprintf(os.Stderr, "netward run: --tcp-accept %s needs --upstream kernel (and no --geneve): the accepted sockets' packets reach them by the kernel upstream leg's rules\n", *tcpAccept)
@@ -108,8 +117,9 @@ func runMain(args []string) int {
 		dp.acceptPort = uint16(*tcpAcceptPort)
 		dp.replaySYN = *tcpAccept == "replay"
 	}
-	// The kernel client leg has no gVisor fallback: its rules are needed.
-	dp.upstreamAsked = flagGiven(fs, "upstream") || dp.acceptPort != 0
+	// An explicit kernel client leg has no gVisor fallback: its rules are
+	// needed.
+	dp.upstreamAsked = flagGiven(fs, "upstream") || acceptAsked
 	if err := run(cfg, dp, log); err != nil {
 		log.Error("netward run failed", "error", err)
 		return 1
@@ -215,7 +225,11 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 		return fmt.Errorf("preflight: %w", err)
 	}
 	if dp.upstreamKernel {
-		raiseFileLimit(uint64(cfg.Limits.MaxFlows)+netstack.FileReserve, log)
+		want := uint64(cfg.Limits.MaxFlows)
+		if dp.acceptPort != 0 {
+			want *= 2 // each flow's client leg is a kernel socket too
+		}
+		raiseFileLimit(want+netstack.FileReserve, log)
 	}
 	svc, err := startServices(cfg, log)
 	if err != nil {
@@ -309,8 +323,12 @@ func run(cfg *config.Config, dp datapathOptions, log *slog.Logger) error {
 	}
 	svc.attach(st)
 	svc.health.SetCheck(datapathCheck(st.Failed(), st.Err, steering))
+	acceptPort := dp.acceptPort
+	if !st.UpstreamKernel() {
+		acceptPort = 0 // the fallback: no TPROXY rule sends the listener anything
+	}
 	log.Info("netward running", "tun", tun.Name, "offload", tun.VnetHdr, "queues", len(tun.Files), "tun_writers", dp.tunWriters, "tun_direct_max", dp.tunDirectMax,
-		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "tcp_accept_port", dp.acceptPort, "syn_replay", dp.replaySYN, "handoff", svc.guard.Handoff != nil, "handoff_sockmap", svc.guard.SockMap != nil, "udp", cfg.UDP, "udp_bypass", cfg.UDP && cfg.UDPBypass, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
+		"mtu", tun.MTU, "ack_delay", cfg.AckDelay, "upstream_kernel", st.UpstreamKernel(), "tcp_accept_port", acceptPort, "syn_replay", st.SYNReplay(), "handoff", svc.guard.Handoff != nil, "handoff_sockmap", svc.guard.SockMap != nil, "udp", cfg.UDP, "udp_bypass", cfg.UDP && cfg.UDPBypass, "interfaces", interfacesAttr(cfg.Interfaces), "fail_mode", cfg.FailMode)
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
@@ -427,9 +445,10 @@ func installSteering(sc steer.Config, dp datapathOptions, useGVisor func(), inst
 	if err == nil || !dp.upstreamKernel || dp.upstreamAsked {
 		return s, err
 	}
-	log.Warn("the kernel upstream leg's rules could not be installed; using the gVisor upstream leg (give --upstream gvisor to skip the attempt, --upstream kernel to make it fatal)", "error", err)
+	log.Warn("the kernel upstream leg's rules could not be installed; using the gVisor upstream leg, with gVisor answering every handshake (give --upstream gvisor to skip the attempt, --upstream kernel to make it fatal)", "error", err)
 	useGVisor()
 	sc.TransparentMark, sc.UpstreamMark = 0, 0
+	sc.AcceptPort, sc.ReplaySYN = 0, false
 	return install(sc)
 }
 

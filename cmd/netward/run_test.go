@@ -78,6 +78,8 @@ func TestInstallSteeringUpstreamFallback(t *testing.T) {
 	}{
 		{"kernel default works", datapathOptions{upstreamKernel: true}, false, false, []bool{true}, false},
 		{"kernel default falls back", datapathOptions{upstreamKernel: true}, true, false, []bool{true, false}, true},
+		{"replay default falls back", datapathOptions{upstreamKernel: true, acceptPort: 20057, replaySYN: true}, true, false, []bool{true, false}, true},
+		{"replay asked fails", datapathOptions{upstreamKernel: true, upstreamAsked: true, acceptPort: 20057, replaySYN: true}, true, true, []bool{true}, false},
 		{"kernel asked fails", datapathOptions{upstreamKernel: true, upstreamAsked: true}, true, true, []bool{true}, false},
 		{"gvisor asked", datapathOptions{upstreamAsked: true}, true, false, []bool{false}, false},
 	} {
@@ -85,6 +87,7 @@ func TestInstallSteeringUpstreamFallback(t *testing.T) {
 			sc := steer.DefaultConfig()
 			if tt.dp.upstreamKernel {
 				sc = kernelSC
+				sc.AcceptPort, sc.ReplaySYN = tt.dp.acceptPort, tt.dp.replaySYN
 			}
 			var installs []bool
 			install := func(c steer.Config) (*steer.Steering, error) {
@@ -93,6 +96,9 @@ func TestInstallSteeringUpstreamFallback(t *testing.T) {
 					t.Fatalf("install with transparent mark %#x and upstream mark %#x", c.TransparentMark, c.UpstreamMark)
 				}
 				installs = append(installs, k)
+				if !k && (c.AcceptPort != 0 || c.ReplaySYN) {
+					t.Errorf("gVisor leg's steering with the kernel client leg's: accept port %d, replay %v", c.AcceptPort, c.ReplaySYN)
+				}
 				if k && tt.kernelFails {
 					return nil, errNoSocketMatch
 				}
