@@ -149,24 +149,28 @@ func (r *synReplay) capture(proto tcpip.NetworkProtocolNumber, b []byte) bool {
 	return true
 }
 
-// replayed reports whether a flow on k waits for its accept with its SYN
-// replayed, with the SYN to write again: the client's newest, else the
-// first. A flow the listener accepted already does not count: a SYN on its
-// tuple opens a new connection (the client reused its port), which start
-// enters in its place.
-func (r *synReplay) replayed(k replayKey) (syn capturedSYN, ok bool) {
+// replayed reports what the table holds for k, for a new SYN on it:
+// waiting, when a flow on k waits for its accept with its SYN replayed,
+// with the SYN to write again (the client's newest, else the first); or
+// accepted, when the listener accepted a flow on k already: the new SYN
+// opens a new connection (the client reused its port), which start enters
+// in its place. One lookup, as handleSYN needs both for every SYN.
+func (r *synReplay) replayed(k replayKey) (syn capturedSYN, waiting, accepted bool) {
 	sh := r.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	rf, ok := sh.flows[k]
-	if !ok || rf.accepted {
-		return syn, false
+	switch {
+	case !ok:
+		return syn, false, false
+	case rf.accepted:
+		return syn, false, true
 	}
 	if c, captured := sh.syns[k]; captured {
 		delete(sh.syns, k)
-		return c, true
+		return c, true, false
 	}
-	return rf.syn, true
+	return rf.syn, true, false
 }
 
 // served reports whether the listener accepted a flow on k that is
@@ -285,23 +289,34 @@ func (s *Stack) replaySYN(f *Flow, server Conn, release func()) bool {
 	return true
 }
 
-// replayAgain replays the SYN of f's tuple again if a flow on it was
-// replayed already (the client sent its SYN again: the first replay was
-// lost, or the SYN-ACK is on its way): the kernel answers it from the
-// connection it has, and the server is not dialed twice. release as for
-// replaySYN, and only when it reports true.
-func (s *Stack) replayAgain(f *Flow, release func()) bool {
-	syn, ok := s.replay.replayed(replayKey{f.Client, f.Server})
-	if !ok {
-		return false
+// replayFirst runs for each SYN with replay on, before Admit, and reports
+// whether it dealt with the SYN. A SYN on the tuple of a flow replayed and
+// still waiting for its accept is the client's retransmission (the first
+// replay was lost, or the SYN-ACK is on its way): it is replayed again,
+// the kernel answers it from the connection it has, and the server is
+// not dialed twice. Past max_half_open the SYN is dropped, as by gVisor's
+// forwarder past MaxInFlight (the client sends it again). release as for
+// replaySYN.
+func (s *Stack) replayFirst(f *Flow, release func()) bool {
+	syn, waiting, accepted := s.replay.replayed(replayKey{f.Client, f.Server})
+	switch {
+	case waiting:
+		release()
+		if err := s.link.writeDatagram(syn.bytes()); err != nil {
+			s.log.Debug("SYN replay: write failed", "flow_id", f.ID, "error", err)
+			return true
+		}
+		s.stats.SYNsReplayed.Add(1)
+		return true
+	case accepted:
+		s.reusedTuple(f)
 	}
-	release()
-	if err := s.link.writeDatagram(syn.bytes()); err != nil {
-		s.log.Debug("SYN replay: write failed", "flow_id", f.ID, "error", err)
+	if s.replay.waitingN.Load() >= int64(s.maxHalfOpen) {
+		s.stats.ReplayHalfOpenDrops.Add(1)
+		release()
 		return true
 	}
-	s.stats.SYNsReplayed.Add(1)
-	return true
+	return false
 }
 
 // reusedTuple runs for a SYN on the tuple of a replayed flow the listener
@@ -314,9 +329,6 @@ func (s *Stack) replayAgain(f *Flow, release func()) bool {
 // destroys whatever socket is left on the tuple.
 func (s *Stack) reusedTuple(f *Flow) {
 	k := replayKey{f.Client, f.Server}
-	if !s.replay.served(k) {
-		return
-	}
 	waitWhile(func() bool { return s.replay.served(k) })
 	s.stats.ReplayPortReuse.Add(1)
 	if err := s.destroyer.destroy(f.Server, f.Client); err != nil && !errors.Is(err, errNoSocket) {

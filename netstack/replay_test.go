@@ -76,10 +76,10 @@ func TestSYNReplayLifecycle(t *testing.T) {
 	again := bytes.Clone(syn)
 	header.TCP(again[header.IPv4MinimumSize:]).SetSequenceNumber(1) // same; a retransmission
 	r.capture(header.IPv4ProtocolNumber, again)
-	if got, ok := r.replayed(k); !ok || !bytes.Equal(got.bytes(), again) {
+	if got, ok, _ := r.replayed(k); !ok || !bytes.Equal(got.bytes(), again) {
 		t.Errorf("replayed after a second SYN: %v, %v", got.bytes(), ok)
 	}
-	if got, ok := r.replayed(k); !ok || !bytes.Equal(got.bytes(), syn) {
+	if got, ok, _ := r.replayed(k); !ok || !bytes.Equal(got.bytes(), syn) {
 		t.Errorf("replayed with no new copy: %v, %v; want the first SYN", got.bytes(), ok)
 	}
 	if n := r.waitingN.Load(); n != 1 {
@@ -91,8 +91,8 @@ func TestSYNReplayLifecycle(t *testing.T) {
 	if n := r.waitingN.Load(); n != 0 {
 		t.Errorf("after the accept, %d flows waiting, want 0", n)
 	}
-	if _, ok := r.replayed(k); ok {
-		t.Error("a SYN on the tuple of an accepted flow was taken for a retransmission")
+	if _, ok, accepted := r.replayed(k); ok || !accepted {
+		t.Errorf("a SYN on the tuple of an accepted flow: waiting %v, accepted %v; want a port reuse", ok, accepted)
 	}
 	if r.end(k, rf, false) {
 		t.Error("end(accepted=false) removed an accepted flow")
@@ -100,7 +100,7 @@ func TestSYNReplayLifecycle(t *testing.T) {
 	if !r.end(k, rf, true) {
 		t.Error("end(accepted=true) did not remove the served flow")
 	}
-	if _, ok := r.replayed(k); ok {
+	if _, ok, _ := r.replayed(k); ok {
 		t.Error("a flow that ended is still replayed")
 	}
 

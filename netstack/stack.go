@@ -466,17 +466,7 @@ func (s *Stack) handleSYN(r *tcp.ForwarderRequest) {
 	// Completing the request without an endpoint only frees the
 	// forwarder's slot of the tuple (see replaySYN).
 	release := func() { r.Complete(false) }
-	if s.replay != nil && s.replayAgain(f, release) {
-		return
-	}
-	if s.replay != nil {
-		s.reusedTuple(f)
-	}
-	if s.replay != nil && s.replay.waitingN.Load() >= int64(s.maxHalfOpen) {
-		// As gVisor's forwarder past MaxInFlight: the client's SYN
-		// is dropped (it sends it again), nothing is dialed.
-		s.stats.ReplayHalfOpenDrops.Add(1)
-		r.Complete(false)
+	if s.replay != nil && s.replayFirst(f, release) {
 		return
 	}
 	if a := s.admit(f); a != AdmitAccept {
